@@ -1,0 +1,168 @@
+// Package backfill delivers the outbox rows that were already waiting when
+// the replication slot was created: every row not yet `processed` in the
+// snapshot the slot exported. Rows committed later arrive through the slot.
+//
+// The exported snapshot dies with the connection that created the slot, so
+// the list of ids to deliver is written to cdc_backfill inside that snapshot
+// and committed before streaming starts. A daemon killed mid-backfill resumes
+// from the list; rows it had already delivered are `processed` (skipped) or
+// recognised by the sink. Backfilled rows are versioned at the slot's
+// consistent point minus one, below every streamed transaction.
+package backfill
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-cdc/outbox-cdc/checkpoint"
+	"github.com/outbox-cdc/outbox-cdc/decoder"
+	"github.com/outbox-cdc/outbox-cdc/sink"
+)
+
+// State is the slot's row in cdc_slot_state.
+type State struct {
+	Exists        bool
+	ConsistentLSN pglogrepl.LSN
+	Done          bool
+}
+
+// LoadState reads the slot's state; Exists is false when the slot was never
+// (completely) set up by this daemon.
+func LoadState(ctx context.Context, pool *pgxpool.Pool, slot string) (State, error) {
+	var st State
+	var lsn string
+	err := pool.QueryRow(ctx, `SELECT consistent_lsn::text, backfill_done FROM cdc_slot_state WHERE slot = $1`, slot).Scan(&lsn, &st.Done)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return State{}, nil
+	}
+	if err != nil {
+		return State{}, fmt.Errorf("postgres: read cdc_slot_state for %q: %w", slot, err)
+	}
+	st.Exists = true
+	st.ConsistentLSN, err = pglogrepl.ParseLSN(lsn)
+	if err != nil {
+		return State{}, fmt.Errorf("postgres: cdc_slot_state for %q: bad lsn %q: %w", slot, lsn, err)
+	}
+	return st, nil
+}
+
+// Prepare records, in the snapshot exported by the slot's creation, which
+// rows the backfill must deliver, and the slot's state. It must run while the
+// creating replication connection is still idle.
+func Prepare(ctx context.Context, pool *pgxpool.Pool, slot, table, snapshot string, consistent pglogrepl.LSN) (int64, error) {
+	tx, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+	if err != nil {
+		return 0, fmt.Errorf("postgres: begin backfill snapshot: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, fmt.Sprintf("SET TRANSACTION SNAPSHOT '%s'", snapshot)); err != nil {
+		return 0, fmt.Errorf("postgres: import snapshot %s: %w", snapshot, err)
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM cdc_backfill WHERE slot = $1`, slot); err != nil {
+		return 0, fmt.Errorf("postgres: reset backfill list: %w", err)
+	}
+	tag, err := tx.Exec(ctx, `INSERT INTO cdc_backfill (slot, id) SELECT $1, id FROM `+checkpoint.QuoteTable(table)+
+		` WHERE status IS DISTINCT FROM 'processed'`, slot)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: list rows to backfill from %s: %w", table, err)
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO cdc_slot_state (slot, consistent_lsn, backfill_done, created_at)
+	  VALUES ($1, $2::pg_lsn, false, now())
+	  ON CONFLICT (slot) DO UPDATE SET consistent_lsn = EXCLUDED.consistent_lsn, backfill_done = false, created_at = now()`,
+		slot, consistent.String())
+	if err != nil {
+		return 0, fmt.Errorf("postgres: record slot state: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("postgres: commit backfill list: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// Position is the stream position backfilled row id is versioned with.
+func Position(consistent pglogrepl.LSN, id int64) sink.Position {
+	return sink.Position{LSN: uint64(consistent) - 1, Seq: uint64(id)}
+}
+
+// Run emits the listed rows that are not yet processed, in id order, chunk
+// rows per query. Values are read in text format and decoded by the same
+// decoder the stream uses, so both paths produce identical ClickHouse rows.
+// The pool's sessions must use DateStyle=ISO and TimeZone=UTC.
+func Run(ctx context.Context, pool *pgxpool.Pool, slot, table string, consistent pglogrepl.LSN, chunk int, emit func(sink.Row) error) (int64, error) {
+	values := decoder.NewValueDecoder()
+	schema, name := checkpoint.SplitTable(table)
+	var rel *decoder.Relation
+	idCol := -1
+	q := `SELECT o.* FROM ` + checkpoint.QuoteTable(table) + ` o JOIN cdc_backfill b ON b.id = o.id AND b.slot = $1
+	      WHERE o.status IS DISTINCT FROM 'processed' AND o.id > $2 ORDER BY o.id LIMIT $3`
+	var after, sent int64 = -1 << 63, 0
+	for {
+		rows, err := pool.Query(ctx, q, pgx.QueryResultFormats{pgx.TextFormatCode}, slot, after, chunk)
+		if err != nil {
+			return sent, fmt.Errorf("postgres: read backfill rows: %w", err)
+		}
+		n := 0
+		for rows.Next() {
+			fields := rows.FieldDescriptions()
+			if rel == nil {
+				rel = &decoder.Relation{Namespace: schema, Name: name, Columns: make([]decoder.Column, len(fields))}
+				for i, f := range fields {
+					rel.Columns[i] = decoder.Column{Name: f.Name, TypeOID: f.DataTypeOID}
+				}
+				if idCol = rel.ColumnIndex("id"); idCol < 0 {
+					rows.Close()
+					return sent, fmt.Errorf("postgres: %s has no id column", table)
+				}
+			}
+			raw := rows.RawValues()
+			vals := make([]any, len(raw))
+			for i, b := range raw {
+				if b != nil {
+					vals[i] = values.Decode(rel.Columns[i].TypeOID, b)
+				}
+			}
+			id, ok := vals[idCol].(int64)
+			if !ok {
+				rows.Close()
+				return sent, fmt.Errorf("postgres: %s.id is not an integer", table)
+			}
+			if err := emit(sink.Row{Pos: Position(consistent, id), ID: id, Relation: rel, Values: vals}); err != nil {
+				rows.Close()
+				return sent, err
+			}
+			after = id
+			n++
+			sent++
+		}
+		if err := rows.Err(); err != nil {
+			return sent, fmt.Errorf("postgres: read backfill rows: %w", err)
+		}
+		if n < chunk {
+			return sent, nil
+		}
+	}
+}
+
+// MarkDone records that the backfill is complete and drops its list.
+func MarkDone(ctx context.Context, pool *pgxpool.Pool, slot string) error {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("postgres: finish backfill: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `UPDATE cdc_slot_state SET backfill_done = true WHERE slot = $1`, slot); err != nil {
+		return fmt.Errorf("postgres: finish backfill: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM cdc_backfill WHERE slot = $1`, slot); err != nil {
+		return fmt.Errorf("postgres: finish backfill: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("postgres: finish backfill: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,222 @@
+// Package config loads and validates the configuration of the cdc daemon and
+// its subcommands.
+//
+// The configuration comes from three layers, later ones winning:
+//
+//  1. built-in defaults for every key (see [Default]),
+//  2. an optional YAML file (config.example.yaml documents every key),
+//  3. environment variables CDC_<SECTION>_<KEY>, e.g. CDC_BATCH_FLUSH_INTERVAL
+//     for batch.flush_interval. An empty variable counts as unset.
+//
+// [Load] merges the layers with a private viper instance (no global state),
+// rejects unknown keys in the file, parses every value strictly (junk such as
+// "banana" for an integer is an error, never a silent zero) and validates the
+// result. Every error names the offending key and, when it is known, where the
+// value came from.
+package config
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Config is the complete configuration of the daemon. Build one with [Load]
+// (or [Default] in tests) and check hand-made values with [Config.Validate].
+type Config struct {
+	Postgres    Postgres
+	ClickHouse  ClickHouse
+	Batch       Batch
+	HTTP        HTTP
+	Log         Log
+	Sentry      Sentry
+	Shutdown    Shutdown
+	Retry       Retry
+	Failed      Failed
+	Replication Replication
+	Heartbeat   Heartbeat
+	Outbox      Outbox
+}
+
+// Postgres is the source database, publication and replication slot.
+type Postgres struct {
+	// URL is a libpq/pgx connection string: postgres://… URL or key=value
+	// form (postgres.url, required).
+	URL string
+	// Table is the outbox table as [schema.]name (postgres.table,
+	// default public.event_outbox). See [Postgres.SplitTable].
+	Table string
+	// Publication is the publication name (postgres.publication, default cdc_outbox).
+	Publication string
+	// Slot is the logical replication slot name (postgres.slot, default cdc_outbox).
+	Slot string
+}
+
+// SplitTable returns the schema and table name of Table; the schema is
+// "public" when Table has no schema part.
+func (p Postgres) SplitTable() (schema, name string) {
+	if i := strings.IndexByte(p.Table, '.'); i >= 0 {
+		return p.Table[:i], p.Table[i+1:]
+	}
+	return "public", p.Table
+}
+
+// ClickHouse is the destination server and table.
+type ClickHouse struct {
+	// Addr lists host:port native-protocol addresses (clickhouse.addr, a
+	// comma-separated string or a YAML list; default localhost:9000).
+	Addr []string
+	// Database (clickhouse.database, default "default").
+	Database string
+	// Table (clickhouse.table, default events).
+	Table string
+	// Username (clickhouse.username, default "default").
+	Username string
+	// Password (clickhouse.password, default empty).
+	Password string
+	// DialTimeout bounds connecting to a server (clickhouse.dial_timeout, default 10s).
+	DialTimeout time.Duration
+	// Compression of the native protocol: "lz4" or "none"
+	// (clickhouse.compression, default lz4).
+	Compression string
+}
+
+// Batch controls when buffered rows are cut into a batch and flushed.
+type Batch struct {
+	// Size is the maximum number of rows in one batch (batch.size, default 1000).
+	Size int
+	// FlushInterval is the longest time a row waits in the buffer
+	// (batch.flush_interval, default 1s).
+	FlushInterval time.Duration
+	// MaxBytes caps the payload bytes of one batch (batch.max_bytes,
+	// default 16 MiB; accepts plain bytes or KiB/MiB/GiB suffixes).
+	MaxBytes int64
+	// QueueBatches is how many cut batches may wait for the writer
+	// (batch.queue, default 2, at least 1).
+	QueueBatches int
+}
+
+// HTTP is the metrics/health listener.
+type HTTP struct {
+	// Listen is host:port of /metrics, /healthz, /readyz (http.listen,
+	// default 127.0.0.1:9187; port 0 picks a free port).
+	Listen string
+	// Pprof also serves net/http/pprof under /debug/pprof/ (http.pprof, default false).
+	Pprof bool
+}
+
+// Log configures log/slog output.
+type Log struct {
+	// Level is debug, info, warn or error (log.level, default info).
+	Level string
+	// Format is auto, json or text (log.format, default auto: text/tint on
+	// a terminal, JSON otherwise).
+	Format string
+}
+
+// Sentry configures error reporting; an empty DSN turns it off.
+type Sentry struct {
+	DSN         string // sentry.dsn, default empty (off)
+	Environment string // sentry.environment, default empty
+	Release     string // sentry.release, default empty
+}
+
+// Shutdown configures the clean stop on SIGTERM/SIGINT.
+type Shutdown struct {
+	// Grace is how long flushing and confirming may take before the process
+	// gives up (shutdown.grace, default 30s).
+	Grace time.Duration
+}
+
+// Retry is the exponential backoff used when PostgreSQL or ClickHouse fail.
+type Retry struct {
+	InitialBackoff time.Duration // retry.initial_backoff, default 500ms
+	MaxBackoff     time.Duration // retry.max_backoff, default 30s, >= InitialBackoff
+}
+
+// Failed controls the periodic re-drive of rows marked failed.
+type Failed struct {
+	// RetryInterval re-drives failed rows this often; 0 turns it off
+	// (failed.retry_interval, default 0).
+	RetryInterval time.Duration
+	// MaxAttempts is how many deliveries a row gets before it stays failed
+	// (failed.max_attempts, default 5).
+	MaxAttempts int
+}
+
+// Replication configures the replication connection.
+type Replication struct {
+	// StatusInterval is how often a standby status update is sent, whatever
+	// else happens (replication.status_interval, default 10s).
+	StatusInterval time.Duration
+	// StandbyRetry is how often a standby retries a slot held by another
+	// process (replication.standby_retry, default 5s).
+	StandbyRetry time.Duration
+}
+
+// Heartbeat configures the pg_logical_emit_message heartbeat.
+type Heartbeat struct {
+	// Interval between heartbeats; 0 turns them off (heartbeat.interval, default 0).
+	Interval time.Duration
+}
+
+// Outbox configures housekeeping of the outbox table.
+type Outbox struct {
+	// Retention deletes processed rows older than this; 0 keeps them
+	// forever (outbox.retention, default 0).
+	Retention time.Duration
+}
+
+// KeyError is an invalid configuration value. Error() reads like
+// `batch.size must be a positive integer, got "banana" (from CDC_BATCH_SIZE)`.
+type KeyError struct {
+	Key    string // dotted key, e.g. "batch.size"
+	Msg    string // what is wrong, starting with a verb: "must be …", "is required …"
+	Source string // where the value came from, e.g. "from CDC_BATCH_SIZE"; may be empty
+}
+
+func (e *KeyError) Error() string {
+	s := e.Key + " " + e.Msg
+	if e.Source != "" {
+		s += " (" + e.Source + ")"
+	}
+	return s
+}
+
+func keyErr(key, format string, args ...any) *KeyError {
+	return &KeyError{Key: key, Msg: fmt.Sprintf(format, args...)}
+}
+
+// EnvVar returns the environment variable that overrides key, e.g.
+// "CDC_BATCH_FLUSH_INTERVAL" for "batch.flush_interval".
+func EnvVar(key string) string {
+	return envPrefix + "_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+}
+
+// Keys returns every configuration key in documentation order.
+func Keys() []string {
+	keys := make([]string, len(specs))
+	for i, s := range specs {
+		keys[i] = s.key
+	}
+	return keys
+}
+
+// UnknownEnv returns, in the order given, the names of CDC_* variables in
+// environ ("NAME=value" entries, as from os.Environ) that match no key, so a
+// command can warn about typos such as CDC_BATCH_SISE. Variables the
+// commands read themselves should be filtered by the caller.
+func UnknownEnv(environ []string) []string {
+	known := make(map[string]bool, len(specs))
+	for _, s := range specs {
+		known[EnvVar(s.key)] = true
+	}
+	var unknown []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, envPrefix+"_") && !known[name] {
+			unknown = append(unknown, name)
+		}
+	}
+	return unknown
+}

@@ -1,0 +1,207 @@
+package config
+
+import (
+	"net"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+var (
+	// PostgreSQL unquoted identifiers as the daemon uses them: lower case,
+	// so that quoted and unquoted spellings name the same object.
+	pgIdent = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
+	// ReplicationSlotValidateName: lower-case letters, digits, underscore.
+	pgSlot = regexp.MustCompile(`^[a-z0-9_]+$`)
+	// ClickHouse identifiers usable without quoting (case-sensitive).
+	chIdent = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+)
+
+// maxPgIdent is NAMEDATALEN-1: PostgreSQL truncates longer names.
+const maxPgIdent = 63
+
+// Validate checks every section and returns the first problem as a
+// *[KeyError] naming the key, or nil. [Load] calls it; call it yourself on a
+// Config built in code. Commands that need only some sections (cdc migrate,
+// cdc status) still get a fully checked Config from Load and use what they
+// need.
+func (c *Config) Validate() error {
+	checks := []func() error{
+		c.Postgres.validate,
+		c.ClickHouse.validate,
+		c.validateRest,
+	}
+	for _, check := range checks {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p Postgres) validate() error {
+	if err := validatePostgresURL(p.URL); err != nil {
+		return err
+	}
+	if !validPgTable(p.Table) {
+		return keyErr("postgres.table", "must be [schema.]name with lower-case letters, digits and underscores (each part at most 63 characters), got %q", p.Table)
+	}
+	if len(p.Publication) > maxPgIdent || !pgIdent.MatchString(p.Publication) {
+		return keyErr("postgres.publication", "must be a valid publication name (lower-case letters, digits, underscore, not starting with a digit; at most 63), got %q", p.Publication)
+	}
+	if len(p.Slot) > maxPgIdent || !pgSlot.MatchString(p.Slot) {
+		return keyErr("postgres.slot", "must be a valid replication slot name (lower-case letters, digits, underscore; at most 63), got %q", p.Slot)
+	}
+	return nil
+}
+
+// validatePostgresURL never echoes the value: it usually holds a password.
+func validatePostgresURL(s string) error {
+	const key = "postgres.url"
+	if strings.TrimSpace(s) == "" {
+		return keyErr(key, "is required (set it in the config file or %s)", EnvVar(key))
+	}
+	if strings.Contains(s, "://") {
+		u, err := url.Parse(s)
+		if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+			return keyErr(key, "must be a postgres:// or postgresql:// URL or a key=value connection string (value not shown, it may contain a password)")
+		}
+		return nil
+	}
+	if !strings.Contains(s, "=") {
+		return keyErr(key, "must be a postgres:// or postgresql:// URL or a key=value connection string (value not shown, it may contain a password)")
+	}
+	return nil
+}
+
+func validPgTable(t string) bool {
+	parts := strings.Split(t, ".")
+	if len(parts) > 2 {
+		return false
+	}
+	for _, p := range parts {
+		if len(p) > maxPgIdent || !pgIdent.MatchString(p) {
+			return false
+		}
+	}
+	return true
+}
+
+func (ch ClickHouse) validate() error {
+	if len(ch.Addr) == 0 {
+		return keyErr("clickhouse.addr", "must list at least one host:port")
+	}
+	for _, a := range ch.Addr {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil || host == "" || !validPort(port, 1) {
+			return keyErr("clickhouse.addr", "entries must be host:port with a port from 1 to 65535, got %q", a)
+		}
+	}
+	if !chIdent.MatchString(ch.Database) {
+		return keyErr("clickhouse.database", "must be a database name of letters, digits and underscores, not starting with a digit, got %q", ch.Database)
+	}
+	if !chIdent.MatchString(ch.Table) {
+		return keyErr("clickhouse.table", "must be a table name of letters, digits and underscores, not starting with a digit, got %q", ch.Table)
+	}
+	if strings.TrimSpace(ch.Username) == "" {
+		return keyErr("clickhouse.username", "must not be empty (ClickHouse's built-in user is \"default\")")
+	}
+	if err := positive("clickhouse.dial_timeout", ch.DialTimeout); err != nil {
+		return err
+	}
+	if ch.Compression != "lz4" && ch.Compression != "none" {
+		return keyErr("clickhouse.compression", "must be one of lz4, none, got %q", ch.Compression)
+	}
+	return nil
+}
+
+func (c *Config) validateRest() error {
+	if c.Batch.Size <= 0 {
+		return keyErr("batch.size", "must be a positive integer, got %d", c.Batch.Size)
+	}
+	if err := positive("batch.flush_interval", c.Batch.FlushInterval); err != nil {
+		return err
+	}
+	if c.Batch.MaxBytes <= 0 {
+		return keyErr("batch.max_bytes", "must be a positive number of bytes like 16777216 or 16MiB, got %d", c.Batch.MaxBytes)
+	}
+	if c.Batch.QueueBatches <= 0 {
+		return keyErr("batch.queue", "must be a positive integer, got %d", c.Batch.QueueBatches)
+	}
+
+	if host, port, err := net.SplitHostPort(c.HTTP.Listen); err != nil || strings.ContainsAny(host, " /") || !validPort(port, 0) {
+		return keyErr("http.listen", "must be host:port like 127.0.0.1:9187 or :9187, got %q", c.HTTP.Listen)
+	}
+
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return keyErr("log.level", "must be one of debug, info, warn, error, got %q", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "auto", "json", "text":
+	default:
+		return keyErr("log.format", "must be one of auto, json, text, got %q", c.Log.Format)
+	}
+
+	if c.Sentry.DSN != "" {
+		u, err := url.Parse(c.Sentry.DSN)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User == nil || strings.Trim(u.Path, "/") == "" {
+			return keyErr("sentry.dsn", "must be empty (off) or a Sentry DSN like https://PUBLIC_KEY@o0.ingest.sentry.io/PROJECT_ID (value not shown)")
+		}
+	}
+
+	if err := positive("shutdown.grace", c.Shutdown.Grace); err != nil {
+		return err
+	}
+	if err := positive("retry.initial_backoff", c.Retry.InitialBackoff); err != nil {
+		return err
+	}
+	if err := positive("retry.max_backoff", c.Retry.MaxBackoff); err != nil {
+		return err
+	}
+	if c.Retry.MaxBackoff < c.Retry.InitialBackoff {
+		return keyErr("retry.max_backoff", "must not be less than retry.initial_backoff (%s), got %s", c.Retry.InitialBackoff, c.Retry.MaxBackoff)
+	}
+	if err := notNegative("failed.retry_interval", c.Failed.RetryInterval); err != nil {
+		return err
+	}
+	if c.Failed.MaxAttempts <= 0 {
+		return keyErr("failed.max_attempts", "must be a positive integer, got %d", c.Failed.MaxAttempts)
+	}
+	if err := positive("replication.status_interval", c.Replication.StatusInterval); err != nil {
+		return err
+	}
+	if err := positive("replication.standby_retry", c.Replication.StandbyRetry); err != nil {
+		return err
+	}
+	if err := notNegative("heartbeat.interval", c.Heartbeat.Interval); err != nil {
+		return err
+	}
+	return notNegative("outbox.retention", c.Outbox.Retention)
+}
+
+func positive(key string, d time.Duration) error {
+	if d <= 0 {
+		return keyErr(key, "must be a duration greater than 0 like 500ms or 2s, got %s", d)
+	}
+	return nil
+}
+
+func notNegative(key string, d time.Duration) error {
+	if d < 0 {
+		return keyErr(key, "must be a duration of 0 (off) or more like 30s, got %s", d)
+	}
+	return nil
+}
+
+// validPort reports whether port is a decimal number from lo to 65535.
+func validPort(port string, lo int) bool {
+	if port == "" || strings.Trim(port, "0123456789") != "" {
+		return false
+	}
+	n, err := strconv.Atoi(port)
+	return err == nil && n >= lo && n <= 65535
+}

@@ -1,0 +1,72 @@
+// Package metrics defines the daemon's Prometheus metrics on a private
+// registry (no global state), with the names DESIGN.md §4 fixes.
+package metrics
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics holds every collector the daemon updates.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	RowsReceived   prometheus.Counter
+	RowsFlushed    prometheus.Counter
+	RowsFailed     prometheus.Counter
+	BatchesFlushed prometheus.Counter
+	FlushErrors    prometheus.Counter
+	FlushDuration  prometheus.Histogram
+	BatchRows      prometheus.Histogram
+	BufferRows     prometheus.Gauge
+	SlotLagBytes   prometheus.Gauge
+	RetainedWAL    prometheus.Gauge
+	ConfirmedLSN   prometheus.Gauge
+	LastFlush      prometheus.Gauge
+	Connected      prometheus.Gauge
+	Leader         prometheus.Gauge
+	HeartbeatLag   prometheus.Gauge
+	Backfilled     prometheus.Counter
+}
+
+// New registers the metrics, plus Go runtime and process collectors.
+func New() *Metrics {
+	r := prometheus.NewRegistry()
+	f := func(c prometheus.Collector) { r.MustRegister(c) }
+	m := &Metrics{
+		Registry:       r,
+		RowsReceived:   prometheus.NewCounter(prometheus.CounterOpts{Name: "cdc_rows_received_total", Help: "Outbox rows received from the replication stream or the backfill."}),
+		RowsFlushed:    prometheus.NewCounter(prometheus.CounterOpts{Name: "cdc_rows_flushed_total", Help: "Rows inserted into ClickHouse by this process."}),
+		RowsFailed:     prometheus.NewCounter(prometheus.CounterOpts{Name: "cdc_rows_failed_total", Help: "Rows ClickHouse rejected; marked failed in the outbox."}),
+		BatchesFlushed: prometheus.NewCounter(prometheus.CounterOpts{Name: "cdc_batches_flushed_total", Help: "Batches inserted and marked."}),
+		FlushErrors:    prometheus.NewCounter(prometheus.CounterOpts{Name: "cdc_flush_errors_total", Help: "Failed insert attempts (retried)."}),
+		FlushDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cdc_flush_duration_seconds", Help: "Time to insert and mark one batch.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
+		BatchRows: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cdc_batch_rows", Help: "Rows per flushed batch.",
+			Buckets: []float64{1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000}}),
+		BufferRows:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_buffer_rows", Help: "Rows in the batch being filled."}),
+		SlotLagBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_lag_bytes", Help: "pg_current_wal_lsn() minus the slot's confirmed_flush_lsn."}),
+		RetainedWAL:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_retained_wal_bytes", Help: "pg_current_wal_lsn() minus the slot's restart_lsn: WAL the slot keeps."}),
+		ConfirmedLSN: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_confirmed_lsn", Help: "Durable LSN confirmed to the slot (as a number)."}),
+		LastFlush:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_last_flush_timestamp_seconds", Help: "Unix time of the last delivered batch."}),
+		Connected:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_replication_connected", Help: "1 while the replication stream is connected."}),
+		Leader:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_leader", Help: "1 while this instance holds the slot's leader lock; 0 on a standby."}),
+		HeartbeatLag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_heartbeat_lag_seconds", Help: "Age of the newest heartbeat message seen on the stream."}),
+		Backfilled:   prometheus.NewCounter(prometheus.CounterOpts{Name: "cdc_backfill_rows_total", Help: "Rows read by the initial backfill."}),
+	}
+	for _, c := range []prometheus.Collector{m.RowsReceived, m.RowsFlushed, m.RowsFailed, m.BatchesFlushed, m.FlushErrors,
+		m.FlushDuration, m.BatchRows, m.BufferRows, m.SlotLagBytes, m.RetainedWAL, m.ConfirmedLSN, m.LastFlush,
+		m.Connected, m.Leader, m.HeartbeatLag, m.Backfilled,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		f(c)
+	}
+	return m
+}
+
+// Handler serves the registry in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
+}

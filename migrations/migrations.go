@@ -1,0 +1,295 @@
+// Package migrations creates and upgrades the schema cdc needs, idempotently:
+// in PostgreSQL the outbox table (or the adoption of an existing one), its
+// publication and the daemon's state tables; in ClickHouse the database and
+// the events table, with column types chosen by the server's version.
+//
+// The SQL lives in embedded files (postgres/*.sql, clickhouse/*.sql), rendered
+// with the configured names and applied in order; applied versions are
+// recorded in cdc_schema_migrations on each server.
+package migrations
+
+import (
+	"bytes"
+	"context"
+	"embed"
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+	"text/template"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/outbox-cdc/outbox-cdc/checkpoint"
+)
+
+//go:embed postgres/*.sql clickhouse/*.sql
+var files embed.FS
+
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+func load(dir string, data any) ([]migration, error) {
+	entries, err := fs.Glob(files, dir+"/*.sql")
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(entries)
+	var out []migration
+	for _, e := range entries {
+		base := path.Base(e)
+		v, err := strconv.Atoi(strings.SplitN(base, "_", 2)[0])
+		if err != nil {
+			return nil, fmt.Errorf("migration %s: name must start with a number", e)
+		}
+		raw, err := files.ReadFile(e)
+		if err != nil {
+			return nil, err
+		}
+		tmpl, err := template.New(base).Parse(string(raw))
+		if err != nil {
+			return nil, fmt.Errorf("migration %s: %w", e, err)
+		}
+		var buf bytes.Buffer
+		if err := tmpl.Execute(&buf, data); err != nil {
+			return nil, fmt.Errorf("migration %s: %w", e, err)
+		}
+		out = append(out, migration{version: v, name: strings.TrimSuffix(base, ".sql"), sql: buf.String()})
+	}
+	return out, nil
+}
+
+// Postgres describes the PostgreSQL side.
+type Postgres struct {
+	Table       string // [schema.]name
+	Publication string
+}
+
+// ApplyPostgres applies pending PostgreSQL migrations and makes sure the
+// publication exists, covers the table and publishes inserts only.
+func ApplyPostgres(ctx context.Context, conn *pgx.Conn, p Postgres) (applied []string, err error) {
+	schema, name := checkpoint.SplitTable(p.Table)
+	migs, err := load("postgres", map[string]string{
+		"Table":            checkpoint.QuoteTable(p.Table),
+		"UnprocessedIndex": pgx.Identifier{truncate(name+"_unprocessed_idx", 63)}.Sanitize(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: begin migration: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	// Two `cdc migrate` at once must not interleave.
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('outbox-cdc:migrate'))`); err != nil {
+		return nil, fmt.Errorf("postgres: migration lock: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS cdc_schema_migrations (
+		target TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,
+		applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (target, version))`); err != nil {
+		return nil, fmt.Errorf("postgres: create cdc_schema_migrations: %w", err)
+	}
+	target := schema + "." + name
+	for _, m := range migs {
+		var done bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM cdc_schema_migrations WHERE target = $1 AND version = $2)`, target, m.version).Scan(&done); err != nil {
+			return nil, fmt.Errorf("postgres: read cdc_schema_migrations: %w", err)
+		}
+		if done {
+			continue
+		}
+		if _, err := tx.Exec(ctx, m.sql); err != nil {
+			return nil, fmt.Errorf("postgres: migration %s: %w", m.name, err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO cdc_schema_migrations (target, version, name) VALUES ($1, $2, $3)`, target, m.version, m.name); err != nil {
+			return nil, fmt.Errorf("postgres: record migration %s: %w", m.name, err)
+		}
+		applied = append(applied, "postgres/"+m.name)
+	}
+	if err := ensurePublication(ctx, tx, p.Publication, schema, name); err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("postgres: commit migrations: %w", err)
+	}
+	return applied, nil
+}
+
+func ensurePublication(ctx context.Context, tx pgx.Tx, pub, schema, name string) error {
+	qpub := pgx.Identifier{pub}.Sanitize()
+	qtable := pgx.Identifier{schema, name}.Sanitize()
+	var exists bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, pub).Scan(&exists); err != nil {
+		return fmt.Errorf("postgres: read publications: %w", err)
+	}
+	// Partitions are published under the parent, so one Relation serves all.
+	opts := `publish = 'insert', publish_via_partition_root = true`
+	if !exists {
+		if _, err := tx.Exec(ctx, `CREATE PUBLICATION `+qpub+` FOR TABLE `+qtable+` WITH (`+opts+`)`); err != nil {
+			return fmt.Errorf("postgres: create publication %s: %w", pub, err)
+		}
+		return nil
+	}
+	var covered bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`,
+		pub, schema, name).Scan(&covered); err != nil {
+		return fmt.Errorf("postgres: read publication %s: %w", pub, err)
+	}
+	if !covered {
+		if _, err := tx.Exec(ctx, `ALTER PUBLICATION `+qpub+` ADD TABLE `+qtable); err != nil {
+			return fmt.Errorf("postgres: add %s.%s to publication %s: %w", schema, name, pub, err)
+		}
+	}
+	if _, err := tx.Exec(ctx, `ALTER PUBLICATION `+qpub+` SET (`+opts+`)`); err != nil {
+		return fmt.Errorf("postgres: set options of publication %s: %w", pub, err)
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// ClickHouse describes the ClickHouse side.
+type ClickHouse struct {
+	Database string
+	Table    string
+}
+
+// Version is a ClickHouse server version.
+type Version struct{ Major, Minor int }
+
+// ParseVersion parses "24.8.1.2" or "18.16.1".
+func ParseVersion(s string) (Version, error) {
+	parts := strings.Split(s, ".")
+	if len(parts) < 2 {
+		return Version{}, fmt.Errorf("clickhouse version %q: want major.minor", s)
+	}
+	major, err1 := strconv.Atoi(parts[0])
+	minor, err2 := strconv.Atoi(parts[1])
+	if err1 != nil || err2 != nil {
+		return Version{}, fmt.Errorf("clickhouse version %q: want major.minor", s)
+	}
+	return Version{major, minor}, nil
+}
+
+// Modern reports whether the server has DateTime64, LowCardinality and data
+// skipping indexes without experimental settings (20.3 and later).
+func (v Version) Modern() bool { return v.Major > 20 || (v.Major == 20 && v.Minor >= 3) }
+
+// ClickHouseStatements renders the ClickHouse migrations for a server
+// version: DateTime64(6, 'UTC') and LowCardinality(String) on modern servers,
+// DateTime and String on 18.x. Each migration may hold several statements.
+func ClickHouseStatements(v Version, c ClickHouse) ([][]string, []string, error) {
+	data := map[string]any{
+		"Database": quoteCH(c.Database),
+		"Table":    quoteCH(c.Table),
+		"Modern":   v.Modern(),
+		"Symbol":   "String",
+		"Time":     "DateTime",
+		"Now":      "now()",
+	}
+	if v.Modern() {
+		data["Symbol"] = "LowCardinality(String)"
+		data["Time"] = "DateTime64(6, 'UTC')"
+		data["Now"] = "now64(6)"
+	}
+	migs, err := load("clickhouse", data)
+	if err != nil {
+		return nil, nil, err
+	}
+	var stmts [][]string
+	var names []string
+	for _, m := range migs {
+		stmts = append(stmts, splitStatements(m.sql))
+		names = append(names, m.name)
+	}
+	return stmts, names, nil
+}
+
+func splitStatements(sql string) []string {
+	var out []string
+	var lines []string
+	for _, l := range strings.Split(sql, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(l), "--") {
+			continue
+		}
+		lines = append(lines, l)
+	}
+	for _, s := range strings.Split(strings.Join(lines, "\n"), ";") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func quoteCH(s string) string { return "`" + strings.ReplaceAll(s, "`", "\\`") + "`" }
+
+// ApplyClickHouse creates the database and table if missing. Every statement
+// is idempotent, so it also repairs a server whose data was wiped.
+func ApplyClickHouse(ctx context.Context, conn driver.Conn, c ClickHouse) (applied []string, err error) {
+	var version string
+	if err := conn.QueryRow(ctx, "SELECT version()").Scan(&version); err != nil {
+		return nil, fmt.Errorf("clickhouse: read server version: %w", err)
+	}
+	v, err := ParseVersion(version)
+	if err != nil {
+		return nil, err
+	}
+	stmts, names, err := ClickHouseStatements(v, c)
+	if err != nil {
+		return nil, err
+	}
+	for i, group := range stmts {
+		for _, s := range group {
+			if err := conn.Exec(ctx, s); err != nil {
+				return nil, fmt.Errorf("clickhouse: migration %s: %w", names[i], err)
+			}
+		}
+		applied = append(applied, "clickhouse/"+names[i])
+	}
+	if err := recordClickHouse(ctx, conn, c.Database, names); err != nil {
+		return nil, err
+	}
+	return applied, nil
+}
+
+func recordClickHouse(ctx context.Context, conn driver.Conn, db string, names []string) error {
+	tbl := quoteCH(db) + ".cdc_schema_migrations"
+	if err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+tbl+" (name String, applied_at DateTime DEFAULT now()) ENGINE = TinyLog"); err != nil {
+		return fmt.Errorf("clickhouse: create cdc_schema_migrations: %w", err)
+	}
+	rows, err := conn.Query(ctx, "SELECT name FROM "+tbl)
+	if err != nil {
+		return fmt.Errorf("clickhouse: read cdc_schema_migrations: %w", err)
+	}
+	have := map[string]bool{}
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			rows.Close()
+			return fmt.Errorf("clickhouse: read cdc_schema_migrations: %w", err)
+		}
+		have[n] = true
+	}
+	rows.Close()
+	for _, n := range names {
+		if !have[n] {
+			if err := conn.Exec(ctx, "INSERT INTO "+tbl+" (name) VALUES ('"+strings.ReplaceAll(n, "'", "")+"')"); err != nil {
+				return fmt.Errorf("clickhouse: record migration %s: %w", n, err)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,253 @@
+// Package pipeline batches outbox rows and delivers each batch: insert into
+// ClickHouse, mark the rows in PostgreSQL, then advance the durable LSN.
+//
+// Two goroutines: the batcher cuts batches (batch.size rows, the byte cap or
+// flush_interval after the first row, whichever comes first) while the writer
+// delivers the previous ones, strictly in order. Each batch carries the end
+// LSN of the last transaction that was complete when it was cut; the writer
+// advances the tracker to it only after the batch is delivered, so a
+// transaction larger than a batch becomes durable with its last batch.
+//
+// Memory is bounded by the input channel, the batch being filled and
+// Options.Queue batches waiting: when ClickHouse is down the writer retries,
+// the queue fills, and the batcher stops taking input.
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/outbox-cdc/outbox-cdc/checkpoint"
+	"github.com/outbox-cdc/outbox-cdc/internal/backoff"
+	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
+	"github.com/outbox-cdc/outbox-cdc/sink"
+)
+
+// Item is what a source feeds the pipeline: a row, or the end of a
+// transaction whose rows were all sent before it.
+type Item struct {
+	Row *sink.Row
+	// CommitEnd, when Row is nil, is the end LSN of a transaction.
+	CommitEnd pglogrepl.LSN
+	// Size is the row's approximate size in bytes, for the byte cap.
+	Size int
+}
+
+// Writer stores rows in ClickHouse (sink.ClickHouse).
+type Writer interface {
+	Write(ctx context.Context, rows []sink.Row) (sink.Result, error)
+}
+
+// Marker records delivery in PostgreSQL (checkpoint.Store).
+type Marker interface {
+	MarkProcessed(ctx context.Context, ids []int64) error
+	MarkFailed(ctx context.Context, failures []checkpoint.Failure) error
+}
+
+// Options tune batching.
+type Options struct {
+	Size          int
+	MaxBytes      int64
+	FlushInterval time.Duration
+	Queue         int
+	Retry         backoff.Policy
+}
+
+// Pipeline delivers items from one source.
+type Pipeline struct {
+	opts    Options
+	sink    Writer
+	marker  Marker
+	tracker *checkpoint.Tracker
+	metrics *metrics.Metrics
+	log     *slog.Logger
+}
+
+// New returns a pipeline; m may be nil.
+func New(opts Options, w Writer, mk Marker, t *checkpoint.Tracker, m *metrics.Metrics, log *slog.Logger) *Pipeline {
+	if opts.Size <= 0 {
+		opts.Size = 1000
+	}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = 16 << 20
+	}
+	if opts.FlushInterval <= 0 {
+		opts.FlushInterval = time.Second
+	}
+	if opts.Queue <= 0 {
+		opts.Queue = 2
+	}
+	if m == nil {
+		m = metrics.New()
+	}
+	return &Pipeline{opts: opts, sink: w, marker: mk, tracker: t, metrics: m, log: log}
+}
+
+type batch struct {
+	rows  []sink.Row
+	bytes int64
+	// safe is the end LSN of the last transaction complete at the cut.
+	safe pglogrepl.LSN
+}
+
+// Run delivers items until in is closed (then everything received is
+// delivered before it returns nil) or ctx ends (it returns at once; what was
+// not delivered is not durable and will be sent again).
+func (p *Pipeline) Run(ctx context.Context, in <-chan Item) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	queue := make(chan *batch, p.opts.Queue)
+	writerDone := make(chan error, 1)
+	go func() { writerDone <- p.write(ctx, queue) }()
+
+	err := p.batch(ctx, in, queue, writerDone)
+	close(queue)
+	if err != nil {
+		cancel()
+		<-writerDone
+		return err
+	}
+	return <-writerDone
+}
+
+func (p *Pipeline) batch(ctx context.Context, in <-chan Item, queue chan<- *batch, writerDone <-chan error) error {
+	cur := &batch{rows: make([]sink.Row, 0, p.opts.Size)}
+	var lastSafe, queuedSafe pglogrepl.LSN
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+
+	cut := func() error {
+		if len(cur.rows) == 0 && lastSafe <= queuedSafe {
+			return nil
+		}
+		cur.safe = lastSafe
+		timer.Stop()
+		select {
+		case queue <- cur:
+		case err := <-writerDone:
+			if err == nil {
+				err = errors.New("pipeline: writer stopped")
+			}
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		queuedSafe = lastSafe
+		p.metrics.BufferRows.Set(0)
+		cur = &batch{rows: make([]sink.Row, 0, p.opts.Size)}
+		return nil
+	}
+
+	for {
+		select {
+		case it, ok := <-in:
+			if !ok {
+				return cut()
+			}
+			if it.Row == nil {
+				lastSafe = max(lastSafe, it.CommitEnd)
+				if len(cur.rows) == 0 {
+					if err := cut(); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+			if len(cur.rows) == 0 {
+				timer.Reset(p.opts.FlushInterval)
+			}
+			cur.rows = append(cur.rows, *it.Row)
+			cur.bytes += int64(it.Size)
+			p.metrics.RowsReceived.Inc()
+			p.metrics.BufferRows.Set(float64(len(cur.rows)))
+			if len(cur.rows) >= p.opts.Size || cur.bytes >= p.opts.MaxBytes {
+				if err := cut(); err != nil {
+					return err
+				}
+			}
+		case <-timer.C:
+			if err := cut(); err != nil {
+				return err
+			}
+		case err := <-writerDone:
+			if err == nil {
+				err = errors.New("pipeline: writer stopped")
+			}
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (p *Pipeline) write(ctx context.Context, queue <-chan *batch) error {
+	for b := range queue {
+		if len(b.rows) > 0 {
+			if err := p.deliver(ctx, b); err != nil {
+				return err
+			}
+		}
+		p.tracker.Advance(b.safe)
+		p.metrics.ConfirmedLSN.Set(float64(p.tracker.Durable()))
+	}
+	return nil
+}
+
+// deliver inserts a batch, then marks it. Rejected rows are marked failed
+// before the next batch is inserted: after a crash, a rejected row that is
+// not yet marked must still be inside the window the sink re-checks.
+func (p *Pipeline) deliver(ctx context.Context, b *batch) error {
+	start := time.Now()
+	var res sink.Result
+	err := backoff.Retry(ctx, p.opts.Retry, p.log, "clickhouse insert", func(ctx context.Context) error {
+		var err error
+		res, err = p.sink.Write(ctx, b.rows)
+		if err != nil {
+			p.metrics.FlushErrors.Inc()
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	rejected := make(map[int64]bool, len(res.Rejected))
+	if len(res.Rejected) > 0 {
+		failures := make([]checkpoint.Failure, len(res.Rejected))
+		for i, r := range res.Rejected {
+			failures[i] = checkpoint.Failure{ID: r.ID, Error: r.Err.Error()}
+			rejected[r.ID] = true
+			p.log.Error("row rejected by ClickHouse, marked failed", "id", r.ID, "err", r.Err)
+		}
+		if err := backoff.Retry(ctx, p.opts.Retry, p.log, "postgres mark failed", func(ctx context.Context) error {
+			return p.marker.MarkFailed(ctx, failures)
+		}); err != nil {
+			return err
+		}
+		p.metrics.RowsFailed.Add(float64(len(failures)))
+	}
+	ids := make([]int64, 0, len(b.rows))
+	for _, r := range b.rows {
+		if !rejected[r.ID] {
+			ids = append(ids, r.ID)
+		}
+	}
+	if err := backoff.Retry(ctx, p.opts.Retry, p.log, "postgres mark processed", func(ctx context.Context) error {
+		return p.marker.MarkProcessed(ctx, ids)
+	}); err != nil {
+		return err
+	}
+	took := time.Since(start)
+	p.metrics.BatchesFlushed.Inc()
+	p.metrics.RowsFlushed.Add(float64(res.Inserted))
+	p.metrics.BatchRows.Observe(float64(len(b.rows)))
+	p.metrics.FlushDuration.Observe(took.Seconds())
+	p.metrics.LastFlush.SetToCurrentTime()
+	p.log.Debug("flushed", "rows", len(b.rows), "inserted", res.Inserted, "skipped", res.Skipped,
+		"rejected", len(res.Rejected), "safe_lsn", b.safe.String(), "duration", took)
+	return nil
+}

@@ -1,0 +1,462 @@
+// Package sink writes batches of outbox rows into a ClickHouse table, once.
+//
+// Every row carries its stream position (_lsn: the commit LSN of its source
+// transaction, _seq: its position inside that transaction). Positions only
+// grow along the stream, so after a restart the sink reads the highest
+// position already stored (Recover) and, for re-sent rows at or below it,
+// asks ClickHouse which ids are already there before inserting. That keeps
+// `count() == uniqExact(id)` without FINAL, even when the daemon died halfway
+// through a batch or a transaction.
+//
+// Rows ClickHouse rejects are isolated by bisecting the batch and returned to
+// the caller; everything else is inserted.
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/outbox-cdc/outbox-cdc/decoder"
+)
+
+// Bookkeeping columns the daemon adds to every row.
+const (
+	ColumnLSN = "_lsn"
+	ColumnSeq = "_seq"
+)
+
+// Position orders rows along the stream: (commit LSN, row in transaction).
+type Position struct {
+	LSN uint64
+	Seq uint64
+}
+
+// Less reports whether p comes before q.
+func (p Position) Less(q Position) bool {
+	return p.LSN < q.LSN || (p.LSN == q.LSN && p.Seq < q.Seq)
+}
+
+// Row is one outbox row to deliver.
+type Row struct {
+	Pos      Position
+	ID       int64
+	Relation *decoder.Relation
+	Values   []any
+}
+
+// Rejected is a row ClickHouse (or the conversion to its column types)
+// refused, with the reason.
+type Rejected struct {
+	ID  int64
+	Err error
+}
+
+// Result says what Write did with each row of a batch.
+type Result struct {
+	Inserted int
+	Skipped  int // already in ClickHouse from an earlier attempt or run
+	Rejected []Rejected
+}
+
+// Options configure the connection.
+type Options struct {
+	Addr        []string
+	Database    string
+	Table       string
+	Username    string
+	Password    string
+	DialTimeout time.Duration
+	Compression bool
+	Logger      *slog.Logger
+}
+
+// ClickHouse is the sink. It is used by one writer goroutine at a time.
+type ClickHouse struct {
+	conn    driver.Conn
+	opts    Options
+	log     *slog.Logger
+	columns []tableColumn
+	plans   map[*decoder.Relation]*insertPlan
+
+	// hwm is the highest position that may already be stored: rows at or
+	// below it are checked by id before inserting.
+	hwm    Position
+	hasHWM bool
+}
+
+type tableColumn struct {
+	name, typ, defaultKind string
+	conv                   converter
+}
+
+type insertPlan struct {
+	sql     string
+	sources []int // index into Row.Values, or srcLSN / srcSeq
+	convs   []converter
+}
+
+const (
+	srcLSN = -1
+	srcSeq = -2
+)
+
+// Open connects to ClickHouse and reads the target table's columns.
+func Open(ctx context.Context, opts Options) (*ClickHouse, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	chOpts := &clickhouse.Options{
+		Addr:        opts.Addr,
+		Auth:        clickhouse.Auth{Database: opts.Database, Username: opts.Username, Password: opts.Password},
+		DialTimeout: opts.DialTimeout,
+		ReadTimeout: 5 * time.Minute,
+	}
+	if opts.Compression {
+		chOpts.Compression = &clickhouse.Compression{Method: clickhouse.CompressionLZ4}
+	}
+	conn, err := clickhouse.Open(chOpts)
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse %s: open: %w", strings.Join(opts.Addr, ","), err)
+	}
+	c := &ClickHouse{conn: conn, opts: opts, log: opts.Logger}
+	if err := c.loadColumns(ctx); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Close closes the connections.
+func (c *ClickHouse) Close() error { return c.conn.Close() }
+
+// Ping checks that the server answers.
+func (c *ClickHouse) Ping(ctx context.Context) error {
+	if err := c.conn.Ping(ctx); err != nil {
+		return fmt.Errorf("clickhouse %s: ping: %w", c.addr(), err)
+	}
+	return nil
+}
+
+func (c *ClickHouse) addr() string { return strings.Join(c.opts.Addr, ",") }
+
+func (c *ClickHouse) table() string {
+	return quoteIdent(c.opts.Database) + "." + quoteIdent(c.opts.Table)
+}
+
+func (c *ClickHouse) loadColumns(ctx context.Context) error {
+	rows, err := c.conn.Query(ctx, "SELECT name, type, default_kind FROM system.columns WHERE database = ? AND table = ?", c.opts.Database, c.opts.Table)
+	if err != nil {
+		return fmt.Errorf("clickhouse %s: read columns of %s: %w", c.addr(), c.table(), err)
+	}
+	defer rows.Close()
+	var cols []tableColumn
+	for rows.Next() {
+		var col tableColumn
+		if err := rows.Scan(&col.name, &col.typ, &col.defaultKind); err != nil {
+			return fmt.Errorf("clickhouse %s: read columns of %s: %w", c.addr(), c.table(), err)
+		}
+		cols = append(cols, col)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("clickhouse %s: read columns of %s: %w", c.addr(), c.table(), err)
+	}
+	if len(cols) == 0 {
+		return fmt.Errorf("clickhouse %s: table %s does not exist (run `cdc migrate`)", c.addr(), c.table())
+	}
+	found := 0
+	for i := range cols {
+		if cols[i].name == ColumnLSN || cols[i].name == ColumnSeq {
+			found++
+		}
+	}
+	if found != 2 {
+		return fmt.Errorf("clickhouse %s: table %s lacks the %s and %s columns deduplication needs (run `cdc migrate`)", c.addr(), c.table(), ColumnLSN, ColumnSeq)
+	}
+	c.columns = cols
+	c.plans = make(map[*decoder.Relation]*insertPlan)
+	return nil
+}
+
+// plan maps a relation's columns onto the table's: every table column that
+// the outbox also has, plus _lsn and _seq. Columns computed by ClickHouse
+// (MATERIALIZED, ALIAS) are never sent.
+func (c *ClickHouse) plan(rel *decoder.Relation) (*insertPlan, error) {
+	if p, ok := c.plans[rel]; ok {
+		return p, nil
+	}
+	p := &insertPlan{}
+	var names []string
+	for _, col := range c.columns {
+		if col.defaultKind == "MATERIALIZED" || col.defaultKind == "ALIAS" {
+			continue
+		}
+		src := rel.ColumnIndex(col.name)
+		switch col.name {
+		case ColumnLSN:
+			src = srcLSN
+		case ColumnSeq:
+			src = srcSeq
+		}
+		if src == -1 {
+			continue // ClickHouse fills its default
+		}
+		conv := col.conv
+		if conv == nil && src >= 0 {
+			var err error
+			if conv, err = converterFor(col.typ); err != nil {
+				return nil, fmt.Errorf("clickhouse %s: column %s of %s: %w", c.addr(), col.name, c.table(), err)
+			}
+		}
+		names = append(names, quoteIdent(col.name))
+		p.sources = append(p.sources, src)
+		p.convs = append(p.convs, conv)
+	}
+	p.sql = "INSERT INTO " + c.table() + " (" + strings.Join(names, ", ") + ")"
+	c.plans[rel] = p
+	return p, nil
+}
+
+// Recover reloads the table's columns and finds the highest stored position
+// at or above floor (the slot's confirmed LSN: nothing below it is re-sent).
+func (c *ClickHouse) Recover(ctx context.Context, floor uint64) error {
+	if err := c.loadColumns(ctx); err != nil {
+		return err
+	}
+	q := fmt.Sprintf("SELECT %s, %s FROM %s WHERE %s >= %d ORDER BY %s DESC, %s DESC LIMIT 1",
+		ColumnLSN, ColumnSeq, c.table(), ColumnLSN, floor, ColumnLSN, ColumnSeq)
+	rows, err := c.conn.Query(ctx, q)
+	if err != nil {
+		return fmt.Errorf("clickhouse %s: read high-water mark: %w", c.addr(), err)
+	}
+	defer rows.Close()
+	c.hasHWM = false
+	for rows.Next() {
+		if err := rows.Scan(&c.hwm.LSN, &c.hwm.Seq); err != nil {
+			return fmt.Errorf("clickhouse %s: read high-water mark: %w", c.addr(), err)
+		}
+		c.hasHWM = true
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("clickhouse %s: read high-water mark: %w", c.addr(), err)
+	}
+	if c.hasHWM {
+		c.log.Info("rows above the slot position are already in ClickHouse; re-sent rows up to here are checked by id",
+			"table", c.opts.Table, "hwm_lsn", lsnString(c.hwm.LSN), "hwm_seq", c.hwm.Seq)
+	}
+	return nil
+}
+
+// Write inserts rows (in stream order) that are not already stored. It
+// returns an error only when the outcome is unknown or the server is
+// unavailable; the caller retries the same rows, and rows that did get in
+// are then recognised and skipped.
+func (c *ClickHouse) Write(ctx context.Context, rows []Row) (Result, error) {
+	var res Result
+	if len(rows) == 0 {
+		return res, nil
+	}
+	todo := rows
+	if c.hasHWM && !c.hwm.Less(rows[0].Pos) {
+		present, err := c.present(ctx, rows)
+		if err != nil {
+			return res, err
+		}
+		if len(present) > 0 {
+			todo = make([]Row, 0, len(rows)-len(present))
+			for _, r := range rows {
+				if _, ok := present[r.ID]; !ok {
+					todo = append(todo, r)
+				}
+			}
+			res.Skipped = len(rows) - len(todo)
+		}
+	}
+	last := rows[len(rows)-1].Pos
+	if err := c.insertIsolating(ctx, todo, &res); err != nil {
+		// Part of the batch may be stored: check ids when it is retried.
+		if !c.hasHWM || c.hwm.Less(last) {
+			c.hwm, c.hasHWM = last, true
+		}
+		return Result{}, err
+	}
+	return res, nil
+}
+
+// present returns the ids of rows that are already stored.
+func (c *ClickHouse) present(ctx context.Context, rows []Row) (map[int64]struct{}, error) {
+	lo, hi := rows[0].Pos.LSN, rows[0].Pos.LSN
+	var b strings.Builder
+	for i, r := range rows {
+		lo, hi = min(lo, r.Pos.LSN), max(hi, r.Pos.LSN)
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.FormatInt(r.ID, 10))
+	}
+	q := fmt.Sprintf("SELECT id FROM %s WHERE %s >= %d AND %s <= %d AND id IN (%s)",
+		c.table(), ColumnLSN, lo, ColumnLSN, hi, b.String())
+	res, err := c.conn.Query(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse %s: check stored ids: %w", c.addr(), err)
+	}
+	defer res.Close()
+	present := make(map[int64]struct{})
+	for res.Next() {
+		var id int64
+		if err := res.Scan(&id); err != nil {
+			return nil, fmt.Errorf("clickhouse %s: check stored ids: %w", c.addr(), err)
+		}
+		present[id] = struct{}{}
+	}
+	if err := res.Err(); err != nil {
+		return nil, fmt.Errorf("clickhouse %s: check stored ids: %w", c.addr(), err)
+	}
+	return present, nil
+}
+
+// insertIsolating converts and inserts rows; when the server rejects the
+// data it bisects until the offending rows are alone, and reports them.
+func (c *ClickHouse) insertIsolating(ctx context.Context, rows []Row, res *Result) error {
+	// Convert first: a value that does not fit its column rejects its row
+	// without a round trip, and a half-appended batch never reaches the wire.
+	good := make([]convertedRow, 0, len(rows))
+	for _, r := range rows {
+		cr, err := c.convert(r)
+		if err != nil {
+			res.Rejected = append(res.Rejected, Rejected{ID: r.ID, Err: err})
+			continue
+		}
+		good = append(good, cr)
+	}
+	return c.bisect(ctx, good, res)
+}
+
+type convertedRow struct {
+	id     int64
+	plan   *insertPlan
+	values []any
+}
+
+func (c *ClickHouse) convert(r Row) (convertedRow, error) {
+	p, err := c.plan(r.Relation)
+	if err != nil {
+		return convertedRow{}, err
+	}
+	vals := make([]any, len(p.sources))
+	for i, src := range p.sources {
+		switch src {
+		case srcLSN:
+			vals[i] = r.Pos.LSN
+		case srcSeq:
+			vals[i] = r.Pos.Seq
+		default:
+			v, err := p.convs[i](r.Values[src])
+			if err != nil {
+				return convertedRow{}, fmt.Errorf("column %s: %w", r.Relation.Columns[src].Name, err)
+			}
+			vals[i] = v
+		}
+	}
+	return convertedRow{id: r.ID, plan: p, values: vals}, nil
+}
+
+func (c *ClickHouse) bisect(ctx context.Context, rows []convertedRow, res *Result) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	err := c.insert(ctx, rows)
+	if err == nil {
+		res.Inserted += len(rows)
+		return nil
+	}
+	if !isDataError(err) {
+		return err
+	}
+	if len(rows) == 1 {
+		res.Rejected = append(res.Rejected, Rejected{ID: rows[0].id, Err: err})
+		return nil
+	}
+	half := len(rows) / 2
+	if err := c.bisect(ctx, rows[:half], res); err != nil {
+		return err
+	}
+	return c.bisect(ctx, rows[half:], res)
+}
+
+// insert sends rows as one INSERT per run of rows sharing a column plan
+// (normally the whole batch).
+func (c *ClickHouse) insert(ctx context.Context, rows []convertedRow) error {
+	for start := 0; start < len(rows); {
+		end := start + 1
+		for end < len(rows) && rows[end].plan == rows[start].plan {
+			end++
+		}
+		if err := c.insertRun(ctx, rows[start:end]); err != nil {
+			return err
+		}
+		start = end
+	}
+	return nil
+}
+
+func (c *ClickHouse) insertRun(ctx context.Context, rows []convertedRow) error {
+	batch, err := c.conn.PrepareBatch(ctx, rows[0].plan.sql)
+	if err != nil {
+		return fmt.Errorf("clickhouse %s: prepare insert into %s: %w", c.addr(), c.table(), err)
+	}
+	defer batch.Close()
+	for _, r := range rows {
+		if err := batch.Append(r.values...); err != nil {
+			return &dataError{fmt.Errorf("clickhouse: append row id %d: %w", r.id, err)}
+		}
+	}
+	if err := batch.Send(); err != nil {
+		return fmt.Errorf("clickhouse %s: insert %d rows into %s: %w", c.addr(), len(rows), c.table(), err)
+	}
+	return nil
+}
+
+// dataError marks an error caused by the rows themselves.
+type dataError struct{ err error }
+
+func (e *dataError) Error() string { return e.err.Error() }
+func (e *dataError) Unwrap() error { return e.err }
+
+// transientCodes are server exceptions that say nothing about the rows: the
+// batch is retried as a whole instead of being bisected into "poison".
+var transientCodes = map[int32]bool{
+	3: true, 16: true, 47: true, 60: true, 81: true, 159: true, 164: true, 202: true, 203: true,
+	209: true, 210: true, 225: true, 236: true, 241: true, 242: true, 243: true, 252: true,
+	279: true, 285: true, 319: true, 341: true, 372: true, 373: true, 394: true, 497: true,
+	516: true, 999: true,
+}
+
+func isDataError(err error) bool {
+	var de *dataError
+	if errors.As(err, &de) {
+		return true
+	}
+	var ex *clickhouse.Exception
+	if errors.As(err, &ex) {
+		return !transientCodes[ex.Code]
+	}
+	return false
+}
+
+func quoteIdent(s string) string {
+	return "`" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "`", "\\`") + "`"
+}
+
+func lsnString(l uint64) string { return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l)) }
+
+// sortRejected orders rejections by id, for stable reporting.
+func sortRejected(r []Rejected) { sort.Slice(r, func(i, j int) bool { return r[i].ID < r[j].ID }) }
