@@ -284,12 +284,27 @@ func recordClickHouse(ctx context.Context, conn driver.Conn, db string, names []
 		have[n] = true
 	}
 	rows.Close()
+	var missing []string
 	for _, n := range names {
 		if !have[n] {
-			if err := conn.Exec(ctx, "INSERT INTO "+tbl+" (name) VALUES ('"+strings.ReplaceAll(n, "'", "")+"')"); err != nil {
-				return fmt.Errorf("clickhouse: record migration %s: %w", n, err)
-			}
+			missing = append(missing, n)
 		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	// INSERT … VALUES through Exec hangs on 18.x's native protocol: use a batch.
+	batch, err := conn.PrepareBatch(ctx, "INSERT INTO "+tbl+" (name)")
+	if err != nil {
+		return fmt.Errorf("clickhouse: record migrations: %w", err)
+	}
+	for _, n := range missing {
+		if err := batch.Append(n); err != nil {
+			return fmt.Errorf("clickhouse: record migration %s: %w", n, err)
+		}
+	}
+	if err := batch.Send(); err != nil {
+		return fmt.Errorf("clickhouse: record migrations: %w", err)
 	}
 	return nil
 }

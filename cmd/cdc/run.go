@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/getsentry/sentry-go"
+	"github.com/spf13/cobra"
+
+	"github.com/outbox-cdc/outbox-cdc/internal/config"
+	"github.com/outbox-cdc/outbox-cdc/internal/daemon"
+	"github.com/outbox-cdc/outbox-cdc/internal/httpapi"
+	"github.com/outbox-cdc/outbox-cdc/internal/logging"
+	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
+)
+
+func loadConfig(path string) (*config.Config, *slog.Logger, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	log, err := logging.New(os.Stderr, cfg.Log.Level, cfg.Log.Format, logging.IsTerminal(os.Stderr))
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, log, nil
+}
+
+func runCmd(configFile *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "run",
+		Short: "Stream outbox rows into ClickHouse until SIGTERM/SIGINT",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, log, err := loadConfig(*configFile)
+			if err != nil {
+				return err
+			}
+			return run(cfg, log)
+		},
+	}
+}
+
+func run(cfg *config.Config, log *slog.Logger) (err error) {
+	if cfg.Sentry.DSN != "" {
+		release := cfg.Sentry.Release
+		if release == "" {
+			release = "outbox-cdc@" + version
+		}
+		if err := sentry.Init(sentry.ClientOptions{Dsn: cfg.Sentry.DSN, Release: release, Environment: cfg.Sentry.Environment}); err != nil {
+			return fmt.Errorf("sentry.dsn: %w", err)
+		}
+		defer sentry.Flush(5 * time.Second)
+		defer func() {
+			if r := recover(); r != nil {
+				sentry.CurrentHub().Recover(r)
+				sentry.Flush(5 * time.Second)
+				panic(r)
+			}
+		}()
+	}
+
+	stop, stopNow := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stopNow()
+	// hard bounds the graceful shutdown: grace after the signal, all I/O ends.
+	hard, cancelHard := context.WithCancel(context.Background())
+	defer cancelHard()
+	go func() {
+		<-stop.Done()
+		log.Info("shutting down: delivering buffered rows", "grace", cfg.Shutdown.Grace)
+		t := time.NewTimer(cfg.Shutdown.Grace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancelHard()
+		case <-hard.Done():
+		}
+	}()
+
+	m := metrics.New()
+	d := daemon.New(cfg, log, m)
+
+	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
+		return fmt.Errorf("http.listen %s: %w", cfg.HTTP.Listen, err)
+	}
+	srv := &http.Server{Handler: httpapi.Handler(httpapi.Options{Metrics: m.Handler(), Ready: d.Ready, Pprof: cfg.HTTP.Pprof}), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server stopped", "listen", cfg.HTTP.Listen, "err", err)
+		}
+	}()
+	defer srv.Close()
+	log.Info("cdc starting", "version", version, "slot", cfg.Postgres.Slot, "table", cfg.Postgres.Table,
+		"clickhouse", cfg.ClickHouse.Addr, "http", ln.Addr().String())
+
+	if err := d.Run(stop, hard); err != nil {
+		log.Error("cdc stopped", "err", err)
+		return err
+	}
+	return nil
+}

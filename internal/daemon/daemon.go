@@ -1,0 +1,412 @@
+// Package daemon runs `cdc run`: it becomes the slot's leader (or waits as a
+// hot standby), creates the slot and backfills the rows that predate it, then
+// streams: replication → decoder → pipeline (batches) → sink → checkpoint.
+// Any failure ends the session; the next session starts after a backoff from
+// what is durable, so a restart loses and repeats nothing.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/getsentry/sentry-go"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-cdc/outbox-cdc/backfill"
+	"github.com/outbox-cdc/outbox-cdc/checkpoint"
+	"github.com/outbox-cdc/outbox-cdc/internal/backoff"
+	"github.com/outbox-cdc/outbox-cdc/internal/config"
+	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
+	"github.com/outbox-cdc/outbox-cdc/pipeline"
+	"github.com/outbox-cdc/outbox-cdc/replication"
+	"github.com/outbox-cdc/outbox-cdc/sink"
+)
+
+// Daemon is one `cdc run` process.
+type Daemon struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	retry   backoff.Policy
+
+	pool  *pgxpool.Pool
+	sink  *sink.ClickHouse
+	store *checkpoint.Store
+
+	streaming atomic.Bool
+}
+
+// New prepares a daemon; nothing connects until Run.
+func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) *Daemon {
+	return &Daemon{cfg: cfg, log: log, metrics: m,
+		retry: backoff.Policy{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff}}
+}
+
+// Ready reports whether the stream is connected and ClickHouse answers.
+func (d *Daemon) Ready(ctx context.Context) error {
+	if !d.streaming.Load() {
+		return errors.New("replication stream not connected (standby, starting or reconnecting)")
+	}
+	s := d.sink
+	if s == nil {
+		return errors.New("clickhouse not connected")
+	}
+	return s.Ping(ctx)
+}
+
+// Run runs until stop ends (then it delivers and confirms what it has read,
+// within the hard context, and returns nil) or a fatal error. hard bounds all
+// I/O: cancel it when the shutdown grace period is over.
+func (d *Daemon) Run(stop, hard context.Context) error {
+	pool, err := d.openPool(hard)
+	if err != nil {
+		return err
+	}
+	d.pool = pool
+	defer pool.Close()
+	d.store = checkpoint.NewStore(pool, d.cfg.Postgres.Table)
+	defer func() {
+		if d.sink != nil {
+			d.sink.Close()
+		}
+	}()
+
+	for attempt := 1; ; attempt++ {
+		started := time.Now()
+		err := d.session(stop, hard)
+		if stop.Err() != nil {
+			if hard.Err() != nil {
+				return fmt.Errorf("shutdown grace period expired before everything read was delivered; it will be sent again on restart: %w", err)
+			}
+			return nil
+		}
+		if errors.Is(err, replication.ErrSlotLost) {
+			return err
+		}
+		if time.Since(started) > time.Minute {
+			attempt = 1
+		}
+		sentry.WithScope(func(s *sentry.Scope) {
+			s.SetTag("slot", d.cfg.Postgres.Slot)
+			sentry.CaptureException(err)
+		})
+		wait := d.retry.Delay(attempt)
+		d.log.Error("session ended, restarting", "slot", d.cfg.Postgres.Slot, "err", err, "retry_in", wait.Round(time.Millisecond))
+		if backoff.Sleep(stop, wait) != nil {
+			return nil
+		}
+	}
+}
+
+func (d *Daemon) openPool(ctx context.Context) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(d.cfg.Postgres.URL)
+	if err != nil {
+		return nil, fmt.Errorf("postgres.url: %w", err)
+	}
+	// Backfilled values are read as text: render them as the stream does.
+	cfg.ConnConfig.RuntimeParams["DateStyle"] = "ISO"
+	cfg.ConnConfig.RuntimeParams["TimeZone"] = "UTC"
+	cfg.ConnConfig.RuntimeParams["IntervalStyle"] = "postgres"
+	cfg.ConnConfig.RuntimeParams["extra_float_digits"] = "3"
+	if cfg.ConnConfig.RuntimeParams["application_name"] == "" {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "outbox-cdc"
+	}
+	cfg.MaxConns = 4
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: create pool: %w", err)
+	}
+	return pool, nil
+}
+
+// session is one leadership term.
+func (d *Daemon) session(stop, hard context.Context) error {
+	lead, err := d.becomeLeader(stop, hard)
+	if err != nil || lead == nil {
+		return err
+	}
+	defer lead.Release(context.Background())
+	d.metrics.Leader.Set(1)
+	defer d.metrics.Leader.Set(0)
+
+	// Losing the lock's connection ends the term: another instance may
+	// take over, and must not find us still backfilling.
+	ctx, cancel := context.WithCancelCause(hard)
+	defer cancel(nil)
+	go func() {
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := lead.Check(ctx); err != nil && ctx.Err() == nil {
+					cancel(err)
+					return
+				}
+			}
+		}
+	}()
+	err = d.lead(stop, ctx)
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) && hard.Err() == nil {
+		return cause
+	}
+	return err
+}
+
+// becomeLeader takes the slot's leader lock, waiting as a standby while
+// another instance holds it. It returns nil, nil when stop ends the wait.
+func (d *Daemon) becomeLeader(stop, ctx context.Context) (*replication.Leadership, error) {
+	slot := d.cfg.Postgres.Slot
+	for waited := false; ; waited = true {
+		lead, err := replication.TryLead(ctx, d.cfg.Postgres.URL, slot)
+		if err != nil {
+			return nil, err
+		}
+		if lead != nil {
+			if waited {
+				d.log.Info("took over as leader", "slot", slot)
+			}
+			return lead, nil
+		}
+		d.log.Info("standby: another instance leads this slot; waiting", "slot", slot,
+			"holder", replication.LeaderHolder(ctx, d.pool, slot), "retry_in", d.cfg.Replication.StandbyRetry)
+		if backoff.Sleep(stop, d.cfg.Replication.StandbyRetry) != nil {
+			return nil, nil
+		}
+	}
+}
+
+func (d *Daemon) lead(stop, ctx context.Context) error {
+	if d.sink == nil {
+		s, err := sink.Open(ctx, sink.Options{
+			Addr: d.cfg.ClickHouse.Addr, Database: d.cfg.ClickHouse.Database, Table: d.cfg.ClickHouse.Table,
+			Username: d.cfg.ClickHouse.Username, Password: d.cfg.ClickHouse.Password,
+			DialTimeout: d.cfg.ClickHouse.DialTimeout, Compression: d.cfg.ClickHouse.Compression == "lz4", Logger: d.log,
+		})
+		if err != nil {
+			return err
+		}
+		d.sink = s
+	}
+	slotName := d.cfg.Postgres.Slot
+	slot, err := replication.LookupSlot(ctx, d.pool, slotName)
+	var state backfill.State
+	switch {
+	case errors.Is(err, replication.ErrSlotNotFound):
+		if state, err = d.createSlot(ctx); err != nil {
+			return err
+		}
+	case err != nil:
+		return err
+	default:
+		if err := slot.CheckUsable(); err != nil {
+			return err
+		}
+		if state, err = backfill.LoadState(ctx, d.pool, slotName); err != nil {
+			return err
+		}
+		if !state.Exists {
+			// The slot was created but its snapshot's backfill list was
+			// never committed: nothing was streamed from it, so re-create it.
+			d.log.Warn("slot exists without recorded state (interrupted creation): re-creating it", "slot", slotName)
+			if err := replication.DropSlot(ctx, d.pool, slotName); err != nil {
+				return err
+			}
+			if state, err = d.createSlot(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	if !state.Done {
+		if err := d.backfill(stop, ctx, state); err != nil {
+			return err
+		}
+		if stop.Err() != nil {
+			return nil
+		}
+	}
+	return d.stream(stop, ctx)
+}
+
+func (d *Daemon) createSlot(ctx context.Context) (backfill.State, error) {
+	slotName := d.cfg.Postgres.Slot
+	conn, err := replication.Connect(ctx, d.cfg.Postgres.URL)
+	if err != nil {
+		return backfill.State{}, err
+	}
+	defer conn.Close(context.Background())
+	created, err := replication.CreateSlot(ctx, conn, slotName)
+	if err != nil {
+		return backfill.State{}, err
+	}
+	n, err := backfill.Prepare(ctx, d.pool, slotName, d.cfg.Postgres.Table, created.Snapshot, created.ConsistentPoint)
+	if err != nil {
+		conn.Close(context.Background())
+		if dropErr := replication.DropSlot(context.Background(), d.pool, slotName); dropErr != nil {
+			d.log.Error("could not drop the half-created slot", "slot", slotName, "err", dropErr)
+		}
+		return backfill.State{}, err
+	}
+	d.log.Info("created replication slot", "slot", slotName, "consistent_lsn", created.ConsistentPoint.String(), "backfill_rows", n)
+	return backfill.State{Exists: true, ConsistentLSN: created.ConsistentPoint}, nil
+}
+
+func (d *Daemon) newPipeline(tracker *checkpoint.Tracker) *pipeline.Pipeline {
+	return pipeline.New(pipeline.Options{
+		Size: d.cfg.Batch.Size, MaxBytes: d.cfg.Batch.MaxBytes, FlushInterval: d.cfg.Batch.FlushInterval,
+		Queue: d.cfg.Batch.QueueBatches, Retry: d.retry,
+	}, d.sink, d.store, tracker, d.metrics, d.log)
+}
+
+// backfill delivers the rows listed when the slot was created, then records
+// that it is done. Stopping midway is safe: the list survives.
+func (d *Daemon) backfill(stop, ctx context.Context, state backfill.State) error {
+	slotName := d.cfg.Postgres.Slot
+	floor := backfill.Position(state.ConsistentLSN, 0).LSN
+	if err := d.sink.Recover(ctx, floor); err != nil {
+		return err
+	}
+	d.log.Info("backfill: delivering rows that predate the slot", "slot", slotName)
+	in := make(chan pipeline.Item, d.cfg.Batch.Size)
+	pipeDone := make(chan error, 1)
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { pipeDone <- d.newPipeline(checkpoint.NewTracker(0)).Run(pctx, in) }()
+
+	start := time.Now()
+	n, err := backfill.Run(ctx, d.pool, slotName, d.cfg.Postgres.Table, state.ConsistentLSN, d.cfg.Batch.Size, func(r sink.Row) error {
+		select {
+		case in <- pipeline.Item{Row: &r, Size: 256}:
+			d.metrics.Backfilled.Inc()
+			return nil
+		case <-stop.Done():
+			return stop.Err()
+		case err := <-pipeDone:
+			pipeDone <- err
+			if err == nil {
+				err = errors.New("pipeline stopped")
+			}
+			return err
+		}
+	})
+	close(in)
+	if err != nil && stop.Err() == nil {
+		cancel()
+		<-pipeDone
+		return err
+	}
+	if err := <-pipeDone; err != nil {
+		return err
+	}
+	if stop.Err() != nil {
+		d.log.Info("backfill interrupted by shutdown; it resumes on the next start", "slot", slotName, "rows", n)
+		return nil
+	}
+	if err := backfill.MarkDone(ctx, d.pool, slotName); err != nil {
+		return err
+	}
+	d.log.Info("backfill done", "slot", slotName, "rows", n, "duration", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// stream starts replication from the slot's confirmed position and runs
+// until stop (graceful) or an error.
+func (d *Daemon) stream(stop, ctx context.Context) error {
+	slotName := d.cfg.Postgres.Slot
+	var st *replication.Stream
+	for {
+		slot, err := replication.LookupSlot(ctx, d.pool, slotName)
+		if err != nil {
+			return err
+		}
+		if err := slot.CheckUsable(); err != nil {
+			return err
+		}
+		if err := d.sink.Recover(ctx, uint64(slot.ConfirmedFlush)); err != nil {
+			return err
+		}
+		conn, err := replication.Connect(ctx, d.cfg.Postgres.URL)
+		if err != nil {
+			return err
+		}
+		st, err = replication.Start(ctx, conn, replication.StartOptions{
+			Slot: slotName, Publication: d.cfg.Postgres.Publication,
+			StatusInterval: d.cfg.Replication.StatusInterval, Logger: d.log,
+		})
+		if errors.Is(err, replication.ErrSlotInUse) {
+			conn.Close(context.Background())
+			// After a crash the old walsender can hold the slot until
+			// wal_sender_timeout; wait rather than fail.
+			d.log.Warn("slot is active in another session; waiting", "slot", slotName,
+				"holder", replication.Holder(ctx, d.pool, slot.ActivePID), "retry_in", d.cfg.Replication.StandbyRetry)
+			if backoff.Sleep(stop, d.cfg.Replication.StandbyRetry) != nil {
+				return nil
+			}
+			continue
+		}
+		if err != nil {
+			conn.Close(context.Background())
+			return err
+		}
+		defer conn.Close(context.Background())
+		d.log.Info("streaming", "slot", slotName, "from_lsn", slot.ConfirmedFlush.String())
+		return d.pump(stop, ctx, st, checkpoint.NewTracker(slot.ConfirmedFlush))
+	}
+}
+
+// pump reads the stream and feeds the pipeline, answering the server in
+// between. One goroutine owns the connection: when the pipeline is full it
+// stops reading (TCP backpressure holds the walsender) but keeps sending
+// status so the server does not time the connection out.
+func (d *Daemon) pump(stop, ctx context.Context, st *replication.Stream, tracker *checkpoint.Tracker) error {
+	d.streaming.Store(true)
+	d.metrics.Connected.Set(1)
+	defer func() {
+		d.streaming.Store(false)
+		d.metrics.Connected.Set(0)
+	}()
+
+	in := make(chan pipeline.Item, d.cfg.Batch.Size)
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pipeDone := make(chan error, 1)
+	go func() { pipeDone <- d.newPipeline(tracker).Run(pctx, in) }()
+
+	src := newSource(d.cfg.Postgres.Table, d.metrics)
+	err := src.read(stop, ctx, st, tracker, in, pipeDone)
+	if err != nil {
+		cancel()
+		<-pipeDone
+		return err
+	}
+	// Graceful stop: deliver what was read, confirm it, then leave.
+	close(in)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-pipeDone:
+			if err != nil {
+				return err
+			}
+			final := src.confirmable(tracker.Durable())
+			if err := st.SendStatus(ctx, final); err != nil {
+				return err
+			}
+			d.log.Info("stopped cleanly", "slot", d.cfg.Postgres.Slot, "confirmed_lsn", final.String())
+			return nil
+		case <-tick.C:
+			if err := st.UpdateStatus(ctx, tracker.Durable()); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,159 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/outbox-cdc/outbox-cdc/checkpoint"
+	"github.com/outbox-cdc/outbox-cdc/decoder"
+	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
+	"github.com/outbox-cdc/outbox-cdc/pipeline"
+	"github.com/outbox-cdc/outbox-cdc/replication"
+	"github.com/outbox-cdc/outbox-cdc/sink"
+)
+
+// HeartbeatPrefix is the logical decoding message prefix of heartbeats.
+const HeartbeatPrefix = "cdc"
+
+// source turns stream messages into pipeline items and decides which LSN
+// may be confirmed.
+type source struct {
+	schema, table string
+	metrics       *metrics.Metrics
+	dec           *decoder.Decoder
+	idCol         map[*decoder.Relation]int
+
+	inTxn         bool
+	txnLSN        pglogrepl.LSN
+	seq           uint64
+	lastCommitEnd pglogrepl.LSN // end of the last transaction handed on
+	idleEnd       pglogrepl.LSN // keepalive position seen outside a transaction
+	pending       *pipeline.Item
+}
+
+func newSource(table string, m *metrics.Metrics) *source {
+	schema, name := checkpoint.SplitTable(table)
+	return &source{schema: schema, table: name, metrics: m, dec: decoder.New(), idCol: map[*decoder.Relation]int{}}
+}
+
+// confirmable is the LSN to confirm given the durable one. When every
+// transaction handed on is durable and we are between transactions, the
+// keepalive's position is safe too (all commits before it were sent to us):
+// that keeps the slot moving while the outbox is idle but the database busy.
+func (s *source) confirmable(durable pglogrepl.LSN) pglogrepl.LSN {
+	if s.pending == nil && !s.inTxn && durable >= s.lastCommitEnd && s.idleEnd > durable {
+		return s.idleEnd
+	}
+	return durable
+}
+
+func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker *checkpoint.Tracker, in chan<- pipeline.Item, pipeDone <-chan error) error {
+	for {
+		if stop.Err() != nil {
+			return nil
+		}
+		if err := st.UpdateStatus(ctx, s.confirmable(tracker.Durable())); err != nil {
+			return err
+		}
+		if s.pending != nil {
+			select {
+			case in <- *s.pending:
+				s.pending = nil
+			case <-time.After(200 * time.Millisecond):
+			case <-stop.Done():
+			case err := <-pipeDone:
+				return pipelineStopped(err)
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			continue
+		}
+		msg, ok, err := st.Receive(ctx, 500*time.Millisecond)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			select {
+			case err := <-pipeDone:
+				return pipelineStopped(err)
+			default:
+			}
+			continue
+		}
+		if msg.Keepalive {
+			if !s.inTxn && msg.ServerWALEnd > s.idleEnd {
+				s.idleEnd = msg.ServerWALEnd
+			}
+			continue
+		}
+		if err := s.handle(msg); err != nil {
+			return err
+		}
+		if s.pending != nil {
+			select {
+			case in <- *s.pending:
+				s.pending = nil
+			default:
+			}
+		}
+	}
+}
+
+func pipelineStopped(err error) error {
+	if err == nil {
+		err = errors.New("pipeline stopped")
+	}
+	return err
+}
+
+func (s *source) handle(msg replication.Message) error {
+	ev, err := s.dec.Decode(msg.Data)
+	if err != nil {
+		return fmt.Errorf("decode message at %s: %w", msg.WALStart, err)
+	}
+	switch e := ev.(type) {
+	case *decoder.Begin:
+		s.inTxn, s.txnLSN, s.seq = true, e.FinalLSN, 0
+	case *decoder.Insert:
+		if !s.inTxn {
+			return fmt.Errorf("insert at %s outside a transaction", msg.WALStart)
+		}
+		idx, ok := s.idCol[e.Relation]
+		if !ok {
+			idx = -1
+			if e.Relation.Namespace == s.schema && e.Relation.Name == s.table {
+				if idx = e.Relation.ColumnIndex("id"); idx < 0 {
+					return fmt.Errorf("relation %s has no id column", e.Relation.QualifiedName())
+				}
+			}
+			s.idCol[e.Relation] = idx
+		}
+		if idx < 0 {
+			return nil // another published table: not ours to deliver
+		}
+		id, ok := e.Values[idx].(int64)
+		if !ok {
+			return fmt.Errorf("row at %s: id %v is not an integer", msg.WALStart, e.Values[idx])
+		}
+		s.pending = &pipeline.Item{
+			Row:  &sink.Row{Pos: sink.Position{LSN: uint64(s.txnLSN), Seq: s.seq}, ID: id, Relation: e.Relation, Values: e.Values},
+			Size: len(msg.Data),
+		}
+		s.seq++
+	case *decoder.Commit:
+		s.inTxn = false
+		s.lastCommitEnd = e.EndLSN
+		s.pending = &pipeline.Item{CommitEnd: e.EndLSN}
+	case *decoder.Message:
+		if e.Prefix == HeartbeatPrefix {
+			if sent, err := time.Parse(time.RFC3339Nano, string(e.Content)); err == nil {
+				s.metrics.HeartbeatLag.Set(time.Since(sent).Seconds())
+			}
+		}
+	}
+	return nil
+}
