@@ -1,0 +1,230 @@
+package daemon
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/outbox-cdc/outbox-cdc/internal/config"
+	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
+	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
+)
+
+// running is a daemon started in-process.
+type running struct {
+	d       *Daemon
+	m       *metrics.Metrics
+	stop    context.CancelFunc
+	hardEnd context.CancelFunc
+	done    chan error
+}
+
+func start(t *testing.T, cfg *config.Config) *running {
+	t.Helper()
+	var w io.Writer = io.Discard
+	if testing.Verbose() {
+		w = os.Stderr
+	}
+	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	m := metrics.New()
+	r := &running{d: New(cfg, log, m), m: m, done: make(chan error, 1)}
+	stop, stopFn := context.WithCancel(context.Background())
+	hard, hardFn := context.WithCancel(context.Background())
+	r.stop, r.hardEnd = stopFn, hardFn
+	go func() { r.done <- r.d.Run(stop, hard) }()
+	t.Cleanup(func() {
+		r.stop()
+		select {
+		case <-r.done:
+		case <-time.After(30 * time.Second):
+			r.hardEnd()
+			<-r.done
+		}
+	})
+	return r
+}
+
+// shutdown stops gracefully and returns Run's result.
+func (r *running) shutdown(t *testing.T) error {
+	t.Helper()
+	r.stop()
+	select {
+	case err := <-r.done:
+		r.done <- err
+		return err
+	case <-time.After(60 * time.Second):
+		t.Fatal("daemon did not stop within 60s of the stop signal")
+		return nil
+	}
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestConcurrentProducersWithRollbacks(t *testing.T) {
+	o := testenv.NewOutbox(t)
+	cfg := o.Config()
+	cfg.Batch.Size = 200
+	r := start(t, cfg)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	var (
+		mu                    sync.Mutex
+		committed, rolledBack []int64
+		wg                    sync.WaitGroup
+	)
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p, err := o.Produce(ctx, 40, 5*time.Millisecond)
+			if err != nil {
+				t.Errorf("producer: %v", err)
+			}
+			mu.Lock()
+			committed = append(committed, p.Committed...)
+			rolledBack = append(rolledBack, p.RolledBack...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if len(rolledBack) == 0 || len(committed) == 0 {
+		t.Fatalf("producers made %d committed and %d rolled-back rows; want both", len(committed), len(rolledBack))
+	}
+	o.WaitCH(uint64(len(committed)), 60*time.Second)
+	if err := r.shutdown(t); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	o.AssertExactlyOnce(committed, rolledBack)
+	if got := testutil.ToFloat64(r.m.RowsFlushed); got != float64(len(committed)) {
+		t.Errorf("cdc_rows_flushed_total = %v, want %d", got, len(committed))
+	}
+}
+
+func TestTransactionLargerThanFiveBatches(t *testing.T) {
+	o := testenv.NewOutbox(t)
+	cfg := o.Config()
+	cfg.Batch.Size = 100
+	r := start(t, cfg)
+	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+
+	ids := o.MustInsert(650, true)
+	o.WaitCH(650, 60*time.Second)
+	if err := r.shutdown(t); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	o.AssertExactlyOnce(ids, nil)
+	if got := testutil.ToFloat64(r.m.BatchesFlushed); got < 7 {
+		t.Errorf("cdc_batches_flushed_total = %v, want >= 7 for 650 rows in batches of 100", got)
+	}
+}
+
+func TestFlushByTimerBelowBatchSize(t *testing.T) {
+	o := testenv.NewOutbox(t)
+	cfg := o.Config()
+	cfg.Batch.Size = 1000
+	cfg.Batch.FlushInterval = 300 * time.Millisecond
+	r := start(t, cfg)
+	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+
+	ids := o.MustInsert(5, true)
+	// Nothing else arrives: only the timer can flush these five rows.
+	o.WaitCH(5, 30*time.Second)
+	o.AssertExactlyOnce(ids, nil)
+	if got := testutil.ToFloat64(r.m.BatchesFlushed); got != 1 {
+		t.Errorf("cdc_batches_flushed_total = %v, want 1", got)
+	}
+}
+
+func TestStopFlushesAndRestartRepeatsNothing(t *testing.T) {
+	o := testenv.NewOutbox(t)
+	cfg := o.Config()
+	cfg.Batch.Size = 1000
+	cfg.Batch.FlushInterval = time.Hour // only the shutdown can flush
+	r := start(t, cfg)
+	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+
+	first := o.MustInsert(300, true)
+	waitFor(t, "rows buffered", 30*time.Second, func() bool { return testutil.ToFloat64(r.m.BufferRows) == 300 })
+	if n, _ := o.CHCount(); n != 0 {
+		t.Fatalf("ClickHouse has %d rows before the flush", n)
+	}
+	if err := r.shutdown(t); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	o.AssertExactlyOnce(first, nil)
+	lag, err := o.SlotLag(cfg.Postgres.Slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var end int64
+	if err := o.PG.QueryRow(context.Background(), `SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint FROM pg_replication_slots`).Scan(&end); err != nil {
+		t.Fatal(err)
+	}
+	if end == 0 {
+		t.Fatalf("slot confirmed nothing on shutdown (lag %d)", lag)
+	}
+
+	// Restart: the slot resumes after the confirmed transaction.
+	cfg2 := o.Config()
+	r2 := start(t, cfg2)
+	second := o.MustInsert(50, true)
+	o.WaitCH(350, 60*time.Second)
+	if err := r2.shutdown(t); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	o.AssertExactlyOnce(append(first, second...), nil)
+	if got := testutil.ToFloat64(r2.m.RowsReceived); got != 50 {
+		t.Errorf("restarted daemon received %v rows, want only the 50 new ones", got)
+	}
+}
+
+func TestIdleOutboxOnBusyDatabaseKeepsSlotMoving(t *testing.T) {
+	o := testenv.NewOutbox(t)
+	cfg := o.Config()
+	r := start(t, cfg)
+	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	ids := o.MustInsert(10, true)
+	o.WaitCH(10, 30*time.Second)
+
+	ctx := context.Background()
+	if _, err := o.PG.Exec(ctx, `CREATE TABLE busy (id bigserial primary key, payload text)`); err != nil {
+		t.Fatal(err)
+	}
+	// About 20 MiB of WAL from a table the publication does not cover.
+	for i := 0; i < 20; i++ {
+		if _, err := o.PG.Exec(ctx, `INSERT INTO busy (payload) SELECT repeat('x', 900) FROM generate_series(1, 1000)`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lag, err := o.SlotLag(cfg.Postgres.Slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lag < 10<<20 {
+		t.Fatalf("test did not generate enough WAL: lag %d", lag)
+	}
+	waitFor(t, "slot lag under 1 MiB", 60*time.Second, func() bool {
+		lag, err = o.SlotLag(cfg.Postgres.Slot)
+		return err == nil && lag < 1<<20
+	})
+	if err := r.shutdown(t); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	o.AssertExactlyOnce(ids, nil)
+}
