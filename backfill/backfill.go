@@ -94,22 +94,39 @@ func Position(consistent pglogrepl.LSN, id int64) sink.Position {
 // decoder the stream uses, so both paths produce identical ClickHouse rows.
 // The pool's sessions must use DateStyle=ISO and TimeZone=UTC.
 func Run(ctx context.Context, pool *pgxpool.Pool, slot, table string, consistent pglogrepl.LSN, chunk int, emit func(sink.Row) error) (int64, error) {
+	q := `SELECT o.* FROM ` + checkpoint.QuoteTable(table) + ` o JOIN cdc_backfill b ON b.id = o.id AND b.slot = $2
+	      WHERE o.status IS DISTINCT FROM 'processed' AND o.id > $1 ORDER BY o.id LIMIT $3`
+	return scan(ctx, pool, table, chunk, q, []any{slot}, func(id int64) sink.Position { return Position(consistent, id) }, emit)
+}
+
+// Failed emits rows with status 'failed' (and fewer than maxAttempts
+// attempts, when maxAttempts > 0), in id order. They are versioned at LSN 0:
+// outside every stream position, so the sink must check them by id
+// (sink.Options.CheckEveryRow).
+func Failed(ctx context.Context, pool *pgxpool.Pool, table string, maxAttempts, chunk int, emit func(sink.Row) error) (int64, error) {
+	q := `SELECT o.* FROM ` + checkpoint.QuoteTable(table) + ` o
+	      WHERE o.status = 'failed' AND ($2 <= 0 OR o.attempts < $2) AND o.id > $1 ORDER BY o.id LIMIT $3`
+	return scan(ctx, pool, table, chunk, q, []any{maxAttempts}, func(id int64) sink.Position { return sink.Position{LSN: 0, Seq: uint64(id)} }, emit)
+}
+
+// scan pages through q (keyset on id: $1 is the last id seen, the last
+// parameter the page size) and emits each row.
+func scan(ctx context.Context, pool *pgxpool.Pool, table string, chunk int, q string, args []any, pos func(int64) sink.Position, emit func(sink.Row) error) (int64, error) {
 	values := decoder.NewValueDecoder()
 	schema, name := checkpoint.SplitTable(table)
 	var rel *decoder.Relation
 	idCol := -1
-	q := `SELECT o.* FROM ` + checkpoint.QuoteTable(table) + ` o JOIN cdc_backfill b ON b.id = o.id AND b.slot = $1
-	      WHERE o.status IS DISTINCT FROM 'processed' AND o.id > $2 ORDER BY o.id LIMIT $3`
 	var after, sent int64 = -1 << 63, 0
 	for {
-		rows, err := pool.Query(ctx, q, pgx.QueryResultFormats{pgx.TextFormatCode}, slot, after, chunk)
+		params := append(append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}, after}, args...), chunk)
+		rows, err := pool.Query(ctx, q, params...)
 		if err != nil {
-			return sent, fmt.Errorf("postgres: read backfill rows: %w", err)
+			return sent, fmt.Errorf("postgres: read rows of %s: %w", table, err)
 		}
 		n := 0
 		for rows.Next() {
-			fields := rows.FieldDescriptions()
 			if rel == nil {
+				fields := rows.FieldDescriptions()
 				rel = &decoder.Relation{Namespace: schema, Name: name, Columns: make([]decoder.Column, len(fields))}
 				for i, f := range fields {
 					rel.Columns[i] = decoder.Column{Name: f.Name, TypeOID: f.DataTypeOID}
@@ -131,7 +148,7 @@ func Run(ctx context.Context, pool *pgxpool.Pool, slot, table string, consistent
 				rows.Close()
 				return sent, fmt.Errorf("postgres: %s.id is not an integer", table)
 			}
-			if err := emit(sink.Row{Pos: Position(consistent, id), ID: id, Relation: rel, Values: vals}); err != nil {
+			if err := emit(sink.Row{Pos: pos(id), ID: id, Relation: rel, Values: vals}); err != nil {
 				rows.Close()
 				return sent, err
 			}
@@ -140,7 +157,7 @@ func Run(ctx context.Context, pool *pgxpool.Pool, slot, table string, consistent
 			sent++
 		}
 		if err := rows.Err(); err != nil {
-			return sent, fmt.Errorf("postgres: read backfill rows: %w", err)
+			return sent, fmt.Errorf("postgres: read rows of %s: %w", table, err)
 		}
 		if n < chunk {
 			return sent, nil

@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -76,7 +75,10 @@ type Options struct {
 	Password    string
 	DialTimeout time.Duration
 	Compression bool
-	Logger      *slog.Logger
+	// CheckEveryRow makes Write look up every row's id before inserting,
+	// for re-drives of failed rows, whose positions are not stream-ordered.
+	CheckEveryRow bool
+	Logger        *slog.Logger
 }
 
 // ClickHouse is the sink. It is used by one writer goroutine at a time.
@@ -265,7 +267,7 @@ func (c *ClickHouse) Write(ctx context.Context, rows []Row) (Result, error) {
 		return res, nil
 	}
 	todo := rows
-	if c.hasHWM && !c.hwm.Less(rows[0].Pos) {
+	if c.opts.CheckEveryRow || (c.hasHWM && !c.hwm.Less(rows[0].Pos)) {
 		present, err := c.present(ctx, rows)
 		if err != nil {
 			return res, err
@@ -457,6 +459,3 @@ func quoteIdent(s string) string {
 }
 
 func lsnString(l uint64) string { return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l)) }
-
-// sortRejected orders rejections by id, for stable reporting.
-func sortRejected(r []Rejected) { sort.Slice(r, func(i, j int) bool { return r[i].ID < r[j].ID }) }

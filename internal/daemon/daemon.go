@@ -231,6 +231,7 @@ func (d *Daemon) lead(stop, ctx context.Context) error {
 			return nil
 		}
 	}
+	go d.retryLoop(ctx)
 	return d.stream(stop, ctx)
 }
 

@@ -271,3 +271,33 @@ func (o *Outbox) SlotLag(slot string) (int64, error) {
 	  FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&lag)
 	return lag, err
 }
+
+// AssertExactlyOnceAllowFailed is AssertExactlyOnce for an outbox where the
+// failed rows are still failed (and absent from ClickHouse).
+func (o *Outbox) AssertExactlyOnceAllowFailed(delivered, failed []int64) {
+	o.t.Helper()
+	got := o.CHIDs()
+	count, uniq := o.CHCount()
+	if count != uniq || count != uint64(len(delivered)) {
+		o.t.Errorf("ClickHouse count()=%d uniqExact(id)=%d, want %d", count, uniq, len(delivered))
+	}
+	have := make(map[int64]bool, len(got))
+	for _, id := range got {
+		have[id] = true
+	}
+	for _, id := range delivered {
+		if !have[id] {
+			o.t.Errorf("id %d missing from ClickHouse", id)
+			break
+		}
+	}
+	for _, id := range failed {
+		if have[id] {
+			o.t.Errorf("failed id %d is in ClickHouse", id)
+		}
+	}
+	counts := o.StatusCounts()
+	if counts["processed"] != int64(len(delivered)) || counts["failed"] != int64(len(failed)) {
+		o.t.Errorf("outbox statuses %v, want %d processed and %d failed", counts, len(delivered), len(failed))
+	}
+}

@@ -1,0 +1,135 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-cdc/outbox-cdc/backfill"
+	"github.com/outbox-cdc/outbox-cdc/checkpoint"
+	"github.com/outbox-cdc/outbox-cdc/internal/backoff"
+	"github.com/outbox-cdc/outbox-cdc/internal/config"
+	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
+	"github.com/outbox-cdc/outbox-cdc/pipeline"
+	"github.com/outbox-cdc/outbox-cdc/sink"
+)
+
+// ErrRetryBusy means another re-drive of the same outbox is running.
+var ErrRetryBusy = errors.New("another retry of failed rows is running on this outbox")
+
+// RetryResult counts what a re-drive did.
+type RetryResult struct {
+	Read        int64 // failed rows read
+	StillFailed int64 // of those, rejected again
+}
+
+// RetryFailed re-sends rows marked failed (with fewer than maxAttempts
+// attempts when maxAttempts > 0) through the normal pipeline: rows
+// ClickHouse accepts become processed, the others stay failed with the new
+// error and one more attempt. Every row is looked up by id in ClickHouse
+// before it is inserted, and re-drives of one outbox are serialised by an
+// advisory lock, so running it again after a crash inserts nothing twice.
+func RetryFailed(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger, m *metrics.Metrics, maxAttempts int) (RetryResult, error) {
+	var res RetryResult
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return res, fmt.Errorf("postgres: connect: %w", err)
+	}
+	defer conn.Release()
+	key := "outbox-cdc:retry:" + cfg.Postgres.Table
+	var got bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext($1))`, key).Scan(&got); err != nil {
+		return res, fmt.Errorf("postgres: take retry lock: %w", err)
+	}
+	if !got {
+		return res, ErrRetryBusy
+	}
+	defer conn.Exec(context.Background(), `SELECT pg_advisory_unlock(hashtext($1))`, key)
+
+	s, err := sink.Open(ctx, sink.Options{
+		Addr: cfg.ClickHouse.Addr, Database: cfg.ClickHouse.Database, Table: cfg.ClickHouse.Table,
+		Username: cfg.ClickHouse.Username, Password: cfg.ClickHouse.Password,
+		DialTimeout: cfg.ClickHouse.DialTimeout, Compression: cfg.ClickHouse.Compression == "lz4",
+		CheckEveryRow: true, Logger: log,
+	})
+	if err != nil {
+		return res, err
+	}
+	defer s.Close()
+
+	counting := &countingMarker{Marker: checkpoint.NewStore(pool, cfg.Postgres.Table)}
+	p := pipeline.New(pipeline.Options{
+		Size: cfg.Batch.Size, MaxBytes: cfg.Batch.MaxBytes, FlushInterval: cfg.Batch.FlushInterval, Queue: cfg.Batch.QueueBatches,
+		Retry: backoff.Policy{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff},
+	}, s, counting, checkpoint.NewTracker(0), m, log)
+
+	in := make(chan pipeline.Item, cfg.Batch.Size)
+	done := make(chan error, 1)
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { done <- p.Run(pctx, in) }()
+	res.Read, err = backfill.Failed(ctx, pool, cfg.Postgres.Table, maxAttempts, cfg.Batch.Size, func(r sink.Row) error {
+		select {
+		case in <- pipeline.Item{Row: &r, Size: 256}:
+			return nil
+		case err := <-done:
+			done <- err
+			return pipelineStopped(err)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	close(in)
+	if err != nil {
+		cancel()
+		<-done
+		return res, err
+	}
+	if err := <-done; err != nil {
+		return res, err
+	}
+	res.StillFailed = counting.failed
+	return res, nil
+}
+
+// countingMarker counts rows marked failed again.
+type countingMarker struct {
+	pipeline.Marker
+	failed int64
+}
+
+func (c *countingMarker) MarkFailed(ctx context.Context, f []checkpoint.Failure) error {
+	if err := c.Marker.MarkFailed(ctx, f); err != nil {
+		return err
+	}
+	c.failed += int64(len(f))
+	return nil
+}
+
+// retryLoop re-drives failed rows every interval while the session lasts.
+func (d *Daemon) retryLoop(ctx context.Context) {
+	every, maxAttempts := d.cfg.Failed.RetryInterval, d.cfg.Failed.MaxAttempts
+	if every <= 0 {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		res, err := RetryFailed(ctx, d.cfg, d.pool, d.log, d.metrics, maxAttempts)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			d.log.Warn("periodic retry of failed rows", "err", err)
+		case res.Read > 0:
+			d.log.Info("re-drove failed rows", "rows", res.Read, "still_failed", res.StillFailed)
+		}
+	}
+}
