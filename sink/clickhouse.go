@@ -106,9 +106,10 @@ type insertPlan struct {
 	convs   []converter
 }
 
+// Sources of bookkeeping values in insertPlan.sources (-1 means absent).
 const (
-	srcLSN = -1
-	srcSeq = -2
+	srcLSN = -2
+	srcSeq = -3
 )
 
 // Open connects to ClickHouse and reads the target table's columns.

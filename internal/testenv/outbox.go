@@ -29,13 +29,13 @@ type Outbox struct {
 	CH     driver.Conn
 }
 
-// NewOutbox creates and migrates both sides.
+// NewOutbox creates and migrates both sides on the shared test servers.
 func NewOutbox(t testing.TB) *Outbox {
 	t.Helper()
-	o := &Outbox{t: t, PGURL: NewPostgresDB(t), CHAddr: ClickHouseAddr(t), CHDB: NewClickHouseDB(t)}
+	pgURL, chAddr, chDB := NewPostgresDB(t), ClickHouseAddr(t), NewClickHouseDB(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, o.PGURL)
+	conn, err := pgx.Connect(ctx, pgURL)
 	if err != nil {
 		t.Fatalf("connect postgres: %v", err)
 	}
@@ -43,15 +43,33 @@ func NewOutbox(t testing.TB) *Outbox {
 		t.Fatalf("migrate postgres: %v", err)
 	}
 	conn.Close(ctx)
-	o.CH, err = clickhouse.Open(&clickhouse.Options{Addr: []string{o.CHAddr}})
+	ch, err := clickhouse.Open(&clickhouse.Options{Addr: []string{chAddr}})
+	if err != nil {
+		t.Fatalf("open clickhouse: %v", err)
+	}
+	defer ch.Close()
+	if _, err := migrations.ApplyClickHouse(ctx, ch, migrations.ClickHouse{Database: chDB, Table: "events"}); err != nil {
+		t.Fatalf("migrate clickhouse: %v", err)
+	}
+	return OpenOutbox(t, pgURL, chAddr, chDB)
+}
+
+// OpenOutbox connects to an outbox that is already migrated.
+func OpenOutbox(t testing.TB, pgURL, chAddr, chDB string) *Outbox {
+	t.Helper()
+	o := &Outbox{t: t, PGURL: pgURL, CHAddr: chAddr, CHDB: chDB}
+	var err error
+	o.CH, err = clickhouse.Open(&clickhouse.Options{Addr: []string{o.CHAddr}, DialTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatalf("open clickhouse: %v", err)
 	}
 	t.Cleanup(func() { o.CH.Close() })
-	if _, err := migrations.ApplyClickHouse(ctx, o.CH, migrations.ClickHouse{Database: o.CHDB, Table: "events"}); err != nil {
-		t.Fatalf("migrate clickhouse: %v", err)
+	cfg, err := pgxpool.ParseConfig(o.PGURL)
+	if err != nil {
+		t.Fatalf("postgres url: %v", err)
 	}
-	o.PG, err = pgxpool.New(context.Background(), o.PGURL)
+	cfg.MaxConns = 16
+	o.PG, err = pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("postgres pool: %v", err)
 	}

@@ -1,0 +1,105 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Servers is a private PostgreSQL + ClickHouse pair started for one test,
+// for tests that stop, kill or restart servers: doing that to the shared
+// servers would break the tests running beside them.
+type Servers struct {
+	PGURL  string // database "cdc"
+	CHAddr string
+	dir    string
+	env    []string
+	script string
+}
+
+// StartPrivate starts servers in their own directory on free ports. They
+// are stopped and removed when the test ends.
+func StartPrivate(t testing.TB, name string) *Servers {
+	t.Helper()
+	script := mustEnv(t, EnvScript)
+	dir, err := os.MkdirTemp("/tmp", "outbox-cdc-"+name+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The servers run as their own users, which must reach the directory.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ports := freePorts(t, 4)
+	pg, ch := ports[0], ports[1]
+	s := &Servers{
+		PGURL:  fmt.Sprintf("postgres://postgres@127.0.0.1:%d/cdc?sslmode=disable", pg),
+		CHAddr: fmt.Sprintf("127.0.0.1:%d", ch),
+		dir:    dir,
+		script: script,
+		env: append(os.Environ(),
+			"CDC_TESTENV_DIR="+dir,
+			fmt.Sprintf("CDC_TESTENV_PGPORT=%d", pg),
+			fmt.Sprintf("CDC_TESTENV_CHPORT=%d", ch),
+			fmt.Sprintf("CDC_TESTENV_CHHTTPPORT=%d", ports[2]),
+			fmt.Sprintf("CDC_TESTENV_CHINTERPORT=%d", ports[3]),
+		),
+	}
+	t.Cleanup(func() {
+		if err := s.run("down"); err != nil {
+			t.Errorf("testenv: stop private servers: %v", err)
+		}
+		if !t.Failed() {
+			os.RemoveAll(dir)
+		} else {
+			t.Logf("private servers' files kept in %s", dir)
+		}
+	})
+	s.Script(t, "up")
+	return s
+}
+
+// Script runs scripts/testenv.sh against these servers (up, down, ch-stop,
+// ch-start, pg-restart).
+func (s *Servers) Script(t testing.TB, args ...string) {
+	t.Helper()
+	if err := s.run(args...); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+}
+
+func (s *Servers) run(args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, s.script, args...)
+	cmd.Env = s.env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w\n%s", s.script, strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// freePorts returns n distinct ports that were free a moment ago.
+func freePorts(t testing.TB, n int) []int {
+	t.Helper()
+	var ports []int
+	var lns []net.Listener
+	for i := 0; i < n; i++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("testenv: free port: %v", err)
+		}
+		lns = append(lns, ln)
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	for _, ln := range lns {
+		ln.Close()
+	}
+	return ports
+}
