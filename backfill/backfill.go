@@ -29,6 +29,8 @@ type State struct {
 	Exists        bool
 	ConsistentLSN pglogrepl.LSN
 	Done          bool
+	// Recreated is true when the outbox had a slot before this one.
+	Recreated bool
 }
 
 // LoadState reads the slot's state; Exists is false when the slot was never
@@ -36,7 +38,7 @@ type State struct {
 func LoadState(ctx context.Context, pool *pgxpool.Pool, slot string) (State, error) {
 	var st State
 	var lsn string
-	err := pool.QueryRow(ctx, `SELECT consistent_lsn::text, backfill_done FROM cdc_slot_state WHERE slot = $1`, slot).Scan(&lsn, &st.Done)
+	err := pool.QueryRow(ctx, `SELECT consistent_lsn::text, backfill_done, recreated FROM cdc_slot_state WHERE slot = $1`, slot).Scan(&lsn, &st.Done, &st.Recreated)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return State{}, nil
 	}
@@ -73,7 +75,7 @@ func Prepare(ctx context.Context, pool *pgxpool.Pool, slot, table, snapshot stri
 	}
 	_, err = tx.Exec(ctx, `INSERT INTO cdc_slot_state (slot, consistent_lsn, backfill_done, created_at)
 	  VALUES ($1, $2::pg_lsn, false, now())
-	  ON CONFLICT (slot) DO UPDATE SET consistent_lsn = EXCLUDED.consistent_lsn, backfill_done = false, created_at = now()`,
+	  ON CONFLICT (slot) DO UPDATE SET consistent_lsn = EXCLUDED.consistent_lsn, backfill_done = false, recreated = true, created_at = now()`,
 		slot, consistent.String())
 	if err != nil {
 		return 0, fmt.Errorf("postgres: record slot state: %w", err)

@@ -75,8 +75,10 @@ type Options struct {
 	Password    string
 	DialTimeout time.Duration
 	Compression bool
-	// CheckEveryRow makes Write look up every row's id before inserting,
-	// for re-drives of failed rows, whose positions are not stream-ordered.
+	// CheckEveryRow makes Write look up every row's id in the whole table
+	// before inserting: for re-drives of failed rows and for the backfill of
+	// a re-created slot, whose rows may be stored under unrelated positions.
+	// It costs a scan of the id column per batch.
 	CheckEveryRow bool
 	Logger        *slog.Logger
 }
@@ -294,7 +296,8 @@ func (c *ClickHouse) Write(ctx context.Context, rows []Row) (Result, error) {
 	return res, nil
 }
 
-// present returns the ids of rows that are already stored.
+// present returns the ids of rows that are already stored. Normally only
+// the rows' own positions need looking at; CheckEveryRow looks everywhere.
 func (c *ClickHouse) present(ctx context.Context, rows []Row) (map[int64]struct{}, error) {
 	lo, hi := rows[0].Pos.LSN, rows[0].Pos.LSN
 	var b strings.Builder
@@ -307,6 +310,9 @@ func (c *ClickHouse) present(ctx context.Context, rows []Row) (map[int64]struct{
 	}
 	q := fmt.Sprintf("SELECT id FROM %s WHERE %s >= %d AND %s <= %d AND id IN (%s)",
 		c.table(), ColumnLSN, lo, ColumnLSN, hi, b.String())
+	if c.opts.CheckEveryRow {
+		q = fmt.Sprintf("SELECT id FROM %s WHERE id IN (%s)", c.table(), b.String())
+	}
 	res, err := c.conn.Query(ctx, q)
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse %s: check stored ids: %w", c.addr(), err)

@@ -184,11 +184,7 @@ func (d *Daemon) becomeLeader(stop, ctx context.Context) (*replication.Leadershi
 
 func (d *Daemon) lead(stop, ctx context.Context) error {
 	if d.sink == nil {
-		s, err := sink.Open(ctx, sink.Options{
-			Addr: d.cfg.ClickHouse.Addr, Database: d.cfg.ClickHouse.Database, Table: d.cfg.ClickHouse.Table,
-			Username: d.cfg.ClickHouse.Username, Password: d.cfg.ClickHouse.Password,
-			DialTimeout: d.cfg.ClickHouse.DialTimeout, Compression: d.cfg.ClickHouse.Compression == "lz4", Logger: d.log,
-		})
+		s, err := sink.Open(ctx, sinkOptions(d.cfg, d.log, false))
 		if err != nil {
 			return err
 		}
@@ -258,19 +254,36 @@ func (d *Daemon) createSlot(ctx context.Context) (backfill.State, error) {
 	return backfill.State{Exists: true, ConsistentLSN: created.ConsistentPoint}, nil
 }
 
-func (d *Daemon) newPipeline(tracker *checkpoint.Tracker) *pipeline.Pipeline {
+func (d *Daemon) newPipeline(w pipeline.Writer, tracker *checkpoint.Tracker) *pipeline.Pipeline {
 	return pipeline.New(pipeline.Options{
 		Size: d.cfg.Batch.Size, MaxBytes: d.cfg.Batch.MaxBytes, FlushInterval: d.cfg.Batch.FlushInterval,
 		Queue: d.cfg.Batch.QueueBatches, Retry: d.retry,
-	}, d.sink, d.store, tracker, d.metrics, d.log)
+	}, w, d.store, tracker, d.metrics, d.log)
+}
+
+func sinkOptions(cfg *config.Config, log *slog.Logger, checkEveryRow bool) sink.Options {
+	c := cfg.ClickHouse
+	return sink.Options{
+		Addr: c.Addr, Database: c.Database, Table: c.Table, Username: c.Username, Password: c.Password,
+		DialTimeout: c.DialTimeout, Compression: c.Compression == "lz4", CheckEveryRow: checkEveryRow, Logger: log,
+	}
 }
 
 // backfill delivers the rows listed when the slot was created, then records
 // that it is done. Stopping midway is safe: the list survives.
 func (d *Daemon) backfill(stop, ctx context.Context, state backfill.State) error {
 	slotName := d.cfg.Postgres.Slot
-	floor := backfill.Position(state.ConsistentLSN, 0).LSN
-	if err := d.sink.Recover(ctx, floor); err != nil {
+	w := d.sink
+	if state.Recreated {
+		// The previous slot may have delivered rows it never marked.
+		s, err := sink.Open(ctx, sinkOptions(d.cfg, d.log, true))
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		w = s
+	}
+	if err := w.Recover(ctx, backfill.Position(state.ConsistentLSN, 0).LSN); err != nil {
 		return err
 	}
 	d.log.Info("backfill: delivering rows that predate the slot", "slot", slotName)
@@ -278,7 +291,7 @@ func (d *Daemon) backfill(stop, ctx context.Context, state backfill.State) error
 	pipeDone := make(chan error, 1)
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() { pipeDone <- d.newPipeline(checkpoint.NewTracker(0)).Run(pctx, in) }()
+	go func() { pipeDone <- d.newPipeline(w, checkpoint.NewTracker(0)).Run(pctx, in) }()
 
 	start := time.Now()
 	n, err := backfill.Run(ctx, d.pool, slotName, d.cfg.Postgres.Table, state.ConsistentLSN, d.cfg.Batch.Size, func(r sink.Row) error {
@@ -377,7 +390,7 @@ func (d *Daemon) pump(stop, ctx context.Context, st *replication.Stream, tracker
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pipeDone := make(chan error, 1)
-	go func() { pipeDone <- d.newPipeline(tracker).Run(pctx, in) }()
+	go func() { pipeDone <- d.newPipeline(d.sink, tracker).Run(pctx, in) }()
 
 	src := newSource(d.cfg.Postgres.Table, d.metrics)
 	err := src.read(stop, ctx, st, tracker, in, pipeDone)

@@ -50,12 +50,7 @@ func RetryFailed(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, lo
 	}
 	defer conn.Exec(context.Background(), `SELECT pg_advisory_unlock(hashtext($1))`, key)
 
-	s, err := sink.Open(ctx, sink.Options{
-		Addr: cfg.ClickHouse.Addr, Database: cfg.ClickHouse.Database, Table: cfg.ClickHouse.Table,
-		Username: cfg.ClickHouse.Username, Password: cfg.ClickHouse.Password,
-		DialTimeout: cfg.ClickHouse.DialTimeout, Compression: cfg.ClickHouse.Compression == "lz4",
-		CheckEveryRow: true, Logger: log,
-	})
+	s, err := sink.Open(ctx, sinkOptions(cfg, log, true))
 	if err != nil {
 		return res, err
 	}

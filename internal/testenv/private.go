@@ -103,3 +103,6 @@ func freePorts(t testing.TB, n int) []int {
 	}
 	return ports
 }
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int { return freePorts(t, 1)[0] }
