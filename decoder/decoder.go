@@ -8,6 +8,7 @@
 package decoder
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -105,68 +106,209 @@ func New() *Decoder {
 // Decode decodes one pgoutput message (the WALData of an XLogData). It returns
 // a nil Event for messages the pipeline does not need (Type, Origin, Update,
 // Delete, Truncate). data is not retained: the returned event owns its memory.
-// Malformed input yields an error, never a panic.
+// Malformed input yields an error, never a panic: every message the pipeline
+// uses (and Type, which precedes a Relation) must be exactly as long as its
+// fields say, so a stream that is not what we think it is stops at once.
 func (d *Decoder) Decode(data []byte) (Event, error) {
 	if len(data) == 0 {
 		return nil, errors.New("pgoutput: empty message")
 	}
-	switch pglogrepl.MessageType(data[0]) {
-	case pglogrepl.MessageTypeInsert:
-		return d.decodeInsert(data[1:])
-	case pglogrepl.MessageTypeBegin, pglogrepl.MessageTypeCommit, pglogrepl.MessageTypeRelation, pglogrepl.MessageTypeMessage:
-		msg, err := parse(data)
+	typ := pglogrepl.MessageType(data[0])
+	if typ == pglogrepl.MessageTypeInsert {
+		// Not "return d.decodeInsert(...)": a nil *Insert in the Event
+		// interface would be a non-nil event next to the error.
+		ins, err := d.decodeInsert(data[1:])
 		if err != nil {
 			return nil, err
 		}
-		return d.fromParsed(msg)
-	case pglogrepl.MessageTypeType, pglogrepl.MessageTypeOrigin, pglogrepl.MessageTypeUpdate,
+		return ins, nil
+	}
+	r := &reader{typ: typ, src: data[1:]}
+	var ev Event
+	switch typ {
+	case pglogrepl.MessageTypeBegin:
+		ev = d.decodeBegin(r)
+	case pglogrepl.MessageTypeCommit:
+		ev = d.decodeCommit(r)
+	case pglogrepl.MessageTypeRelation:
+		ev = d.decodeRelation(r)
+	case pglogrepl.MessageTypeMessage:
+		ev = d.decodeMessage(r)
+	case pglogrepl.MessageTypeType:
+		// Announces a non-built-in column type before the Relation using it;
+		// the Relation carries the type OID, which is all we need.
+		r.uint32("type OID")
+		r.cstring("namespace")
+		r.cstring("name")
+	case pglogrepl.MessageTypeOrigin, pglogrepl.MessageTypeUpdate,
 		pglogrepl.MessageTypeDelete, pglogrepl.MessageTypeTruncate:
 		return nil, nil
 	default:
 		return nil, fmt.Errorf("pgoutput: unknown message type %q", data[0])
 	}
+	if err := r.finish(); err != nil {
+		return nil, err
+	}
+	return ev, nil
 }
 
-// parse runs pglogrepl's parser, which indexes its input without bounds
-// checks; a truncated message must surface as an error so the stream can be
-// restarted, not crash the daemon.
-func parse(data []byte) (msg pglogrepl.Message, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			msg, err = nil, fmt.Errorf("pgoutput: malformed %s message (%d bytes)", pglogrepl.MessageType(data[0]), len(data))
-		}
-	}()
-	msg, err = pglogrepl.Parse(data)
-	if err != nil {
-		return nil, fmt.Errorf("pgoutput: parse %s message: %w", pglogrepl.MessageType(data[0]), err)
-	}
-	return msg, nil
+// reader reads the fields of one message, bounds-checked. After the first
+// short read every further read returns zero values; finish reports it, or
+// bytes left over.
+type reader struct {
+	typ pglogrepl.MessageType
+	src []byte
+	pos int
+	err error
 }
 
-func (d *Decoder) fromParsed(msg pglogrepl.Message) (Event, error) {
-	switch m := msg.(type) {
-	case *pglogrepl.BeginMessage:
-		return &Begin{FinalLSN: m.FinalLSN, CommitTime: m.CommitTime, Xid: m.Xid}, nil
-	case *pglogrepl.CommitMessage:
-		return &Commit{CommitLSN: m.CommitLSN, EndLSN: m.TransactionEndLSN, CommitTime: m.CommitTime}, nil
-	case *pglogrepl.RelationMessage:
-		if int(m.ColumnNum) != len(m.Columns) {
-			return nil, fmt.Errorf("pgoutput: relation %d announces %d columns, carries %d", m.RelationID, m.ColumnNum, len(m.Columns))
-		}
-		rel := &Relation{ID: m.RelationID, Namespace: m.Namespace, Name: m.RelationName, Columns: make([]Column, len(m.Columns))}
-		plan := &relationPlan{rel: rel, codec: make([]*columnCodec, len(m.Columns))}
-		for i, c := range m.Columns {
-			rel.Columns[i] = Column{Name: c.Name, TypeOID: c.DataType, TypeMod: c.TypeModifier, Key: c.Flags&1 != 0}
-			plan.codec[i] = d.values.codecFor(c.DataType)
-		}
-		d.relations[m.RelationID] = plan
-		return rel, nil
-	case *pglogrepl.LogicalDecodingMessage:
-		content := make([]byte, len(m.Content))
-		copy(content, m.Content)
-		return &Message{LSN: m.LSN, Transactional: m.Transactional, Prefix: m.Prefix, Content: content}, nil
+func (r *reader) take(n int, what string) []byte {
+	if r.err != nil {
+		return nil
 	}
-	return nil, nil
+	if n < 0 || n > len(r.src)-r.pos {
+		r.err = fmt.Errorf("pgoutput: %s message truncated at %s (%d bytes)", r.typ, what, len(r.src)+1)
+		return nil
+	}
+	b := r.src[r.pos : r.pos+n]
+	r.pos += n
+	return b
+}
+
+func (r *reader) uint8(what string) uint8 {
+	if b := r.take(1, what); b != nil {
+		return b[0]
+	}
+	return 0
+}
+
+func (r *reader) uint16(what string) uint16 {
+	if b := r.take(2, what); b != nil {
+		return binary.BigEndian.Uint16(b)
+	}
+	return 0
+}
+
+func (r *reader) uint32(what string) uint32 {
+	if b := r.take(4, what); b != nil {
+		return binary.BigEndian.Uint32(b)
+	}
+	return 0
+}
+
+func (r *reader) uint64(what string) uint64 {
+	if b := r.take(8, what); b != nil {
+		return binary.BigEndian.Uint64(b)
+	}
+	return 0
+}
+
+func (r *reader) lsn(what string) pglogrepl.LSN { return pglogrepl.LSN(r.uint64(what)) }
+
+// time reads a timestamp (microseconds since 2000-01-01 UTC) as UTC.
+func (r *reader) time(what string) time.Time {
+	us := int64(r.uint64(what))
+	const pgEpoch = 946684800 // 2000-01-01 in Unix seconds
+	return time.Unix(pgEpoch+us/1e6, (us%1e6)*1e3).UTC()
+}
+
+// cstring reads a NUL-terminated string.
+func (r *reader) cstring(what string) string {
+	if r.err != nil {
+		return ""
+	}
+	end := bytes.IndexByte(r.src[r.pos:], 0)
+	if end < 0 {
+		r.err = fmt.Errorf("pgoutput: %s message: %s is not NUL-terminated", r.typ, what)
+		return ""
+	}
+	s := string(r.src[r.pos : r.pos+end])
+	r.pos += end + 1
+	return s
+}
+
+func (r *reader) remaining() int { return len(r.src) - r.pos }
+
+func (r *reader) finish() error {
+	if r.err != nil {
+		return r.err
+	}
+	if r.pos != len(r.src) {
+		return fmt.Errorf("pgoutput: %s message has %d trailing bytes", r.typ, len(r.src)-r.pos)
+	}
+	return nil
+}
+
+// decodeBegin: final LSN (8), commit time (8), xid (4).
+func (d *Decoder) decodeBegin(r *reader) *Begin {
+	b := &Begin{}
+	b.FinalLSN = r.lsn("final LSN")
+	b.CommitTime = r.time("commit time")
+	b.Xid = r.uint32("xid")
+	return b
+}
+
+// decodeCommit: flags (1, unused), commit LSN (8), end LSN (8), commit time (8).
+func (d *Decoder) decodeCommit(r *reader) *Commit {
+	c := &Commit{}
+	r.uint8("flags")
+	c.CommitLSN = r.lsn("commit LSN")
+	c.EndLSN = r.lsn("end LSN")
+	c.CommitTime = r.time("commit time")
+	return c
+}
+
+// decodeMessage: flags (1, bit 0 = transactional), LSN (8), prefix (string),
+// content length (4), content.
+func (d *Decoder) decodeMessage(r *reader) *Message {
+	m := &Message{}
+	m.Transactional = r.uint8("flags")&1 != 0
+	m.LSN = r.lsn("LSN")
+	m.Prefix = r.cstring("prefix")
+	n := r.uint32("content length")
+	if c := r.take(int(n), "content"); c != nil {
+		m.Content = append([]byte{}, c...)
+	}
+	return m
+}
+
+// decodeRelation: relation id (4), namespace, name, replica identity (1),
+// column count (2), then per column flags (1), name, type OID (4), type
+// modifier (4). The relation replaces any earlier one with the same id only
+// when it decodes completely.
+func (d *Decoder) decodeRelation(r *reader) *Relation {
+	rel := &Relation{}
+	rel.ID = r.uint32("relation id")
+	rel.Namespace = r.cstring("namespace")
+	rel.Name = r.cstring("name")
+	r.uint8("replica identity")
+	n := int(r.uint16("column count"))
+	// A column takes at least 10 bytes: do not trust the count further than
+	// the message could hold.
+	const minColumn = 1 + 1 + 4 + 4
+	if r.err == nil && n > r.remaining()/minColumn {
+		r.err = fmt.Errorf("pgoutput: relation %d announces %d columns in %d bytes", rel.ID, n, r.remaining())
+	}
+	if r.err != nil {
+		return nil
+	}
+	rel.Columns = make([]Column, n)
+	for i := range rel.Columns {
+		c := &rel.Columns[i]
+		c.Key = r.uint8("column flags")&1 != 0
+		c.Name = r.cstring("column name")
+		c.TypeOID = r.uint32("column type")
+		c.TypeMod = int32(r.uint32("column type modifier"))
+	}
+	if r.finish() != nil {
+		return nil
+	}
+	plan := &relationPlan{rel: rel, codec: make([]*columnCodec, n)}
+	for i, c := range rel.Columns {
+		plan.codec[i] = d.values.codecFor(c.TypeOID)
+	}
+	d.relations[rel.ID] = plan
+	return rel
 }
 
 // decodeInsert parses an Insert message body itself (rather than through

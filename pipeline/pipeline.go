@@ -101,20 +101,38 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan Item) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	queue := make(chan *batch, p.opts.Queue)
-	writerDone := make(chan error, 1)
-	go func() { writerDone <- p.write(ctx, queue) }()
+	// writerDone is closed, not sent on, once writerErr is set: the batcher
+	// and Run both wait for it, and a single value taken by the batcher
+	// would leave Run waiting forever.
+	writerDone := make(chan struct{})
+	var writerErr error
+	go func() {
+		defer close(writerDone)
+		writerErr = p.write(ctx, queue)
+	}()
 
 	err := p.batch(ctx, in, queue, writerDone)
 	close(queue)
 	if err != nil {
 		cancel()
-		<-writerDone
+	}
+	<-writerDone
+	if errors.Is(err, errWriterStopped) {
+		if writerErr != nil {
+			return writerErr
+		}
 		return err
 	}
-	return <-writerDone
+	if err != nil {
+		return err
+	}
+	return writerErr
 }
 
-func (p *Pipeline) batch(ctx context.Context, in <-chan Item, queue chan<- *batch, writerDone <-chan error) error {
+// errWriterStopped tells Run that the batcher stopped because the writer did.
+var errWriterStopped = errors.New("pipeline: writer stopped")
+
+func (p *Pipeline) batch(ctx context.Context, in <-chan Item, queue chan<- *batch, writerDone <-chan struct{}) error {
 	cur := &batch{rows: make([]sink.Row, 0, p.opts.Size)}
 	var lastSafe, queuedSafe pglogrepl.LSN
 	timer := time.NewTimer(time.Hour)
@@ -129,11 +147,8 @@ func (p *Pipeline) batch(ctx context.Context, in <-chan Item, queue chan<- *batc
 		timer.Stop()
 		select {
 		case queue <- cur:
-		case err := <-writerDone:
-			if err == nil {
-				err = errors.New("pipeline: writer stopped")
-			}
-			return err
+		case <-writerDone:
+			return errWriterStopped
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -174,11 +189,8 @@ func (p *Pipeline) batch(ctx context.Context, in <-chan Item, queue chan<- *batc
 			if err := cut(); err != nil {
 				return err
 			}
-		case err := <-writerDone:
-			if err == nil {
-				err = errors.New("pipeline: writer stopped")
-			}
-			return err
+		case <-writerDone:
+			return errWriterStopped
 		case <-ctx.Done():
 			return ctx.Err()
 		}

@@ -288,10 +288,9 @@ func (d *Daemon) backfill(stop, ctx context.Context, state backfill.State) error
 	}
 	d.log.Info("backfill: delivering rows that predate the slot", "slot", slotName)
 	in := make(chan pipeline.Item, d.cfg.Batch.Size)
-	pipeDone := make(chan error, 1)
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() { pipeDone <- d.newPipeline(w, checkpoint.NewTracker(0)).Run(pctx, in) }()
+	pipe := startPipeline(pctx, d.newPipeline(w, checkpoint.NewTracker(0)), in)
 
 	start := time.Now()
 	n, err := backfill.Run(ctx, d.pool, slotName, d.cfg.Postgres.Table, state.ConsistentLSN, d.cfg.Batch.Size, func(r sink.Row) error {
@@ -301,21 +300,17 @@ func (d *Daemon) backfill(stop, ctx context.Context, state backfill.State) error
 			return nil
 		case <-stop.Done():
 			return stop.Err()
-		case err := <-pipeDone:
-			pipeDone <- err
-			if err == nil {
-				err = errors.New("pipeline stopped")
-			}
-			return err
+		case <-pipe.done:
+			return pipelineStopped(pipe.err)
 		}
 	})
 	close(in)
 	if err != nil && stop.Err() == nil {
 		cancel()
-		<-pipeDone
+		<-pipe.done
 		return err
 	}
-	if err := <-pipeDone; err != nil {
+	if err := pipe.wait(); err != nil {
 		return err
 	}
 	if stop.Err() != nil {
@@ -389,14 +384,13 @@ func (d *Daemon) pump(stop, ctx context.Context, st *replication.Stream, tracker
 	in := make(chan pipeline.Item, d.cfg.Batch.Size)
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	pipeDone := make(chan error, 1)
-	go func() { pipeDone <- d.newPipeline(d.sink, tracker).Run(pctx, in) }()
+	pipe := startPipeline(pctx, d.newPipeline(d.sink, tracker), in)
 
 	src := newSource(d.cfg.Postgres.Table, d.metrics)
-	err := src.read(stop, ctx, st, tracker, in, pipeDone)
+	err := src.read(stop, ctx, st, tracker, in, pipe)
 	if err != nil {
 		cancel()
-		<-pipeDone
+		<-pipe.done
 		return err
 	}
 	// Graceful stop: deliver what was read, confirm it, then leave.
@@ -405,9 +399,9 @@ func (d *Daemon) pump(stop, ctx context.Context, st *replication.Stream, tracker
 	defer tick.Stop()
 	for {
 		select {
-		case err := <-pipeDone:
-			if err != nil {
-				return err
+		case <-pipe.done:
+			if pipe.err != nil {
+				return pipe.err
 			}
 			final := src.confirmable(tracker.Durable())
 			if err := st.SendStatus(ctx, final); err != nil {
@@ -423,4 +417,32 @@ func (d *Daemon) pump(stop, ctx context.Context, st *replication.Stream, tracker
 			return ctx.Err()
 		}
 	}
+}
+
+// runningPipeline is a pipeline running in its own goroutine. done is
+// closed (never sent on) when it returns, so any number of waiters see it.
+type runningPipeline struct {
+	done chan struct{}
+	err  error
+}
+
+func startPipeline(ctx context.Context, p *pipeline.Pipeline, in <-chan pipeline.Item) *runningPipeline {
+	r := &runningPipeline{done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		r.err = p.Run(ctx, in)
+	}()
+	return r
+}
+
+func (r *runningPipeline) wait() error {
+	<-r.done
+	return r.err
+}
+
+func pipelineStopped(err error) error {
+	if err == nil {
+		err = errors.New("pipeline stopped")
+	}
+	return err
 }

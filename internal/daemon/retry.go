@@ -63,17 +63,15 @@ func RetryFailed(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, lo
 	}, s, counting, checkpoint.NewTracker(0), m, log)
 
 	in := make(chan pipeline.Item, cfg.Batch.Size)
-	done := make(chan error, 1)
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() { done <- p.Run(pctx, in) }()
+	pipe := startPipeline(pctx, p, in)
 	res.Read, err = backfill.Failed(ctx, pool, cfg.Postgres.Table, maxAttempts, cfg.Batch.Size, func(r sink.Row) error {
 		select {
 		case in <- pipeline.Item{Row: &r, Size: 256}:
 			return nil
-		case err := <-done:
-			done <- err
-			return pipelineStopped(err)
+		case <-pipe.done:
+			return pipelineStopped(pipe.err)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -81,10 +79,10 @@ func RetryFailed(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, lo
 	close(in)
 	if err != nil {
 		cancel()
-		<-done
+		<-pipe.done
 		return res, err
 	}
-	if err := <-done; err != nil {
+	if err := pipe.wait(); err != nil {
 		return res, err
 	}
 	res.StillFailed = counting.failed

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -51,7 +50,7 @@ func (s *source) confirmable(durable pglogrepl.LSN) pglogrepl.LSN {
 	return durable
 }
 
-func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker *checkpoint.Tracker, in chan<- pipeline.Item, pipeDone <-chan error) error {
+func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker *checkpoint.Tracker, in chan<- pipeline.Item, pipe *runningPipeline) error {
 	for {
 		if stop.Err() != nil {
 			return nil
@@ -65,8 +64,8 @@ func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker
 				s.pending = nil
 			case <-time.After(200 * time.Millisecond):
 			case <-stop.Done():
-			case err := <-pipeDone:
-				return pipelineStopped(err)
+			case <-pipe.done:
+				return pipelineStopped(pipe.err)
 			case <-ctx.Done():
 				return ctx.Err()
 			}
@@ -78,8 +77,8 @@ func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker
 		}
 		if !ok {
 			select {
-			case err := <-pipeDone:
-				return pipelineStopped(err)
+			case <-pipe.done:
+				return pipelineStopped(pipe.err)
 			default:
 			}
 			continue
@@ -101,13 +100,6 @@ func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker
 			}
 		}
 	}
-}
-
-func pipelineStopped(err error) error {
-	if err == nil {
-		err = errors.New("pipeline stopped")
-	}
-	return err
 }
 
 func (s *source) handle(msg replication.Message) error {
