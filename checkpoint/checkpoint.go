@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -92,6 +93,20 @@ func (s *Store) MarkFailed(ctx context.Context, failures []Failure) error {
 		return fmt.Errorf("postgres: mark %d rows failed in %s: %w", len(ids), s.table, err)
 	}
 	return nil
+}
+
+// DeleteProcessed deletes up to limit rows that were marked processed more
+// than olderThan ago. It never touches pending or failed rows, and skips
+// rows locked by someone else rather than waiting for them.
+func (s *Store) DeleteProcessed(ctx context.Context, olderThan time.Duration, limit int) (int64, error) {
+	q := `DELETE FROM ` + s.table + ` WHERE id IN (
+	        SELECT id FROM ` + s.table + ` WHERE status = 'processed' AND updated_at < (now() AT TIME ZONE 'utc') - $1::interval
+	        ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)`
+	tag, err := s.pool.Exec(ctx, q, olderThan, limit)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: delete processed rows from %s: %w", s.table, err)
+	}
+	return tag.RowsAffected(), nil
 }
 
 // QuoteTable quotes "schema.name" (or "name") as a PostgreSQL identifier.

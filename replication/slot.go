@@ -27,6 +27,9 @@ type SlotInfo struct {
 	RestartLSN     pglogrepl.LSN
 	// WALStatus is reserved, extended, unreserved or lost (PostgreSQL 13+).
 	WALStatus string
+	// LagBytes is pg_current_wal_lsn() - confirmed_flush_lsn; RetainedBytes
+	// is pg_current_wal_lsn() - restart_lsn, the WAL the slot keeps.
+	LagBytes, RetainedBytes int64
 }
 
 // ErrSlotNotFound is returned by LookupSlot when the slot does not exist.
@@ -43,11 +46,14 @@ func LookupSlot(ctx context.Context, q Querier, slot string) (SlotInfo, error) {
 		plugin, db, status  *string
 		pid                 *int32
 		confirmed, restartL *string
+		lag, retained        *int64
 	)
 	err := q.QueryRow(ctx, `SELECT slot_name, plugin, database, active, active_pid,
-	       confirmed_flush_lsn::text, restart_lsn::text, wal_status
+	       confirmed_flush_lsn::text, restart_lsn::text, wal_status,
+	       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+	       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
 	  FROM pg_replication_slots WHERE slot_name = $1`, slot).
-		Scan(&info.Name, &plugin, &db, &info.Active, &pid, &confirmed, &restartL, &status)
+		Scan(&info.Name, &plugin, &db, &info.Active, &pid, &confirmed, &restartL, &status, &lag, &retained)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return SlotInfo{}, fmt.Errorf("%w: %q", ErrSlotNotFound, slot)
 	}
@@ -57,6 +63,12 @@ func LookupSlot(ctx context.Context, q Querier, slot string) (SlotInfo, error) {
 	info.Plugin, info.Database, info.WALStatus = deref(plugin), deref(db), deref(status)
 	if pid != nil {
 		info.ActivePID = *pid
+	}
+	if lag != nil {
+		info.LagBytes = *lag
+	}
+	if retained != nil {
+		info.RetainedBytes = *retained
 	}
 	if confirmed != nil {
 		info.ConfirmedFlush, _ = pglogrepl.ParseLSN(*confirmed)
@@ -86,6 +98,22 @@ func deref(s *string) string {
 		return ""
 	}
 	return *s
+}
+
+// HeartbeatPrefix is the prefix of the logical decoding messages EmitHeartbeat
+// writes; the stream reader measures their delay.
+const HeartbeatPrefix = "cdc"
+
+// EmitHeartbeat writes a transactional logical decoding message carrying the
+// current time. It travels the stream like an outbox transaction, so it keeps
+// the slot moving and shows end-to-end liveness.
+func EmitHeartbeat(ctx context.Context, q Querier, now time.Time) error {
+	var lsn string
+	err := q.QueryRow(ctx, `SELECT pg_logical_emit_message(true, $1, $2)::text`, HeartbeatPrefix, now.UTC().Format(time.RFC3339Nano)).Scan(&lsn)
+	if err != nil {
+		return fmt.Errorf("postgres: emit heartbeat: %w", err)
+	}
+	return nil
 }
 
 // DropSlot drops the slot through a regular (non-replication) connection.

@@ -1,29 +1,397 @@
 package main
 
 import (
-	"errors"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/outbox-cdc/outbox-cdc/internal/config"
+	"github.com/outbox-cdc/outbox-cdc/internal/logging"
+	"github.com/outbox-cdc/outbox-cdc/status"
 )
 
+const statusLong = `Show the replication slot's state and lag, the outbox's counts by status and
+the age of its oldest pending row, and the ClickHouse table's row count and
+newest event.
+
+The columns read depend on the server's version (PostgreSQL 13 to 17):
+wal_status and safe_wal_size from 13, the spill and stream counters of
+pg_stat_replication_slots from 14, inactive_since and invalidation_reason
+from 17. What a server does not have is shown as n/a (null in JSON).
+
+Output is a table; --json prints one JSON object with snake_case keys (LSNs
+as strings such as "0/16B3748", byte counts as integers, unavailable values
+as null). --watch refreshes every --interval until Ctrl-C (with --json: one
+object per line).
+
+Connecting to each server and every statement is bounded by --timeout, so
+the command never hangs. ClickHouse being unreachable does not change the
+exit code: the report shows clickhouse_error instead.
+
+Exit codes (one line on stderr explains any non-zero code):
+  0  healthy: the slot exists and can stream
+  1  other error (invalid configuration, a failed query, a slot of that
+     name cdc cannot use: physical, another plugin, another database)
+  2  PostgreSQL unreachable: cannot connect (refused, timed out,
+     authentication failed, no such database)
+  3  replication slot missing
+  4  replication slot lost (wal_status = 'lost': invalidated, it can never
+     stream again; drop it and restart cdc to re-create and backfill)
+With --watch, the exit code is that of the last report shown.`
+
 func statusCmd(configFile *string) *cobra.Command {
-	return &cobra.Command{
+	var (
+		asJSON   bool
+		watch    bool
+		interval time.Duration
+		timeout  time.Duration
+	)
+	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the slot's lag and the outbox counts",
+		Long:  statusLong,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return errors.New("not implemented yet")
+			cfg, err := config.Load(*configFile)
+			if err != nil {
+				return err
+			}
+			if interval <= 0 {
+				return fmt.Errorf("--interval must be positive, got %s", interval)
+			}
+			if timeout <= 0 {
+				return fmt.Errorf("--timeout must be positive, got %s", timeout)
+			}
+			opts := status.FromConfig(cfg, timeout)
+			out := cmd.OutOrStdout()
+			if !watch {
+				r := status.Gather(cmd.Context(), opts)
+				if err := printStatus(out, r, asJSON, false); err != nil {
+					return err
+				}
+				return statusExit(r)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return watchStatus(ctx, out, opts, asJSON, interval)
 		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+	f.BoolVarP(&watch, "watch", "w", false, "refresh every --interval until Ctrl-C")
+	f.DurationVar(&interval, "interval", 2*time.Second, "refresh interval of --watch")
+	f.DurationVar(&timeout, "timeout", status.DefaultTimeout, "bound on connecting to each server and on each statement")
+	return cmd
+}
+
+// watchStatus re-gathers and re-renders every interval until ctx ends, then
+// returns the exit error of the last report shown.
+func watchStatus(ctx context.Context, out io.Writer, opts status.Options, asJSON bool, interval time.Duration) error {
+	clearScreen := false
+	if f, ok := out.(*os.File); ok && !asJSON && logging.IsTerminal(f) {
+		clearScreen = true
+	}
+	var last *status.Report
+	for {
+		r := status.Gather(ctx, opts)
+		if ctx.Err() != nil {
+			break // interrupted while gathering: the report is incomplete
+		}
+		if clearScreen {
+			fmt.Fprint(out, "\033[H\033[2J")
+		} else if last != nil && !asJSON {
+			fmt.Fprintln(out)
+		}
+		if err := printStatus(out, r, asJSON, true); err != nil {
+			return err
+		}
+		last = r
+		if !statusSleep(ctx, interval) {
+			break
+		}
+	}
+	if last == nil {
+		return nil
+	}
+	return statusExit(last)
+}
+
+// statusSleep waits d; it returns false when ctx ends first.
+func statusSleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
-func retryFailedCmd(configFile *string) *cobra.Command {
-	return &cobra.Command{
-		Use:   "retry-failed",
-		Short: "Re-send rows marked failed",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return errors.New("not implemented yet")
-		},
+// statusExit turns a report's exit code into the error main exits with.
+func statusExit(r *status.Report) error {
+	err := r.Err()
+	if err == nil {
+		return nil
 	}
+	return &exitError{code: int(r.ExitCode), err: err}
+}
+
+// printStatus writes r as JSON (indented, or one line in watch mode) or as
+// a table. In watch mode the table also shows the reason of a failure
+// (otherwise main prints it on stderr when the command exits).
+func printStatus(w io.Writer, r *status.Report, asJSON, watching bool) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetEscapeHTML(false)
+		if !watching {
+			enc.SetIndent("", "  ")
+		}
+		return enc.Encode(r)
+	}
+	return writeStatusTable(w, r, watching)
+}
+
+func writeStatusTable(w io.Writer, r *status.Report, showReason bool) error {
+	var buf strings.Builder
+	if err := renderStatusTable(&buf, r, showReason); err != nil {
+		return err
+	}
+	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = strings.TrimRight(l, " ")
+	}
+	_, err := io.WriteString(w, strings.Join(lines, "\n")+"\n")
+	return err
+}
+
+func renderStatusTable(w io.Writer, r *status.Report, showReason bool) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	row := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, args...)) }
+	gap := func() { fmt.Fprintln(tw, "\t") }
+
+	row("cdc status", "%s  %s", r.Time.Format("2006-01-02 15:04:05 MST"), strings.ToUpper(strings.ReplaceAll(r.State, "_", " ")))
+	if showReason && r.Reason != nil {
+		row("  reason", "%s", *r.Reason)
+	}
+	if r.PostgresVersion == nil {
+		// PostgreSQL was not reached: nothing else is worth a table (the
+		// reason is above in watch mode, else on stderr).
+		return tw.Flush()
+	}
+	vnum := 0
+	if r.PostgresVersionNum != nil {
+		vnum = *r.PostgresVersionNum
+	}
+	gap()
+	role := "primary"
+	if r.InRecovery != nil && *r.InRecovery {
+		role = "standby"
+	}
+	row("PostgreSQL", "%s (%s), database %s", *r.PostgresVersion, role, stDeref(r.PostgresDatabase))
+	row("  current_wal_lsn", "%s", stLSN(r.CurrentWALLSN))
+
+	gap()
+	s := r.SlotInfo
+	if !s.SlotExists {
+		row("Slot", "%s: does not exist", s.SlotName)
+	} else {
+		row("Slot", "%s (%s, %s, database %s%s)", s.SlotName, stDeref(s.SlotType), stOrDash(s.Plugin), stOrDash(s.SlotDatabase),
+			map[bool]string{true: ", temporary", false: ""}[s.Temporary != nil && *s.Temporary])
+		active := "no"
+		if s.Active != nil && *s.Active {
+			active = "yes"
+			if s.ActivePID != nil {
+				active += fmt.Sprintf(", pid %d", *s.ActivePID)
+			}
+		}
+		row("  active", "%s", active)
+		row("  inactive_since", "%s", stSince(vnum, 170000, s.InactiveSince != nil, func() string { return stAgo(*s.InactiveSince, r.Time) }, "-"))
+		row("  wal_status", "%s", stSince(vnum, 130000, s.WALStatus != nil, func() string { return *s.WALStatus }, "-"))
+		if s.InvalidationReason != nil {
+			row("  invalidation_reason", "%s", *s.InvalidationReason)
+		}
+		row("  confirmed_flush_lsn", "%s", stLSN(s.ConfirmedFlushLSN))
+		row("  restart_lsn", "%s", stLSN(s.RestartLSN))
+		row("  lag", "%s", stBytesPtr(s.LagBytes))
+		row("  retained WAL", "%s", stBytesPtr(s.RetainedWALBytes))
+		noLimit := "unlimited (max_slot_wal_keep_size = -1)"
+		if stDeref(s.WALStatus) == "lost" {
+			noLimit = "-"
+		}
+		row("  safe_wal_size", "%s", stSince(vnum, 130000, s.SafeWALSize != nil, func() string { return stBytes(*s.SafeWALSize) }, noLimit))
+		if vnum < 140000 {
+			row("  spill / stream", "n/a (PostgreSQL 14+)")
+		} else if s.SpillTxns != nil {
+			row("  spilled to disk", "%d txns, %d times, %s", *s.SpillTxns, stDeref(s.SpillCount), stBytesPtr(s.SpillBytes))
+			row("  streamed", "%d txns, %d times, %s", stDeref(s.StreamTxns), stDeref(s.StreamCount), stBytesPtr(s.StreamBytes))
+			decoded := fmt.Sprintf("%d txns, %s", stDeref(s.TotalTxns), stBytesPtr(s.TotalBytes))
+			if s.StatsReset != nil {
+				decoded += " since " + s.StatsReset.UTC().Format(time.RFC3339)
+			}
+			row("  decoded", "%s", decoded)
+		} else {
+			row("  spill / stream", "-")
+		}
+	}
+
+	gap()
+	row("Outbox", "%s", r.OutboxTable)
+	if r.OutboxError != nil {
+		row("  error", "%s", *r.OutboxError)
+	} else {
+		pending := stCount(r.Pending)
+		if r.OldestPendingCreatedAt != nil && r.OldestPendingAgeSeconds != nil {
+			pending += fmt.Sprintf(" (oldest created %s, %s ago)", r.OldestPendingCreatedAt.Format("2006-01-02 15:04:05"),
+				(time.Duration(*r.OldestPendingAgeSeconds * float64(time.Second))).Round(time.Second))
+		}
+		row("  pending", "%s", pending)
+		row("  failed", "%s", stCount(r.Failed))
+		processed := stCount(r.Processed)
+		if r.ProcessedEstimated {
+			processed = "~" + processed + " (estimate)"
+		}
+		row("  processed", "%s", processed)
+		var other []string
+		for k, v := range r.OutboxByStatus {
+			if k != "pending" && k != "failed" && k != "processed" {
+				other = append(other, fmt.Sprintf("%s=%d", k, v))
+			}
+		}
+		if len(other) > 0 {
+			sort.Strings(other)
+			row("  other statuses", "%s", strings.Join(other, ", "))
+		}
+	}
+
+	gap()
+	if r.ClickHouseVersion != nil {
+		row("ClickHouse", "%s (server %s)", r.ClickHouseTable, *r.ClickHouseVersion)
+	} else {
+		row("ClickHouse", "%s", r.ClickHouseTable)
+	}
+	if r.ClickHouseError != nil {
+		row("  error", "unavailable: %s", *r.ClickHouseError)
+	} else {
+		row("  rows", "%s", stCountU(r.ClickHouseRows))
+		row("  newest event", "%s", stTimeAgo(r.ClickHouseNewestEventTime, r.Time))
+		if r.ClickHouseNewestInsertedAt != nil {
+			row("  newest insert", "%s", stTimeAgo(r.ClickHouseNewestInsertedAt, r.Time))
+		}
+	}
+
+	var warns []string
+	for _, w := range r.Warnings {
+		// Errors already shown in their section are not repeated.
+		if (r.ClickHouseError != nil && strings.HasPrefix(w, "clickhouse unavailable")) ||
+			(r.OutboxError != nil && strings.HasPrefix(w, "outbox unavailable")) {
+			continue
+		}
+		warns = append(warns, w)
+	}
+	if len(warns) > 0 {
+		gap()
+		for i, w := range warns {
+			k := ""
+			if i == 0 {
+				k = "Warnings"
+			}
+			row(k, "- %s", w)
+		}
+	}
+	return tw.Flush()
+}
+
+// stSince renders a value that exists from server_version_num minVersion on.
+func stSince(vnum, minVersion int, ok bool, value func() string, null string) string {
+	if vnum < minVersion {
+		return fmt.Sprintf("n/a (PostgreSQL %d+)", minVersion/10000)
+	}
+	if !ok {
+		return null
+	}
+	return value()
+}
+
+func stLSN(l *status.LSN) string {
+	if l == nil {
+		return "-"
+	}
+	return l.String()
+}
+
+func stBytesPtr(n *int64) string {
+	if n == nil {
+		return "-"
+	}
+	return stBytes(*n)
+}
+
+// stBytes renders n as "512 B" or "1.5 MiB (1572864 bytes)".
+func stBytes(n int64) string {
+	if n < 1024 && n > -1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v := float64(n)
+	units := []string{"KiB", "MiB", "GiB", "TiB", "PiB"}
+	i := -1
+	for (v >= 1024 || v <= -1024) && i < len(units)-1 {
+		v /= 1024
+		i++
+	}
+	return fmt.Sprintf("%.1f %s (%d bytes)", v, units[i], n)
+}
+
+func stCount(n *int64) string {
+	if n == nil {
+		return "-"
+	}
+	return fmt.Sprint(*n)
+}
+
+func stCountU(n *uint64) string {
+	if n == nil {
+		return "-"
+	}
+	return fmt.Sprint(*n)
+}
+
+func stTimeAgo(t *time.Time, now time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return stAgo(*t, now)
+}
+
+func stAgo(t, now time.Time) string {
+	d := now.Sub(t).Round(time.Second)
+	if d < 0 {
+		return fmt.Sprintf("%s (%s ahead)", t.UTC().Format("2006-01-02 15:04:05 MST"), -d)
+	}
+	return fmt.Sprintf("%s (%s ago)", t.UTC().Format("2006-01-02 15:04:05 MST"), d)
+}
+
+func stDeref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
+
+func stOrDash(p *string) string {
+	if p == nil {
+		return "-"
+	}
+	return *p
 }

@@ -152,6 +152,10 @@ type Replication struct {
 	// StandbyRetry is how often a standby retries a slot held by another
 	// process (replication.standby_retry, default 5s).
 	StandbyRetry time.Duration
+	// LagWarnBytes logs a warning (and sets cdc_slot_lag_warning) while the
+	// slot's lag exceeds this many bytes (replication.lag_warn_bytes,
+	// default 1 GiB).
+	LagWarnBytes int64
 }
 
 // Heartbeat configures the pg_logical_emit_message heartbeat.

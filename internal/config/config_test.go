@@ -60,7 +60,7 @@ func wantDefaults() *Config {
 		Shutdown:    Shutdown{Grace: 30 * time.Second},
 		Retry:       Retry{InitialBackoff: 500 * time.Millisecond, MaxBackoff: 30 * time.Second},
 		Failed:      Failed{RetryInterval: 0, MaxAttempts: 5},
-		Replication: Replication{StatusInterval: 10 * time.Second, StandbyRetry: 5 * time.Second},
+		Replication: Replication{StatusInterval: 10 * time.Second, StandbyRetry: 5 * time.Second, LagWarnBytes: 1 << 30},
 		Heartbeat:   Heartbeat{Interval: 0},
 		Outbox:      Outbox{Retention: 0},
 	}
@@ -116,6 +116,7 @@ failed:
 replication:
   status_interval: 3s
   standby_retry: 2s
+  lag_warn_bytes: 64MiB
 heartbeat:
   interval: 15s
 outbox:
@@ -134,7 +135,7 @@ outbox:
 		Shutdown:    Shutdown{Grace: time.Minute},
 		Retry:       Retry{InitialBackoff: time.Second, MaxBackoff: time.Minute},
 		Failed:      Failed{RetryInterval: 5 * time.Minute, MaxAttempts: 9},
-		Replication: Replication{StatusInterval: 3 * time.Second, StandbyRetry: 2 * time.Second},
+		Replication: Replication{StatusInterval: 3 * time.Second, StandbyRetry: 2 * time.Second, LagWarnBytes: 64 << 20},
 		Heartbeat:   Heartbeat{Interval: 15 * time.Second},
 		Outbox:      Outbox{Retention: 168 * time.Hour},
 	}
@@ -391,6 +392,8 @@ func TestValidationErrors(t *testing.T) {
 			`replication.status_interval must be a duration greater than 0 like 500ms or 2s, got 0s (from CDC_REPLICATION_STATUS_INTERVAL)`},
 		{"replication.standby_retry", nil, "replication:\n  standby_retry: 1 minute\n",
 			`replication.standby_retry must be a duration like 500ms or 2s, got "1 minute" (from FILE line 2)`},
+		{"replication.lag_warn_bytes", map[string]string{"CDC_REPLICATION_LAG_WARN_BYTES": "lots"}, "",
+			`replication.lag_warn_bytes must be a positive number of bytes like 16777216 or 16MiB, got "lots" (from CDC_REPLICATION_LAG_WARN_BYTES)`},
 		{"heartbeat.interval", map[string]string{"CDC_HEARTBEAT_INTERVAL": "-1s"}, "",
 			`heartbeat.interval must be a duration of 0 (off) or more like 30s, got -1s (from CDC_HEARTBEAT_INTERVAL)`},
 		{"outbox.retention", map[string]string{"CDC_OUTBOX_RETENTION": "7d"}, "",

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -62,7 +63,7 @@ func (d *Daemon) Ready(ctx context.Context) error {
 // within the hard context, and returns nil) or a fatal error. hard bounds all
 // I/O: cancel it when the shutdown grace period is over.
 func (d *Daemon) Run(stop, hard context.Context) error {
-	pool, err := d.openPool(hard)
+	pool, err := OpenPool(hard, d.cfg)
 	if err != nil {
 		return err
 	}
@@ -74,6 +75,12 @@ func (d *Daemon) Run(stop, hard context.Context) error {
 			d.sink.Close()
 		}
 	}()
+
+	monCtx, stopMonitor := context.WithCancel(hard)
+	var monitor sync.WaitGroup
+	defer monitor.Wait()
+	defer stopMonitor()
+	monitor.Go(func() { d.monitorSlot(monCtx) })
 
 	for attempt := 1; ; attempt++ {
 		started := time.Now()
@@ -102,8 +109,9 @@ func (d *Daemon) Run(stop, hard context.Context) error {
 	}
 }
 
-func (d *Daemon) openPool(ctx context.Context) (*pgxpool.Pool, error) {
-	cfg, err := pgxpool.ParseConfig(d.cfg.Postgres.URL)
+// OpenPool opens the connection pool for regular (non-replication) work.
+func OpenPool(ctx context.Context, c *config.Config) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(c.Postgres.URL)
 	if err != nil {
 		return nil, fmt.Errorf("postgres.url: %w", err)
 	}
@@ -136,8 +144,10 @@ func (d *Daemon) session(stop, hard context.Context) error {
 	// Losing the lock's connection ends the term: another instance may
 	// take over, and must not find us still backfilling.
 	ctx, cancel := context.WithCancelCause(hard)
+	var wg sync.WaitGroup
+	defer wg.Wait() // before Release: the checker uses the lock's connection
 	defer cancel(nil)
-	go func() {
+	wg.Go(func() {
 		t := time.NewTicker(5 * time.Second)
 		defer t.Stop()
 		for {
@@ -151,7 +161,7 @@ func (d *Daemon) session(stop, hard context.Context) error {
 				}
 			}
 		}
-	}()
+	})
 	err = d.lead(stop, ctx)
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) && hard.Err() == nil {
 		return cause
@@ -227,7 +237,14 @@ func (d *Daemon) lead(stop, ctx context.Context) error {
 			return nil
 		}
 	}
-	go d.retryLoop(ctx)
+	// Chores of the leader; they end with the term.
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { d.retryLoop(ctx) })
+	wg.Go(func() { d.heartbeat(ctx) })
+	wg.Go(func() { d.retention(ctx) })
 	return d.stream(stop, ctx)
 }
 

@@ -15,9 +15,6 @@ import (
 	"github.com/outbox-cdc/outbox-cdc/sink"
 )
 
-// HeartbeatPrefix is the logical decoding message prefix of heartbeats.
-const HeartbeatPrefix = "cdc"
-
 // source turns stream messages into pipeline items and decides which LSN
 // may be confirmed.
 type source struct {
@@ -141,7 +138,7 @@ func (s *source) handle(msg replication.Message) error {
 		s.lastCommitEnd = e.EndLSN
 		s.pending = &pipeline.Item{CommitEnd: e.EndLSN}
 	case *decoder.Message:
-		if e.Prefix == HeartbeatPrefix {
+		if e.Prefix == replication.HeartbeatPrefix {
 			if sent, err := time.Parse(time.RFC3339Nano, string(e.Content)); err == nil {
 				s.metrics.HeartbeatLag.Set(time.Since(sent).Seconds())
 			}

@@ -30,6 +30,9 @@ type Metrics struct {
 	Leader         prometheus.Gauge
 	HeartbeatLag   prometheus.Gauge
 	Backfilled     prometheus.Counter
+	LagWarning     prometheus.Gauge
+	SlotLost       prometheus.Gauge
+	OutboxDeleted  prometheus.Counter
 }
 
 // New registers the metrics, plus Go runtime and process collectors.
@@ -47,19 +50,22 @@ func New() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 		BatchRows: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cdc_batch_rows", Help: "Rows per flushed batch.",
 			Buckets: []float64{1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000}}),
-		BufferRows:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_buffer_rows", Help: "Rows in the batch being filled."}),
-		SlotLagBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_lag_bytes", Help: "pg_current_wal_lsn() minus the slot's confirmed_flush_lsn."}),
-		RetainedWAL:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_retained_wal_bytes", Help: "pg_current_wal_lsn() minus the slot's restart_lsn: WAL the slot keeps."}),
-		ConfirmedLSN: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_confirmed_lsn", Help: "Durable LSN confirmed to the slot (as a number)."}),
-		LastFlush:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_last_flush_timestamp_seconds", Help: "Unix time of the last delivered batch."}),
-		Connected:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_replication_connected", Help: "1 while the replication stream is connected."}),
-		Leader:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_leader", Help: "1 while this instance holds the slot's leader lock; 0 on a standby."}),
-		HeartbeatLag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_heartbeat_lag_seconds", Help: "Age of the newest heartbeat message seen on the stream."}),
-		Backfilled:   prometheus.NewCounter(prometheus.CounterOpts{Name: "cdc_backfill_rows_total", Help: "Rows read by the initial backfill."}),
+		BufferRows:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_buffer_rows", Help: "Rows in the batch being filled."}),
+		SlotLagBytes:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_lag_bytes", Help: "pg_current_wal_lsn() minus the slot's confirmed_flush_lsn."}),
+		RetainedWAL:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_retained_wal_bytes", Help: "pg_current_wal_lsn() minus the slot's restart_lsn: WAL the slot keeps."}),
+		ConfirmedLSN:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_confirmed_lsn", Help: "Durable LSN confirmed to the slot (as a number)."}),
+		LastFlush:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_last_flush_timestamp_seconds", Help: "Unix time of the last delivered batch."}),
+		Connected:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_replication_connected", Help: "1 while the replication stream is connected."}),
+		Leader:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_leader", Help: "1 while this instance holds the slot's leader lock; 0 on a standby."}),
+		HeartbeatLag:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_heartbeat_lag_seconds", Help: "Age of the newest heartbeat message seen on the stream."}),
+		Backfilled:    prometheus.NewCounter(prometheus.CounterOpts{Name: "cdc_backfill_rows_total", Help: "Rows read by the initial backfill."}),
+		LagWarning:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_lag_warning", Help: "1 while the slot's lag exceeds replication.lag_warn_bytes."}),
+		SlotLost:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_lost", Help: "1 when the slot's wal_status is lost: streaming cannot resume without re-creating it."}),
+		OutboxDeleted: prometheus.NewCounter(prometheus.CounterOpts{Name: "cdc_outbox_deleted_rows_total", Help: "Processed rows deleted by outbox.retention."}),
 	}
 	for _, c := range []prometheus.Collector{m.RowsReceived, m.RowsFlushed, m.RowsFailed, m.BatchesFlushed, m.FlushErrors,
 		m.FlushDuration, m.BatchRows, m.BufferRows, m.SlotLagBytes, m.RetainedWAL, m.ConfirmedLSN, m.LastFlush,
-		m.Connected, m.Leader, m.HeartbeatLag, m.Backfilled,
+		m.Connected, m.Leader, m.HeartbeatLag, m.Backfilled, m.LagWarning, m.SlotLost, m.OutboxDeleted,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}

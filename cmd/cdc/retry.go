@@ -1,0 +1,49 @@
+package main
+
+import (
+	"fmt"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/outbox-cdc/outbox-cdc/internal/daemon"
+	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
+)
+
+func retryFailedCmd(configFile *string) *cobra.Command {
+	var maxAttempts int
+	cmd := &cobra.Command{
+		Use:   "retry-failed",
+		Short: "Re-send rows marked failed, once their cause is fixed",
+		Long: `Re-send outbox rows with status 'failed' to ClickHouse. Rows it accepts
+become 'processed'; rows it rejects again stay 'failed' with the new error
+and one more attempt. Every row is looked up by id in ClickHouse before it is
+inserted, and only one re-drive of an outbox runs at a time, so running this
+again (also after a crash) never inserts a row twice. It can run while
+'cdc run' streams.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, log, err := loadConfig(*configFile)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			pool, err := daemon.OpenPool(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			res, err := daemon.RetryFailed(ctx, cfg, pool, log, metrics.New(), maxAttempts)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "re-sent %d failed rows: %d delivered, %d still failing\n",
+				res.Read, res.Read-res.StillFailed, res.StillFailed)
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&maxAttempts, "max-attempts", 0, "only rows with fewer attempts than this (0: every failed row)")
+	return cmd
+}

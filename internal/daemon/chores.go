@@ -1,0 +1,103 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/outbox-cdc/outbox-cdc/replication"
+)
+
+// every runs fn now and then every interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func(context.Context)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		fn(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// monitorSlot keeps the slot gauges current on every instance (leader or
+// standby), warns while the lag is over replication.lag_warn_bytes, and
+// logs a periodic summary.
+func (d *Daemon) monitorSlot(ctx context.Context) {
+	slot := d.cfg.Postgres.Slot
+	var lastWarn, lastSummary time.Time
+	lastFlushed := testutil.ToFloat64(d.metrics.RowsFlushed)
+	lastSummary = time.Now()
+	every(ctx, 5*time.Second, func(ctx context.Context) {
+		info, err := replication.LookupSlot(ctx, d.pool, slot)
+		if errors.Is(err, replication.ErrSlotNotFound) || err != nil {
+			return
+		}
+		d.metrics.SlotLagBytes.Set(float64(info.LagBytes))
+		d.metrics.RetainedWAL.Set(float64(info.RetainedBytes))
+		lost := 0.0
+		if info.WALStatus == "lost" {
+			lost = 1
+		}
+		d.metrics.SlotLost.Set(lost)
+		over := d.cfg.Replication.LagWarnBytes > 0 && info.LagBytes > d.cfg.Replication.LagWarnBytes
+		if over {
+			d.metrics.LagWarning.Set(1)
+			if time.Since(lastWarn) > time.Minute {
+				d.log.Warn("replication slot lag is over the threshold", "slot", slot, "lag_bytes", info.LagBytes,
+					"retained_wal_bytes", info.RetainedBytes, "threshold", d.cfg.Replication.LagWarnBytes, "wal_status", info.WALStatus)
+				lastWarn = time.Now()
+			}
+		} else {
+			d.metrics.LagWarning.Set(0)
+		}
+		if since := time.Since(lastSummary); since >= time.Minute {
+			flushed := testutil.ToFloat64(d.metrics.RowsFlushed)
+			d.log.Info("summary", "slot", slot, "leader", d.streaming.Load(), "rows_per_second", int((flushed-lastFlushed)/since.Seconds()),
+				"lag_bytes", info.LagBytes, "retained_wal_bytes", info.RetainedBytes, "rows_failed_total", int(testutil.ToFloat64(d.metrics.RowsFailed)))
+			lastFlushed, lastSummary = flushed, time.Now()
+		}
+	})
+}
+
+// heartbeat emits a transactional logical message every heartbeat.interval
+// while this instance leads.
+func (d *Daemon) heartbeat(ctx context.Context) {
+	if d.cfg.Heartbeat.Interval <= 0 {
+		return
+	}
+	every(ctx, d.cfg.Heartbeat.Interval, func(ctx context.Context) {
+		if err := replication.EmitHeartbeat(ctx, d.pool, time.Now()); err != nil && ctx.Err() == nil {
+			d.log.Warn("heartbeat", "slot", d.cfg.Postgres.Slot, "err", err)
+		}
+	})
+}
+
+// retention deletes processed rows older than outbox.retention, a thousand
+// at a time with a pause in between, while this instance leads.
+func (d *Daemon) retention(ctx context.Context) {
+	keep := d.cfg.Outbox.Retention
+	if keep <= 0 {
+		return
+	}
+	every(ctx, time.Minute, func(ctx context.Context) {
+		for ctx.Err() == nil {
+			n, err := d.store.DeleteProcessed(ctx, keep, 1000)
+			if err != nil {
+				if ctx.Err() == nil {
+					d.log.Warn("outbox retention", "table", d.cfg.Postgres.Table, "err", err)
+				}
+				return
+			}
+			d.metrics.OutboxDeleted.Add(float64(n))
+			if n < 1000 {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+}

@@ -1,0 +1,311 @@
+package status
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Server versions (server_version_num) that added the columns read here.
+const (
+	pg13 = 130000 // pg_replication_slots.wal_status, safe_wal_size
+	pg14 = 140000 // pg_replication_slots.two_phase; pg_stat_replication_slots
+	pg16 = 160000 // pg_replication_slots.conflicting
+	pg17 = 170000 // inactive_since, invalidation_reason, failover, synced
+)
+
+// slotRow receives one row of the slot query.
+type slotRow struct {
+	current            *string
+	exists             bool
+	plugin             *string
+	slotType           *string
+	database           *string
+	temporary          *bool
+	active             *bool
+	activePID          *int32
+	restartLSN         *string
+	confirmedFlushLSN  *string
+	walStatus          *string
+	safeWALSize        *int64
+	twoPhase           *bool
+	conflicting        *bool
+	inactiveSince      *time.Time
+	invalidationReason *string
+	failover           *bool
+	synced             *bool
+}
+
+// slotColumn is one column of the slot query and the server version that has it.
+type slotColumn struct {
+	since int
+	expr  string
+	dest  func(*slotRow) any
+}
+
+// slotColumns lists, in order, what the slot query reads from
+// pg_replication_slots (alias s).
+var slotColumns = []slotColumn{
+	{0, "(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text", func(r *slotRow) any { return &r.current }},
+	{0, "s.slot_name IS NOT NULL", func(r *slotRow) any { return &r.exists }},
+	{0, "s.plugin::text", func(r *slotRow) any { return &r.plugin }},
+	{0, "s.slot_type", func(r *slotRow) any { return &r.slotType }},
+	{0, "s.database::text", func(r *slotRow) any { return &r.database }},
+	{0, "s.temporary", func(r *slotRow) any { return &r.temporary }},
+	{0, "s.active", func(r *slotRow) any { return &r.active }},
+	{0, "s.active_pid", func(r *slotRow) any { return &r.activePID }},
+	{0, "s.restart_lsn::text", func(r *slotRow) any { return &r.restartLSN }},
+	{0, "s.confirmed_flush_lsn::text", func(r *slotRow) any { return &r.confirmedFlushLSN }},
+	{pg13, "s.wal_status", func(r *slotRow) any { return &r.walStatus }},
+	{pg13, "s.safe_wal_size", func(r *slotRow) any { return &r.safeWALSize }},
+	{pg14, "s.two_phase", func(r *slotRow) any { return &r.twoPhase }},
+	{pg16, "s.conflicting", func(r *slotRow) any { return &r.conflicting }},
+	{pg17, "s.inactive_since", func(r *slotRow) any { return &r.inactiveSince }},
+	{pg17, "s.invalidation_reason", func(r *slotRow) any { return &r.invalidationReason }},
+	{pg17, "s.failover", func(r *slotRow) any { return &r.failover }},
+	{pg17, "s.synced", func(r *slotRow) any { return &r.synced }},
+}
+
+// SlotQuery returns the query reading the slot's row ($1 = slot name) on a
+// server of the given server_version_num, with the columns that version
+// has. It always returns one row: the slot's columns are null when it does
+// not exist.
+func SlotQuery(versionNum int) string {
+	q, _ := slotQuery(versionNum, nil)
+	return q
+}
+
+func slotQuery(versionNum int, row *slotRow) (string, []any) {
+	var exprs []string
+	var dests []any
+	for _, c := range slotColumns {
+		if versionNum < c.since {
+			continue
+		}
+		exprs = append(exprs, c.expr)
+		if row != nil {
+			dests = append(dests, c.dest(row))
+		}
+	}
+	return "SELECT " + strings.Join(exprs, ",\n       ") +
+		"\n  FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots AS s ON s.slot_name = $1", dests
+}
+
+// StatsQuery returns the pg_stat_replication_slots query ($1 = slot name),
+// or "" when the server (before 14) has no such view.
+func StatsQuery(versionNum int) string {
+	if versionNum < pg14 {
+		return ""
+	}
+	return `SELECT spill_txns, spill_count, spill_bytes, stream_txns, stream_count, stream_bytes,
+       total_txns, total_bytes, stats_reset
+  FROM pg_stat_replication_slots WHERE slot_name = $1`
+}
+
+// gatherPostgres fills r's PostgreSQL, slot and outbox parts. A non-OK code
+// means the slot could not be read.
+func gatherPostgres(ctx context.Context, o Options, r *Report) (Code, string) {
+	timeout := o.timeout()
+	fail := func(code Code, reason string) (Code, string) {
+		r.PostgresError = ptr(reason)
+		return code, reason
+	}
+
+	cfg, err := pgx.ParseConfig(o.PostgresURL)
+	if err != nil {
+		return fail(Error, "postgres.url: "+oneLine(err))
+	}
+	if cfg.ConnectTimeout <= 0 || cfg.ConnectTimeout > timeout {
+		cfg.ConnectTimeout = timeout
+	}
+	if cfg.RuntimeParams["application_name"] == "" {
+		cfg.RuntimeParams["application_name"] = "outbox-cdc status"
+	}
+	where := fmt.Sprintf("%s:%d", cfg.Host, cfg.Port)
+
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	conn, err := pgx.ConnectConfig(cctx, cfg)
+	cancel()
+	if err != nil {
+		msg := oneLine(err)
+		if errors.Is(err, context.DeadlineExceeded) || strings.Contains(msg, "timeout") {
+			msg += fmt.Sprintf(" (connect timeout %s)", cfg.ConnectTimeout)
+		}
+		return fail(Unreachable, "postgres unreachable: "+msg) // msg names the server
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = conn.Close(cctx)
+	}()
+
+	// Each statement is bounded on the server (statement_timeout) and, for
+	// a server or network that stops answering, by the context.
+	queryCtx := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(ctx, timeout+time.Second)
+	}
+	queryFailed := func(what string, err error) (Code, string) {
+		if isConnError(err) {
+			return fail(Unreachable, "postgres unreachable: "+where+": "+what+": "+oneLine(err))
+		}
+		return fail(Error, "postgres "+where+": "+what+": "+oneLine(err))
+	}
+
+	var (
+		versionNum int
+		version    string
+		database   string
+		inRecovery bool
+	)
+	qctx, cancel := queryCtx()
+	err = conn.QueryRow(qctx, `SELECT current_setting('server_version_num')::int, current_setting('server_version'),
+	       current_database(), pg_is_in_recovery(), set_config('statement_timeout', $1, false)`,
+		fmt.Sprint(timeout.Milliseconds())).Scan(&versionNum, &version, &database, &inRecovery, nil)
+	cancel()
+	if err != nil {
+		return queryFailed("read server version", err)
+	}
+	r.PostgresVersion, r.PostgresVersionNum, r.PostgresDatabase, r.InRecovery = &version, &versionNum, &database, &inRecovery
+
+	var row slotRow
+	q, dests := slotQuery(versionNum, &row)
+	qctx, cancel = queryCtx()
+	err = conn.QueryRow(qctx, q, o.Slot).Scan(dests...)
+	cancel()
+	if err != nil {
+		return queryFailed(fmt.Sprintf("read slot %q", o.Slot), err)
+	}
+	fillSlot(r, &row)
+
+	if sq := StatsQuery(versionNum); sq != "" && r.SlotExists && str(r.SlotType) == "logical" {
+		s := &r.SlotInfo
+		qctx, cancel = queryCtx()
+		err = conn.QueryRow(qctx, sq, o.Slot).Scan(&s.SpillTxns, &s.SpillCount, &s.SpillBytes,
+			&s.StreamTxns, &s.StreamCount, &s.StreamBytes, &s.TotalTxns, &s.TotalBytes, &s.StatsReset)
+		cancel()
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			r.Warnings = append(r.Warnings, "pg_stat_replication_slots unavailable: "+oneLine(err))
+		}
+	}
+
+	if err := gatherOutbox(ctx, conn, o, r); err != nil {
+		r.OutboxError = ptr(oneLine(err))
+	}
+	return OK, ""
+}
+
+func fillSlot(r *Report, row *slotRow) {
+	r.CurrentWALLSN = parseLSN(row.current)
+	s := &r.SlotInfo
+	s.SlotExists = row.exists
+	if !row.exists {
+		return
+	}
+	s.SlotType, s.Plugin, s.SlotDatabase = row.slotType, row.plugin, row.database
+	s.Temporary, s.Active, s.ActivePID = row.temporary, row.active, row.activePID
+	s.RestartLSN, s.ConfirmedFlushLSN = parseLSN(row.restartLSN), parseLSN(row.confirmedFlushLSN)
+	s.WALStatus, s.SafeWALSize, s.TwoPhase, s.Conflicting = row.walStatus, row.safeWALSize, row.twoPhase, row.conflicting
+	s.InactiveSince, s.InvalidationReason, s.Failover, s.Synced = row.inactiveSince, row.invalidationReason, row.failover, row.synced
+	s.LagBytes = lsnDiff(r.CurrentWALLSN, s.ConfirmedFlushLSN)
+	s.RetainedWALBytes = lsnDiff(r.CurrentWALLSN, s.RestartLSN)
+}
+
+func parseLSN(s *string) *LSN {
+	if s == nil {
+		return nil
+	}
+	v, err := pglogrepl.ParseLSN(*s)
+	if err != nil {
+		return nil
+	}
+	return ptr(LSN(v))
+}
+
+// lsnDiff returns a - b, at least 0 (on a standby the replay position can
+// trail a synced slot's confirmed position), or nil when either is unknown.
+func lsnDiff(a, b *LSN) *int64 {
+	if a == nil || b == nil {
+		return nil
+	}
+	if *a <= *b {
+		return ptr(int64(0))
+	}
+	return ptr(int64(*a - *b))
+}
+
+// gatherOutbox counts the outbox by status. Rows not yet processed are read
+// through the partial index (WHERE status <> 'processed'); the processed
+// count, a scan of the whole history, falls back to an estimate when it
+// exceeds statement_timeout.
+func gatherOutbox(ctx context.Context, conn *pgx.Conn, o Options, r *Report) error {
+	schema, name := splitTable(o.Table)
+	table := pgx.Identifier{schema, name}.Sanitize()
+	timeout := o.timeout() + time.Second
+
+	qctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	rows, err := conn.Query(qctx, `SELECT status, count(*), min(created_at),
+	       extract(epoch FROM (now() AT TIME ZONE 'utc') - min(created_at))::float8
+	  FROM `+table+` WHERE status <> 'processed' GROUP BY status`)
+	if err != nil {
+		return fmt.Errorf("count %s.%s: %w", schema, name, err)
+	}
+	byStatus := map[string]int64{}
+	var unprocessed int64
+	for rows.Next() {
+		var (
+			status  string
+			n       int64
+			oldest  *time.Time
+			ageSecs *float64
+		)
+		if err := rows.Scan(&status, &n, &oldest, &ageSecs); err != nil {
+			rows.Close()
+			return fmt.Errorf("count %s.%s: %w", schema, name, err)
+		}
+		byStatus[status] = n
+		unprocessed += n
+		if status == "pending" {
+			r.OldestPendingCreatedAt, r.OldestPendingAgeSeconds = oldest, ageSecs
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("count %s.%s: %w", schema, name, err)
+	}
+
+	var processed int64
+	qctx2, cancel2 := context.WithTimeout(ctx, timeout)
+	defer cancel2()
+	err = conn.QueryRow(qctx2, `SELECT count(*) FROM `+table+` WHERE status = 'processed'`).Scan(&processed)
+	estimated := false
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "57014" { // query_canceled: statement_timeout
+		qctx3, cancel3 := context.WithTimeout(ctx, timeout)
+		defer cancel3()
+		var estimate int64
+		err = conn.QueryRow(qctx3, `SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1::regclass`, table).Scan(&estimate)
+		processed = max(estimate-unprocessed, 0)
+		estimated = true
+	}
+	if err != nil {
+		return fmt.Errorf("count processed rows of %s.%s: %w", schema, name, err)
+	}
+	r.ProcessedEstimated = estimated
+	byStatus["processed"] = processed
+	r.OutboxByStatus = byStatus
+	r.Pending, r.Failed, r.Processed = ptr(byStatus["pending"]), ptr(byStatus["failed"]), &processed
+	return nil
+}
+
+// isConnError reports whether err means the server could not be reached or
+// stopped answering, as opposed to refusing a statement.
+func isConnError(err error) bool {
+	var pgErr *pgconn.PgError
+	return !errors.As(err, &pgErr)
+}

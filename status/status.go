@@ -1,0 +1,439 @@
+// Package status gathers what `cdc status` reports: the replication slot's
+// state and lag, the outbox's counts by status and the age of its oldest
+// pending row, and the ClickHouse table's row count and newest event.
+//
+// [Gather] connects to PostgreSQL with a connect timeout and a
+// statement_timeout, so it always returns within a bounded time, and reads
+// the columns the server has: it picks them by server_version_num, so it works
+// on PostgreSQL 13 to 17 (wal_status and safe_wal_size from 13,
+// pg_stat_replication_slots' spill and stream counters and two_phase from 14,
+// conflicting from 16, inactive_since, invalidation_reason, failover and synced
+// from 17). ClickHouse is queried concurrently; when it cannot be reached the
+// report says so (clickhouse_error) without failing.
+//
+// The [Report] classifies the result into an exit [Code]: 0 healthy,
+// 2 PostgreSQL unreachable, 3 slot missing, 4 slot lost, 1 any other error.
+// It marshals to JSON with snake_case keys, LSNs as "0/16B3748" strings and
+// byte counts as integers; a value the server cannot provide (an older
+// PostgreSQL, a missing slot, an unreachable server) is null, so every key is
+// always present. Printing is left to the command.
+package status
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/outbox-cdc/outbox-cdc/internal/config"
+	"github.com/outbox-cdc/outbox-cdc/replication"
+)
+
+// Code is the exit code of `cdc status`.
+type Code int
+
+// Exit codes. They are a stable contract: scripts and monitoring rely on them.
+const (
+	OK          Code = 0 // the slot exists and can stream
+	Error       Code = 1 // anything else: bad configuration, a failed query, a slot cdc cannot use
+	Unreachable Code = 2 // PostgreSQL cannot be connected to (refused, timed out, authentication failed)
+	SlotMissing Code = 3 // the replication slot does not exist
+	SlotLost    Code = 4 // the slot was invalidated (wal_status = 'lost'): it can never stream again
+)
+
+// String returns the state name used in the JSON report's "state" key.
+func (c Code) String() string {
+	switch c {
+	case OK:
+		return "ok"
+	case Error:
+		return "error"
+	case Unreachable:
+		return "postgres_unreachable"
+	case SlotMissing:
+		return "slot_missing"
+	case SlotLost:
+		return "slot_lost"
+	}
+	return fmt.Sprintf("code_%d", int(c))
+}
+
+// ErrPostgresUnreachable is wrapped by [Report.Err] when PostgreSQL could not
+// be connected to. A missing slot wraps [replication.ErrSlotNotFound], a lost
+// one [replication.ErrSlotLost].
+var ErrPostgresUnreachable = errors.New("postgres unreachable")
+
+// DefaultTimeout bounds connecting to each server and every statement.
+const DefaultTimeout = 5 * time.Second
+
+// Options says what to inspect.
+type Options struct {
+	// PostgresURL is a libpq/pgx connection string (postgres.url).
+	PostgresURL string
+	// Table is the outbox as [schema.]name (postgres.table).
+	Table string
+	// Slot is the logical replication slot's name (postgres.slot).
+	Slot string
+	// ClickHouse is the destination table's server.
+	ClickHouse ClickHouseOptions
+	// Timeout bounds connecting to each server and each statement (it is
+	// PostgreSQL's statement_timeout); 0 means DefaultTimeout. A
+	// connect_timeout in PostgresURL is kept when it is shorter.
+	Timeout time.Duration
+}
+
+// ClickHouseOptions locates the ClickHouse table.
+type ClickHouseOptions struct {
+	Addr     []string
+	Database string
+	Table    string
+	Username string
+	Password string
+	// DialTimeout is used when it is shorter than Options.Timeout.
+	DialTimeout time.Duration
+}
+
+// FromConfig returns the options for cfg with the given timeout (0 means
+// DefaultTimeout).
+func FromConfig(cfg *config.Config, timeout time.Duration) Options {
+	return Options{
+		PostgresURL: cfg.Postgres.URL,
+		Table:       cfg.Postgres.Table,
+		Slot:        cfg.Postgres.Slot,
+		ClickHouse: ClickHouseOptions{
+			Addr:        cfg.ClickHouse.Addr,
+			Database:    cfg.ClickHouse.Database,
+			Table:       cfg.ClickHouse.Table,
+			Username:    cfg.ClickHouse.Username,
+			Password:    cfg.ClickHouse.Password,
+			DialTimeout: cfg.ClickHouse.DialTimeout,
+		},
+		Timeout: timeout,
+	}
+}
+
+func (o Options) timeout() time.Duration {
+	if o.Timeout <= 0 {
+		return DefaultTimeout
+	}
+	return o.Timeout
+}
+
+// LSN is a WAL position; it marshals as PostgreSQL writes it ("0/16B3748").
+type LSN uint64
+
+func (l LSN) String() string { return pglogrepl.LSN(l).String() }
+
+// MarshalText implements encoding.TextMarshaler.
+func (l LSN) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (l *LSN) UnmarshalText(b []byte) error {
+	v, err := pglogrepl.ParseLSN(string(b))
+	if err != nil {
+		return err
+	}
+	*l = LSN(v)
+	return nil
+}
+
+// Report is one observation. The embedded parts flatten into one JSON
+// object. Pointer fields are null when the value is not available.
+type Report struct {
+	// Time is when the report was gathered (UTC).
+	Time time.Time `json:"time"`
+	// State is ExitCode's name: ok, postgres_unreachable, slot_missing,
+	// slot_lost or error.
+	State string `json:"state"`
+	// ExitCode is the exit code of `cdc status` for this report.
+	ExitCode Code `json:"exit_code"`
+	// Reason is the one-line explanation of a non-zero ExitCode.
+	Reason *string `json:"reason"`
+	// Warnings are problems that do not change the exit code (ClickHouse
+	// unreachable, an inactive slot, WAL close to max_slot_wal_keep_size…).
+	Warnings []string `json:"warnings"`
+
+	PostgresInfo
+	SlotInfo
+	OutboxInfo
+	ClickHouseInfo
+
+	sentinel error
+}
+
+// PostgresInfo describes the server.
+type PostgresInfo struct {
+	// PostgresVersion is server_version, e.g. "15.6 (Debian 15.6-0+deb12u1)".
+	PostgresVersion *string `json:"postgres_version"`
+	// PostgresVersionNum is server_version_num, e.g. 150006.
+	PostgresVersionNum *int `json:"postgres_version_num"`
+	// PostgresDatabase is the database postgres.url connects to.
+	PostgresDatabase *string `json:"postgres_database"`
+	// InRecovery is true on a standby; CurrentWALLSN is then the replay position.
+	InRecovery *bool `json:"in_recovery"`
+	// CurrentWALLSN is pg_current_wal_lsn() (pg_last_wal_replay_lsn() on a standby).
+	CurrentWALLSN *LSN `json:"current_wal_lsn"`
+	// PostgresError is why PostgreSQL could not be inspected.
+	PostgresError *string `json:"postgres_error"`
+}
+
+// SlotInfo is the slot's row of pg_replication_slots and
+// pg_stat_replication_slots, plus the lag derived from it.
+type SlotInfo struct {
+	SlotName   string  `json:"slot_name"`
+	SlotExists bool    `json:"slot_exists"`
+	SlotType   *string `json:"slot_type"`
+	Plugin     *string `json:"plugin"`
+	// SlotDatabase is the database the slot decodes.
+	SlotDatabase *string `json:"slot_database"`
+	Temporary    *bool   `json:"temporary"`
+	Active       *bool   `json:"active"`
+	// ActivePID is the walsender streaming from the slot; null when inactive.
+	ActivePID         *int32 `json:"active_pid"`
+	RestartLSN        *LSN   `json:"restart_lsn"`
+	ConfirmedFlushLSN *LSN   `json:"confirmed_flush_lsn"`
+	// LagBytes is current_wal_lsn - confirmed_flush_lsn: WAL not yet
+	// confirmed by the consumer.
+	LagBytes *int64 `json:"lag_bytes"`
+	// RetainedWALBytes is current_wal_lsn - restart_lsn: WAL the server keeps
+	// for the slot.
+	RetainedWALBytes *int64 `json:"retained_wal_bytes"`
+	// WALStatus is reserved, extended, unreserved or lost (PostgreSQL 13+).
+	WALStatus *string `json:"wal_status"`
+	// SafeWALSize is how much more WAL may be written before the slot is lost;
+	// null when max_slot_wal_keep_size is -1 or the slot is lost (13+).
+	SafeWALSize *int64 `json:"safe_wal_size"`
+	TwoPhase    *bool  `json:"two_phase"`   // 14+
+	Conflicting *bool  `json:"conflicting"` // 16+
+	// InactiveSince is when the slot last stopped being streamed (17+).
+	InactiveSince      *time.Time `json:"inactive_since"`
+	InvalidationReason *string    `json:"invalidation_reason"` // 17+
+	Failover           *bool      `json:"failover"`            // 17+
+	Synced             *bool      `json:"synced"`              // 17+
+
+	// pg_stat_replication_slots (14+).
+	SpillTxns   *int64     `json:"spill_txns"`
+	SpillCount  *int64     `json:"spill_count"`
+	SpillBytes  *int64     `json:"spill_bytes"`
+	StreamTxns  *int64     `json:"stream_txns"`
+	StreamCount *int64     `json:"stream_count"`
+	StreamBytes *int64     `json:"stream_bytes"`
+	TotalTxns   *int64     `json:"total_txns"`
+	TotalBytes  *int64     `json:"total_bytes"`
+	StatsReset  *time.Time `json:"stats_reset"`
+}
+
+// OutboxInfo counts the outbox's rows.
+type OutboxInfo struct {
+	OutboxTable string `json:"outbox_table"`
+	Pending     *int64 `json:"pending"`
+	Failed      *int64 `json:"failed"`
+	Processed   *int64 `json:"processed"`
+	// ProcessedEstimated is true when counting processed rows took longer
+	// than the timeout and Processed is estimated from pg_class.reltuples.
+	ProcessedEstimated bool `json:"processed_estimated"`
+	// OutboxByStatus counts every status value present, including ones
+	// other than pending, failed and processed.
+	OutboxByStatus map[string]int64 `json:"outbox_by_status"`
+	// OldestPendingCreatedAt is min(created_at) of pending rows (the column
+	// holds UTC without a time zone).
+	OldestPendingCreatedAt *time.Time `json:"oldest_pending_created_at"`
+	// OldestPendingAgeSeconds is the server's UTC now minus OldestPendingCreatedAt.
+	OldestPendingAgeSeconds *float64 `json:"oldest_pending_age_seconds"`
+	OutboxError             *string  `json:"outbox_error"`
+}
+
+// ClickHouseInfo describes the destination table.
+type ClickHouseInfo struct {
+	ClickHouseTable   string  `json:"clickhouse_table"`
+	ClickHouseVersion *string `json:"clickhouse_version"`
+	ClickHouseRows    *uint64 `json:"clickhouse_rows"`
+	// ClickHouseNewestEventTime is max(event_date_time); null when the table is empty.
+	ClickHouseNewestEventTime *time.Time `json:"clickhouse_newest_event_time"`
+	// ClickHouseNewestInsertedAt is max(_inserted_at), when the table has that column.
+	ClickHouseNewestInsertedAt *time.Time `json:"clickhouse_newest_inserted_at"`
+	// ClickHouseError is why ClickHouse could not be inspected; it does not
+	// change the exit code.
+	ClickHouseError *string `json:"clickhouse_error"`
+}
+
+// Err returns nil when ExitCode is OK, else an error whose message is
+// Reason. It wraps ErrPostgresUnreachable, replication.ErrSlotNotFound or
+// replication.ErrSlotLost as fits.
+func (r *Report) Err() error {
+	if r.ExitCode == OK {
+		return nil
+	}
+	reason := r.ExitCode.String()
+	if r.Reason != nil {
+		reason = *r.Reason
+	}
+	return &reportError{reason: reason, sentinel: r.sentinel}
+}
+
+type reportError struct {
+	reason   string
+	sentinel error
+}
+
+func (e *reportError) Error() string { return e.reason }
+func (e *reportError) Unwrap() error { return e.sentinel }
+
+// Gather inspects PostgreSQL and ClickHouse. It always returns a report;
+// failures are in its ExitCode, Reason and *_error fields. It returns within
+// a few multiples of the timeout even when a server does not answer, and
+// sooner when ctx ends.
+func Gather(ctx context.Context, o Options) *Report {
+	schema, name := splitTable(o.Table)
+	r := &Report{
+		Time:     time.Now().UTC(),
+		Warnings: []string{},
+		SlotInfo: SlotInfo{SlotName: o.Slot},
+		OutboxInfo: OutboxInfo{
+			OutboxTable: schema + "." + name,
+		},
+		ClickHouseInfo: ClickHouseInfo{
+			ClickHouseTable: o.ClickHouse.Database + "." + o.ClickHouse.Table,
+		},
+	}
+
+	var (
+		wg sync.WaitGroup
+		ch ClickHouseInfo
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		ch = gatherClickHouse(ctx, o)
+	}()
+	code, reason := gatherPostgres(ctx, o, r)
+	wg.Wait()
+	r.ClickHouseInfo = ch
+
+	if code == OK {
+		code, reason = ClassifySlot(r.SlotInfo, str(r.PostgresDatabase))
+	}
+	r.setCode(code, reason)
+	r.Warnings = append(r.Warnings, warnings(r)...)
+	return r
+}
+
+func (r *Report) setCode(code Code, reason string) {
+	r.ExitCode = code
+	r.State = code.String()
+	r.Reason = nil
+	if code != OK {
+		r.Reason = &reason
+	}
+	switch code {
+	case Unreachable:
+		r.sentinel = ErrPostgresUnreachable
+	case SlotMissing:
+		r.sentinel = replication.ErrSlotNotFound
+	case SlotLost:
+		r.sentinel = replication.ErrSlotLost
+	default:
+		r.sentinel = nil
+	}
+}
+
+// ClassifySlot decides the exit code from the slot's state, given the
+// database postgres.url connects to ("" when unknown): SlotMissing when the
+// slot does not exist; SlotLost when it was invalidated (wal_status 'lost',
+// or on 16+/17+ conflicting or an invalidation_reason); Error when it exists
+// but cdc cannot stream from it (a physical slot, another plugin, another
+// database: slot names are unique in the whole cluster); OK otherwise.
+// 'unreserved' is still OK: the slot can catch up before the next checkpoint
+// (it is reported as a warning).
+func ClassifySlot(s SlotInfo, database string) (Code, string) {
+	if !s.SlotExists {
+		return SlotMissing, fmt.Sprintf("slot missing: replication slot %q does not exist "+
+			"(`cdc run` creates it and backfills pending and failed rows)", s.SlotName)
+	}
+	lost := str(s.WALStatus) == "lost" || str(s.InvalidationReason) != "" || (s.Conflicting != nil && *s.Conflicting)
+	if lost {
+		detail := "wal_status " + orNull(s.WALStatus)
+		if s.InvalidationReason != nil {
+			detail += ", invalidation_reason " + *s.InvalidationReason
+		}
+		if s.Conflicting != nil && *s.Conflicting {
+			detail += ", conflicting with recovery"
+		}
+		return SlotLost, fmt.Sprintf("slot lost: replication slot %q was invalidated (%s): rows committed while it was behind "+
+			"are no longer in WAL; stop every cdc instance, run SELECT pg_drop_replication_slot('%s') and start cdc again "+
+			"to re-create the slot and backfill pending and failed rows", s.SlotName, detail, s.SlotName)
+	}
+	switch {
+	case s.SlotType != nil && *s.SlotType != "logical":
+		return Error, fmt.Sprintf("slot unusable: replication slot %q is a %s slot, not a logical one (choose another postgres.slot)",
+			s.SlotName, *s.SlotType)
+	case s.Plugin != nil && *s.Plugin != "pgoutput":
+		return Error, fmt.Sprintf("slot unusable: replication slot %q uses plugin %q, not pgoutput (choose another postgres.slot)",
+			s.SlotName, *s.Plugin)
+	case s.SlotDatabase != nil && database != "" && *s.SlotDatabase != database:
+		return Error, fmt.Sprintf("slot unusable: replication slot %q belongs to database %q, not %q of postgres.url "+
+			"(slot names are unique in the cluster: choose another postgres.slot)", s.SlotName, *s.SlotDatabase, database)
+	}
+	return OK, ""
+}
+
+func warnings(r *Report) []string {
+	var w []string
+	s := r.SlotInfo
+	if s.SlotExists && r.ExitCode == OK {
+		switch str(s.WALStatus) {
+		case "unreserved":
+			w = append(w, "wal_status is unreserved: the slot needs more WAL than max_slot_wal_keep_size keeps; "+
+				"it is lost at the next checkpoint unless the consumer catches up")
+		case "extended":
+			w = append(w, "wal_status is extended: the slot retains more WAL than max_wal_size")
+		}
+		if s.Active != nil && !*s.Active {
+			w = append(w, "no process is streaming from the slot (is `cdc run` running?)")
+		}
+	}
+	if r.OutboxError != nil {
+		w = append(w, "outbox unavailable: "+*r.OutboxError)
+	}
+	if r.ProcessedEstimated {
+		w = append(w, "processed is an estimate (pg_class.reltuples): counting took longer than the timeout")
+	}
+	if r.ClickHouseError != nil {
+		w = append(w, "clickhouse unavailable: "+*r.ClickHouseError)
+	}
+	return w
+}
+
+// splitTable returns schema and name of "[schema.]name", like postgres.table.
+func splitTable(table string) (schema, name string) {
+	if i := strings.IndexByte(table, '.'); i >= 0 {
+		return table[:i], table[i+1:]
+	}
+	return "public", table
+}
+
+// oneLine flattens an error message (pgconn reports several hosts' attempts
+// on separate lines) so a reason stays on one line.
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(err.Error()), " ")
+}
+
+func str(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
+}
+
+func orNull(p *string) string {
+	if p == nil {
+		return "null"
+	}
+	return *p
+}
+
+func ptr[T any](v T) *T { return &v }
