@@ -46,7 +46,7 @@ func LookupSlot(ctx context.Context, q Querier, slot string) (SlotInfo, error) {
 		plugin, db, status  *string
 		pid                 *int32
 		confirmed, restartL *string
-		lag, retained        *int64
+		lag, retained       *int64
 	)
 	err := q.QueryRow(ctx, `SELECT slot_name, plugin, database, active, active_pid,
 	       confirmed_flush_lsn::text, restart_lsn::text, wal_status,
