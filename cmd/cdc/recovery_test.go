@@ -67,7 +67,7 @@ func assertDelivered(t *testing.T, o *testenv.Outbox, want []int64, processedBef
 
 func backfillDone(t *testing.T, o *testenv.Outbox) bool {
 	var done bool
-	if err := o.PG.QueryRow(context.Background(), `SELECT backfill_done FROM cdc_slot_state WHERE slot = 'cdc_outbox'`).Scan(&done); err != nil {
+	if err := o.PG.QueryRow(context.Background(), `SELECT backfill_done FROM cdc_slot_state WHERE slot = $1`, o.Slot).Scan(&done); err != nil {
 		return false
 	}
 	return done
@@ -110,7 +110,7 @@ func TestInterruptedSlotCreationIsRedone(t *testing.T) {
 	bin := cdcBinary(t)
 	o := testenv.NewOutbox(t)
 	deliver, processed := legacyRows(t, o, 500)
-	if _, err := o.PG.Exec(context.Background(), `SELECT pg_create_logical_replication_slot('cdc_outbox', 'pgoutput')`); err != nil {
+	if _, err := o.PG.Exec(context.Background(), `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, o.Slot); err != nil {
 		t.Fatal(err)
 	}
 	p := startDaemon(t, bin, append(o.Env(), "CDC_HTTP_LISTEN=127.0.0.1:0"), t.TempDir(), "cdc")
@@ -130,7 +130,7 @@ func TestInterruptedSlotCreationIsRedone(t *testing.T) {
 func TestLostSlotIsRefusedAndRecovered(t *testing.T) {
 	bin := cdcBinary(t)
 	srv := testenv.StartPrivate(t, "lostslot")
-	env := []string{"CDC_POSTGRES_URL=" + srv.PGURL, "CDC_CLICKHOUSE_ADDR=" + srv.CHAddr, "CDC_CLICKHOUSE_DATABASE=lost",
+	env := []string{"CDC_POSTGRES_URL=" + srv.PGURL, "CDC_CLICKHOUSE_ADDR=" + srv.CHAddr, "CDC_CLICKHOUSE_DATABASE=lost", "CDC_POSTGRES_SLOT=cdc",
 		"CDC_LOG_FORMAT=json", "CDC_BATCH_FLUSH_INTERVAL=50ms", "CDC_HTTP_LISTEN=127.0.0.1:0", "CDC_RETRY_MAX_BACKOFF=500ms"}
 	migrate(t, bin, env)
 	o := testenv.OpenOutbox(t, srv.PGURL, srv.CHAddr, "lost")
@@ -160,7 +160,7 @@ func TestLostSlotIsRefusedAndRecovered(t *testing.T) {
 			}
 		}
 		var status string
-		o.PG.QueryRow(ctx, `SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = 'cdc_outbox'`).Scan(&status)
+		o.PG.QueryRow(ctx, `SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1`, o.Slot).Scan(&status)
 		return status == "lost"
 	})
 
@@ -175,7 +175,7 @@ func TestLostSlotIsRefusedAndRecovered(t *testing.T) {
 	}
 
 	// The documented recovery.
-	if _, err := o.PG.Exec(ctx, `SELECT pg_drop_replication_slot('cdc_outbox')`); err != nil {
+	if _, err := o.PG.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, o.Slot); err != nil {
 		t.Fatal(err)
 	}
 	p2 := startDaemon(t, bin, env, dir, "second")

@@ -113,7 +113,7 @@ func TestSignalsFlushAndExitZero(t *testing.T) {
 			// The transaction is confirmed: the slot is past it.
 			var confirmedPast bool
 			if err := o.PG.QueryRow(context.Background(),
-				`SELECT confirmed_flush_lsn > $1::pg_lsn FROM pg_replication_slots WHERE slot_name = 'cdc_outbox'`, before).Scan(&confirmedPast); err != nil {
+				`SELECT confirmed_flush_lsn > $1::pg_lsn FROM pg_replication_slots WHERE slot_name = $2`, before, o.Slot).Scan(&confirmedPast); err != nil {
 				t.Fatal(err)
 			}
 			if !confirmedPast {

@@ -214,6 +214,13 @@ func (d *Daemon) lead(stop, ctx context.Context) error {
 		if err := slot.CheckUsable(); err != nil {
 			return err
 		}
+		var db string
+		if err := d.pool.QueryRow(ctx, `SELECT current_database()`).Scan(&db); err != nil {
+			return fmt.Errorf("postgres: current database: %w", err)
+		}
+		if slot.Database != db {
+			return fmt.Errorf("postgres: replication slot %q belongs to database %q, not %q: choose another postgres.slot", slotName, slot.Database, db)
+		}
 		if state, err = backfill.LoadState(ctx, d.pool, slotName); err != nil {
 			return err
 		}

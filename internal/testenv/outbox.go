@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"sort"
 	"strings"
 	"testing"
@@ -25,7 +26,11 @@ type Outbox struct {
 	PGURL  string
 	CHAddr string
 	CHDB   string
-	PG     *pgxpool.Pool
+	// Slot is the replication slot tests should use: slots are shared by
+	// the whole server, so each outbox gets its own (named after its
+	// database).
+	Slot string
+	PG   *pgxpool.Pool
 	CH     driver.Conn
 }
 
@@ -58,6 +63,9 @@ func NewOutbox(t testing.TB) *Outbox {
 func OpenOutbox(t testing.TB, pgURL, chAddr, chDB string) *Outbox {
 	t.Helper()
 	o := &Outbox{t: t, PGURL: pgURL, CHAddr: chAddr, CHDB: chDB}
+	if u, err := url.Parse(pgURL); err == nil {
+		o.Slot = strings.TrimPrefix(u.Path, "/")
+	}
 	var err error
 	o.CH, err = clickhouse.Open(&clickhouse.Options{Addr: []string{o.CHAddr}, DialTimeout: 5 * time.Second})
 	if err != nil {
@@ -82,6 +90,7 @@ func OpenOutbox(t testing.TB, pgURL, chAddr, chDB string) *Outbox {
 func (o *Outbox) Config() *config.Config {
 	c := config.Default()
 	c.Postgres.URL = o.PGURL
+	c.Postgres.Slot = o.Slot
 	c.ClickHouse.Addr = []string{o.CHAddr}
 	c.ClickHouse.Database = o.CHDB
 	c.HTTP.Listen = "127.0.0.1:0"
@@ -98,6 +107,7 @@ func (o *Outbox) Config() *config.Config {
 func (o *Outbox) Env() []string {
 	return []string{
 		"CDC_POSTGRES_URL=" + o.PGURL,
+		"CDC_POSTGRES_SLOT=" + o.Slot,
 		"CDC_CLICKHOUSE_ADDR=" + o.CHAddr,
 		"CDC_CLICKHOUSE_DATABASE=" + o.CHDB,
 		"CDC_BATCH_FLUSH_INTERVAL=100ms",
