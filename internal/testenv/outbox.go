@@ -31,7 +31,7 @@ type Outbox struct {
 	// database).
 	Slot string
 	PG   *pgxpool.Pool
-	CH     driver.Conn
+	CH   driver.Conn
 }
 
 // NewOutbox creates and migrates both sides on the shared test servers.
