@@ -104,6 +104,7 @@ func run(cfg *config.Config, log *slog.Logger) (err error) {
 
 	if err := d.Run(stop, hard); err != nil {
 		log.Error("cdc stopped", "err", err)
+		sentry.CaptureException(err)
 		return err
 	}
 	return nil

@@ -5,8 +5,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
-
+	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 )
 
@@ -30,7 +29,7 @@ func every(ctx context.Context, interval time.Duration, fn func(context.Context)
 func (d *Daemon) monitorSlot(ctx context.Context) {
 	slot := d.cfg.Postgres.Slot
 	var lastWarn, lastSummary time.Time
-	lastFlushed := testutil.ToFloat64(d.metrics.RowsFlushed)
+	lastFlushed := metrics.Value(d.metrics.RowsFlushed)
 	lastSummary = time.Now()
 	every(ctx, 5*time.Second, func(ctx context.Context) {
 		info, err := replication.LookupSlot(ctx, d.pool, slot)
@@ -56,9 +55,9 @@ func (d *Daemon) monitorSlot(ctx context.Context) {
 			d.metrics.LagWarning.Set(0)
 		}
 		if since := time.Since(lastSummary); since >= time.Minute {
-			flushed := testutil.ToFloat64(d.metrics.RowsFlushed)
+			flushed := metrics.Value(d.metrics.RowsFlushed)
 			d.log.Info("summary", "slot", slot, "leader", d.streaming.Load(), "rows_per_second", int((flushed-lastFlushed)/since.Seconds()),
-				"lag_bytes", info.LagBytes, "retained_wal_bytes", info.RetainedBytes, "rows_failed_total", int(testutil.ToFloat64(d.metrics.RowsFailed)))
+				"lag_bytes", info.LagBytes, "retained_wal_bytes", info.RetainedBytes, "rows_failed_total", int(metrics.Value(d.metrics.RowsFailed)))
 			lastFlushed, lastSummary = flushed, time.Now()
 		}
 	})

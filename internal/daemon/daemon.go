@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/getsentry/sentry-go"
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-cdc/outbox-cdc/backfill"
@@ -97,10 +98,7 @@ func (d *Daemon) Run(stop, hard context.Context) error {
 		if time.Since(started) > time.Minute {
 			attempt = 1
 		}
-		sentry.WithScope(func(s *sentry.Scope) {
-			s.SetTag("slot", d.cfg.Postgres.Slot)
-			sentry.CaptureException(err)
-		})
+		d.report(err, nil)
 		wait := d.retry.Delay(attempt)
 		d.log.Error("session ended, restarting", "slot", d.cfg.Postgres.Slot, "err", err, "retry_in", wait.Round(time.Millisecond))
 		if backoff.Sleep(stop, wait) != nil {
@@ -282,7 +280,45 @@ func (d *Daemon) newPipeline(w pipeline.Writer, tracker *checkpoint.Tracker) *pi
 	return pipeline.New(pipeline.Options{
 		Size: d.cfg.Batch.Size, MaxBytes: d.cfg.Batch.MaxBytes, FlushInterval: d.cfg.Batch.FlushInterval,
 		Queue: d.cfg.Batch.QueueBatches, Retry: d.retry,
-	}, w, d.store, tracker, d.metrics, d.log)
+	}, w, &reportingMarker{Marker: d.store, d: d}, tracker, d.metrics, d.log)
+}
+
+// report sends err to Sentry (a no-op without sentry.dsn) with the slot,
+// the confirmed LSN and the batch settings as context.
+func (d *Daemon) report(err error, extra map[string]any) {
+	sentry.WithScope(func(s *sentry.Scope) {
+		s.SetTag("slot", d.cfg.Postgres.Slot)
+		s.SetTag("table", d.cfg.Postgres.Table)
+		c := sentry.Context{
+			"confirmed_lsn": pglogrepl.LSN(metrics.Value(d.metrics.ConfirmedLSN)).String(),
+			"batch_size":    d.cfg.Batch.Size,
+			"leader":        d.streaming.Load(),
+		}
+		for k, v := range extra {
+			c[k] = v
+		}
+		s.SetContext("cdc", c)
+		sentry.CaptureException(err)
+	})
+}
+
+// reportingMarker reports rows ClickHouse rejected to Sentry as they are
+// marked failed.
+type reportingMarker struct {
+	pipeline.Marker
+	d *Daemon
+}
+
+func (m *reportingMarker) MarkFailed(ctx context.Context, f []checkpoint.Failure) error {
+	if err := m.Marker.MarkFailed(ctx, f); err != nil {
+		return err
+	}
+	ids := make([]int64, len(f))
+	for i := range f {
+		ids[i] = f[i].ID
+	}
+	m.d.report(fmt.Errorf("clickhouse rejected %d rows, marked failed: %s", len(f), f[0].Error), map[string]any{"row_ids": ids})
+	return nil
 }
 
 func sinkOptions(cfg *config.Config, log *slog.Logger, checkEveryRow bool) sink.Options {
