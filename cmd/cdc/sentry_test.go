@@ -92,4 +92,3 @@ func truncate(s string, n int) string {
 	}
 	return s
 }
-
