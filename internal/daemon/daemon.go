@@ -40,6 +40,9 @@ type Daemon struct {
 	store *checkpoint.Store
 
 	streaming atomic.Bool
+	// chReady is the sink for readiness checks from the HTTP goroutine;
+	// only the session goroutine uses sink itself.
+	chReady atomic.Pointer[sink.ClickHouse]
 }
 
 // New prepares a daemon; nothing connects until Run.
@@ -53,7 +56,7 @@ func (d *Daemon) Ready(ctx context.Context) error {
 	if !d.streaming.Load() {
 		return errors.New("replication stream not connected (standby, starting or reconnecting)")
 	}
-	s := d.sink
+	s := d.chReady.Load()
 	if s == nil {
 		return errors.New("clickhouse not connected")
 	}
@@ -197,6 +200,7 @@ func (d *Daemon) lead(stop, ctx context.Context) error {
 			return err
 		}
 		d.sink = s
+		d.chReady.Store(s)
 	}
 	slotName := d.cfg.Postgres.Slot
 	slot, err := replication.LookupSlot(ctx, d.pool, slotName)
