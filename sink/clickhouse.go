@@ -95,6 +95,9 @@ type ClickHouse struct {
 	// below it are checked by id before inserting.
 	hwm    Position
 	hasHWM bool
+	// uncertain is set when an insert failed: it may still be running on
+	// the server, so the next Write waits for it before checking ids.
+	uncertain bool
 }
 
 type tableColumn struct {
@@ -236,6 +239,10 @@ func (c *ClickHouse) Recover(ctx context.Context, floor uint64) error {
 	if err := c.loadColumns(ctx); err != nil {
 		return err
 	}
+	if err := c.awaitInflightInserts(ctx); err != nil {
+		return err
+	}
+	c.uncertain = false
 	q := fmt.Sprintf("SELECT %s, %s FROM %s WHERE %s >= %d ORDER BY %s DESC, %s DESC LIMIT 1",
 		ColumnLSN, ColumnSeq, c.table(), ColumnLSN, floor, ColumnLSN, ColumnSeq)
 	rows, err := c.conn.Query(ctx, q)
@@ -270,6 +277,12 @@ func (c *ClickHouse) Write(ctx context.Context, rows []Row) (Result, error) {
 		return res, nil
 	}
 	todo := rows
+	if c.uncertain {
+		if err := c.awaitInflightInserts(ctx); err != nil {
+			return res, err
+		}
+		c.uncertain = false
+	}
 	if c.opts.CheckEveryRow || (c.hasHWM && !c.hwm.Less(rows[0].Pos)) {
 		present, err := c.present(ctx, rows)
 		if err != nil {
@@ -287,10 +300,12 @@ func (c *ClickHouse) Write(ctx context.Context, rows []Row) (Result, error) {
 	}
 	last := rows[len(rows)-1].Pos
 	if err := c.insertIsolating(ctx, todo, &res); err != nil {
-		// Part of the batch may be stored: check ids when it is retried.
+		// Part of the batch may be stored, or still being stored: wait for
+		// it and check ids when it is retried.
 		if !c.hasHWM || c.hwm.Less(last) {
 			c.hwm, c.hasHWM = last, true
 		}
+		c.uncertain = true
 		return Result{}, err
 	}
 	return res, nil
