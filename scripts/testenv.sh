@@ -264,15 +264,19 @@ pg_restart() {
 
 # ---------------------------------------------------------------- ClickHouse
 
-ch_install() {
-	if command -v clickhouse-server >/dev/null 2>&1 && command -v clickhouse-client >/dev/null 2>&1; then
-		return
-	fi
-	is_root || die "clickhouse-server/clickhouse-client missing; run as root or: apt-get install -y clickhouse-server clickhouse-client"
-	log "installing clickhouse-server clickhouse-client (apt)"
+# deps_install installs, with apt, what the servers and tests need and the
+# machine lacks: ClickHouse, and systemd-analyze for the unit file test.
+deps_install() {
+	local missing=()
+	command -v clickhouse-server >/dev/null 2>&1 || missing+=(clickhouse-server)
+	command -v clickhouse-client >/dev/null 2>&1 || missing+=(clickhouse-client)
+	command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+	[ ${#missing[@]} -eq 0 ] && return
+	is_root || die "missing ${missing[*]}; run as root or: apt-get install -y ${missing[*]}"
+	log "installing ${missing[*]} (apt)"
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
-	apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+	apt-get install -y -qq "${missing[@]}" >/dev/null
 	command -v clickhouse-server >/dev/null 2>&1 || die "clickhouse-server still missing after apt-get install"
 }
 
@@ -471,7 +475,7 @@ main() {
 	up)
 		local t0=$SECONDS
 		state_dir_init
-		ch_install
+		deps_install
 		pg_up
 		ch_up
 		log "up in $((SECONDS - t0))s (postgres 127.0.0.1:$PG_PORT, clickhouse 127.0.0.1:$CH_PORT, state $STATE_DIR)"
