@@ -62,6 +62,10 @@ func TestSlotGaugesAreUpdated(t *testing.T) {
 	r := start(t, cfg)
 	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
 	waitFor(t, "retained WAL gauge", 30*time.Second, func() bool { return testutil.ToFloat64(r.m.RetainedWAL) > 0 })
+	waitFor(t, "lag warning over a 1-byte threshold", 30*time.Second, func() bool {
+		o.MustInsert(1, true) // keep some lag around
+		return testutil.ToFloat64(r.m.LagWarning) == 1
+	})
 	if err := r.shutdown(t); err != nil {
 		t.Fatal(err)
 	}

@@ -84,7 +84,7 @@ func (d *Daemon) Run(stop, hard context.Context) error {
 	var monitor sync.WaitGroup
 	defer monitor.Wait()
 	defer stopMonitor()
-	monitor.Go(func() { d.monitorSlot(monCtx) })
+	monitor.Go(func() { defer reportPanic(); d.monitorSlot(monCtx) })
 
 	for attempt := 1; ; attempt++ {
 		started := time.Now()
@@ -251,9 +251,9 @@ func (d *Daemon) lead(stop, ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	wg.Go(func() { d.retryLoop(ctx) })
-	wg.Go(func() { d.heartbeat(ctx) })
-	wg.Go(func() { d.retention(ctx) })
+	wg.Go(func() { defer reportPanic(); d.retryLoop(ctx) })
+	wg.Go(func() { defer reportPanic(); d.heartbeat(ctx) })
+	wg.Go(func() { defer reportPanic(); d.retention(ctx) })
 	return d.stream(stop, ctx)
 }
 
@@ -494,9 +494,21 @@ func startPipeline(ctx context.Context, p *pipeline.Pipeline, in <-chan pipeline
 	r := &runningPipeline{done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
+		defer reportPanic()
 		r.err = p.Run(ctx, in)
 	}()
 	return r
+}
+
+// reportPanic sends a panic to Sentry (when configured) before letting it
+// crash the process: goroutines other than main are not covered by the
+// command's own recovery.
+func reportPanic() {
+	if r := recover(); r != nil {
+		sentry.CurrentHub().Recover(r)
+		sentry.Flush(5 * time.Second)
+		panic(r)
+	}
 }
 
 func (r *runningPipeline) wait() error {
