@@ -3,6 +3,7 @@
 #   make build     bin/cdc with version/commit stamped in
 #   make testenv   start the private PostgreSQL + ClickHouse test servers (scripts/testenv.sh up)
 #   make test      testenv, then every test (unit + integration) with -race
+#   make test-modern  the sink and migration checks on ClickHouse 18.16 and on an embedded ClickHouse 26
 #   make vet       go vet ./...
 #   make testenv-down   stop the test servers (data kept)
 
@@ -28,8 +29,20 @@ testenv:
 testenv-down:
 	scripts/testenv.sh down
 
+# Every test: unit and integration against the real servers, then the
+# modern-ClickHouse checks (test-modern).
 test: testenv
 	eval "$$(scripts/testenv.sh env)" && $(GO) test $(GOTESTFLAGS) ./...
+	$(MAKE) test-modern
+
+# The sink's round trips of captured PostgreSQL values and the ClickHouse
+# migrations, on both ends of the supported range: the 18.16 test server and
+# a current engine (libchdb.so, ClickHouse 26, fetched with npm into a cache by
+# scripts/chdb.sh) embedded in the test process. Tests with the chdb build tag.
+.PHONY: test-modern
+test-modern: testenv
+	lib="$$(scripts/chdb.sh)" && eval "$$(scripts/testenv.sh env)" && \
+		CDC_TEST_CHDB_LIB="$$lib" $(GO) test -tags chdb $(GOTESTFLAGS) ./sink/... ./internal/chdb/...
 
 vet:
 	$(GO) vet ./...
@@ -39,3 +52,11 @@ vet:
 # SIGTERM, and a check that ClickHouse holds every committed row exactly once.
 demo: build
 	scripts/demo.sh
+
+# Performance benchmark (cmd/cdc-bench, see its README.md): the real bin/cdc
+# against pg_recvlogical and the polling design on the test servers; prints
+# the table of DESIGN.md §6 targets and writes cmd/cdc-bench/results/.
+# Extra flags: make bench BENCHFLAGS='-rows 50000 -scenarios throughput'.
+.PHONY: bench
+bench: build testenv
+	eval "$$(scripts/testenv.sh env)" && $(GO) run ./cmd/cdc-bench -cdc bin/cdc $(BENCHFLAGS)

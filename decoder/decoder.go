@@ -91,12 +91,28 @@ var ErrUnknownRelation = errors.New("pgoutput: row for unknown relation")
 type Decoder struct {
 	relations map[uint32]*relationPlan
 	values    *ValueDecoder
+	// arena holds the rows' memory: an Insert, its values and their text
+	// come from shared chunks, a few allocations per hundred rows.
+	arena arena
 }
 
 type relationPlan struct {
 	rel   *Relation
 	codec []*columnCodec
+	// last is, per column, the text of the previous row's value and what it
+	// decoded to: outbox rows repeat many values (event types, statuses, the
+	// created_at of one transaction), and a repeated value is shared instead
+	// of decoded and stored again. Only immutable kinds are shared.
+	last []lastValue
 }
+
+type lastValue struct {
+	text []byte
+	val  any
+}
+
+// maxShared is the longest value text worth comparing with the previous.
+const maxShared = 64
 
 // New returns a Decoder with an empty relation cache.
 func New() *Decoder {
@@ -303,7 +319,7 @@ func (d *Decoder) decodeRelation(r *reader) *Relation {
 	if r.finish() != nil {
 		return nil
 	}
-	plan := &relationPlan{rel: rel, codec: make([]*columnCodec, n)}
+	plan := &relationPlan{rel: rel, codec: make([]*columnCodec, n), last: make([]lastValue, n)}
 	for i, c := range rel.Columns {
 		plan.codec[i] = d.values.codecFor(c.TypeOID)
 	}
@@ -331,7 +347,7 @@ func (d *Decoder) decodeInsert(src []byte) (*Insert, error) {
 	if n != len(plan.rel.Columns) {
 		return nil, fmt.Errorf("pgoutput: insert into %s has %d columns, relation has %d", plan.rel.QualifiedName(), n, len(plan.rel.Columns))
 	}
-	values := make([]any, n)
+	values := d.arena.values(n)
 	pos := 7
 	for i := 0; i < n; i++ {
 		if pos >= len(src) {
@@ -358,12 +374,21 @@ func (d *Decoder) decodeInsert(src []byte) (*Insert, error) {
 			if kind == pglogrepl.TupleDataTypeBinary {
 				return nil, fmt.Errorf("pgoutput: binary column %q: the stream must be started in text mode", plan.rel.Columns[i].Name)
 			}
-			v, err := plan.codec[i].decode(src[pos : pos+l])
-			if err != nil {
-				return nil, fmt.Errorf("pgoutput: insert into %s column %q: %w", plan.rel.QualifiedName(), plan.rel.Columns[i].Name, err)
-			}
-			values[i] = v
+			text := src[pos : pos+l]
 			pos += l
+			last := &plan.last[i]
+			if last.val != nil && string(text) == string(last.text) {
+				values[i] = last.val
+				continue
+			}
+			c := plan.codec[i]
+			v := c.decode(text, &d.arena)
+			values[i] = v
+			if l <= maxShared && c.shareable() {
+				last.text, last.val = append(last.text[:0], text...), v
+			} else {
+				last.val = nil
+			}
 		default:
 			return nil, fmt.Errorf("pgoutput: insert into %s column %d has unknown kind %q", plan.rel.QualifiedName(), i, kind)
 		}
@@ -371,5 +396,7 @@ func (d *Decoder) decodeInsert(src []byte) (*Insert, error) {
 	if pos != len(src) {
 		return nil, fmt.Errorf("pgoutput: insert into %s has %d trailing bytes", plan.rel.QualifiedName(), len(src)-pos)
 	}
-	return &Insert{Relation: plan.rel, Values: values}, nil
+	ins := d.arena.insert()
+	ins.Relation, ins.Values = plan.rel, values
+	return ins, nil
 }

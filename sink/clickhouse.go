@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/column"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/outbox-cdc/outbox-cdc/decoder"
@@ -91,6 +92,10 @@ type ClickHouse struct {
 	columns []tableColumn
 	plans   map[*decoder.Relation]*insertPlan
 
+	// Buffers of the batch being converted, reused by the next one.
+	good        []convertedRow
+	busy, spare []*block
+
 	// hwm is the highest position that may already be stored: rows at or
 	// below it are checked by id before inserting.
 	hwm    Position
@@ -109,6 +114,8 @@ type insertPlan struct {
 	sql     string
 	sources []int // index into Row.Values, or srcLSN / srcSeq
 	convs   []converter
+	names   []string // the columns, in the INSERT's order
+	types   []string
 }
 
 // Sources of bookkeeping values in insertPlan.sources (-1 means absent).
@@ -227,6 +234,8 @@ func (c *ClickHouse) plan(rel *decoder.Relation) (*insertPlan, error) {
 		names = append(names, quoteIdent(col.name))
 		p.sources = append(p.sources, src)
 		p.convs = append(p.convs, conv)
+		p.names = append(p.names, col.name)
+		p.types = append(p.types, col.typ)
 	}
 	p.sql = "INSERT INTO " + c.table() + " (" + strings.Join(names, ", ") + ")"
 	c.plans[rel] = p
@@ -352,52 +361,126 @@ func (c *ClickHouse) present(ctx context.Context, rows []Row) (map[int64]struct{
 func (c *ClickHouse) insertIsolating(ctx context.Context, rows []Row, res *Result) error {
 	// Convert first: a value that does not fit its column rejects its row
 	// without a round trip, and a half-appended batch never reaches the wire.
-	good := make([]convertedRow, 0, len(rows))
+	// Values go column by column into typed buffers (see colBuf), reused
+	// from one batch to the next.
+	good := c.good[:0]
+	var blk *block
 	for _, r := range rows {
-		cr, err := c.convert(r)
+		p, err := c.plan(r.Relation)
 		if err != nil {
 			res.Rejected = append(res.Rejected, Rejected{ID: r.ID, Err: err})
 			continue
 		}
-		good = append(good, cr)
+		if blk == nil || blk.plan != p {
+			blk = c.newBlock(p)
+		}
+		idx, err := blk.add(r)
+		if err != nil {
+			res.Rejected = append(res.Rejected, Rejected{ID: r.ID, Err: err})
+			continue
+		}
+		good = append(good, convertedRow{id: r.ID, blk: blk, idx: idx})
 	}
-	return c.bisect(ctx, good, res)
+	// Each block (a run of rows sharing a plan, normally the whole batch) is
+	// inserted and bisected on its own: a block the server rejects never
+	// makes another block's rows go in twice.
+	var err error
+	for start := 0; start < len(good) && err == nil; {
+		end := start + 1
+		for end < len(good) && good[end].blk == good[start].blk {
+			end++
+		}
+		err = c.bisect(ctx, good[start:end], res)
+		start = end
+	}
+	clear(good)
+	c.good = good[:0]
+	c.releaseBlocks()
+	return err
 }
 
+// block holds converted rows that share an insert plan, column by column.
+type block struct {
+	plan *insertPlan
+	cols []*colBuf
+	rows int
+}
+
+// convertedRow is row idx of a block.
 type convertedRow struct {
-	id     int64
-	plan   *insertPlan
-	values []any
+	id  int64
+	blk *block
+	idx int
 }
 
-func (c *ClickHouse) convert(r Row) (convertedRow, error) {
-	p, err := c.plan(r.Relation)
-	if err != nil {
-		return convertedRow{}, err
+// newBlock returns an empty block for p, reusing the buffers of an earlier
+// batch when there is one.
+func (c *ClickHouse) newBlock(p *insertPlan) *block {
+	for i, b := range c.spare {
+		if b.plan == p {
+			c.spare = append(c.spare[:i], c.spare[i+1:]...)
+			c.busy = append(c.busy, b)
+			return b
+		}
 	}
-	vals := make([]any, len(p.sources))
+	b := &block{plan: p, cols: make([]*colBuf, len(p.sources))}
+	for i, src := range p.sources {
+		conv := p.convs[i]
+		if src < 0 {
+			conv = nil
+		}
+		b.cols[i] = newColBuf(p.types[i], conv)
+	}
+	c.busy = append(c.busy, b)
+	return b
+}
+
+// releaseBlocks empties the blocks of the batch just written (dropping
+// their references to its values) and keeps a few for the next one.
+func (c *ClickHouse) releaseBlocks() {
+	clear(c.spare)
+	c.spare = c.spare[:0]
+	for _, b := range c.busy {
+		for _, col := range b.cols {
+			col.truncate(0)
+		}
+		b.rows = 0
+		if len(c.spare) < 4 {
+			c.spare = append(c.spare, b)
+		}
+	}
+	clear(c.busy)
+	c.busy = c.busy[:0]
+}
+
+// add converts r into the block and returns its index; a value that does
+// not fit its column leaves the block as it was.
+func (b *block) add(r Row) (int, error) {
+	p := b.plan
 	for i, src := range p.sources {
 		switch src {
 		case srcLSN:
-			vals[i] = r.Pos.LSN
+			b.cols[i].addUint(r.Pos.LSN)
 		case srcSeq:
-			vals[i] = r.Pos.Seq
+			b.cols[i].addUint(r.Pos.Seq)
 		default:
-			v, err := p.convs[i](r.Values[src])
-			if err != nil {
-				return convertedRow{}, fmt.Errorf("column %s: %w", r.Relation.Columns[src].Name, err)
+			if err := b.cols[i].add(r.Values[src]); err != nil {
+				for _, col := range b.cols[:i+1] {
+					col.truncate(b.rows)
+				}
+				return 0, fmt.Errorf("column %s: %w", r.Relation.Columns[src].Name, err)
 			}
-			vals[i] = v
 		}
 	}
-	return convertedRow{id: r.ID, plan: p, values: vals}, nil
+	b.rows++
+	return b.rows - 1, nil
 }
 
 func (c *ClickHouse) bisect(ctx context.Context, rows []convertedRow, res *Result) error {
 	if len(rows) == 0 {
 		return nil
 	}
-	err := c.insert(ctx, rows)
+	err := c.insertRun(ctx, rows)
 	if err == nil {
 		res.Inserted += len(rows)
 		return nil
@@ -416,37 +499,53 @@ func (c *ClickHouse) bisect(ctx context.Context, rows []convertedRow, res *Resul
 	return c.bisect(ctx, rows[half:], res)
 }
 
-// insert sends rows as one INSERT per run of rows sharing a column plan
-// (normally the whole batch).
-func (c *ClickHouse) insert(ctx context.Context, rows []convertedRow) error {
-	for start := 0; start < len(rows); {
-		end := start + 1
-		for end < len(rows) && rows[end].plan == rows[start].plan {
-			end++
-		}
-		if err := c.insertRun(ctx, rows[start:end]); err != nil {
-			return err
-		}
-		start = end
-	}
-	return nil
-}
-
+// insertRun sends consecutive rows of one block as one INSERT: each
+// column's values in one Append of its typed slice.
 func (c *ClickHouse) insertRun(ctx context.Context, rows []convertedRow) error {
-	batch, err := c.conn.PrepareBatch(ctx, rows[0].plan.sql)
+	blk, lo, hi := rows[0].blk, rows[0].idx, rows[len(rows)-1].idx+1
+	batch, err := c.conn.PrepareBatch(ctx, blk.plan.sql)
 	if err != nil {
 		return fmt.Errorf("clickhouse %s: prepare insert into %s: %w", c.addr(), c.table(), err)
 	}
 	defer batch.Close()
-	for _, r := range rows {
-		if err := batch.Append(r.values...); err != nil {
-			return &dataError{fmt.Errorf("clickhouse: append row id %d: %w", r.id, err)}
+	if cols := batch.Columns(); sameColumns(cols, blk.plan.names) {
+		for i, col := range cols {
+			if at, err := blk.cols[i].appendTo(col, lo, hi); err != nil {
+				if at >= 0 {
+					return &dataError{fmt.Errorf("clickhouse: append row id %d: %w", rows[at-lo].id, err)}
+				}
+				return &dataError{fmt.Errorf("clickhouse: append column %s: %w", blk.plan.names[i], err)}
+			}
+		}
+	} else {
+		// A driver that does not show its columns: row by row.
+		vals := make([]any, len(blk.cols))
+		for i := lo; i < hi; i++ {
+			for j, col := range blk.cols {
+				vals[j] = col.value(i)
+			}
+			if err := batch.Append(vals...); err != nil {
+				return &dataError{fmt.Errorf("clickhouse: append row id %d: %w", rows[i-lo].id, err)}
+			}
 		}
 	}
 	if err := batch.Send(); err != nil {
 		return fmt.Errorf("clickhouse %s: insert %d rows into %s: %w", c.addr(), len(rows), c.table(), err)
 	}
 	return nil
+}
+
+// sameColumns reports whether a batch's columns are the plan's, in order.
+func sameColumns(cols []column.Interface, names []string) bool {
+	if len(cols) != len(names) {
+		return false
+	}
+	for i, col := range cols {
+		if col == nil || col.Name() != names[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // dataError marks an error caused by the rows themselves.

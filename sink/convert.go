@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/column"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/shopspring/decimal"
@@ -77,15 +78,26 @@ func converterFor(chType string) (converter, error) {
 	case "Float64":
 		conv = func(v any) (any, error) { return toFloat(v) }
 	case "Decimal", "Decimal32", "Decimal64", "Decimal128", "Decimal256":
-		conv = toDecimal
-	case "DateTime":
-		conv = timeIn(t, time.Unix(0, 0), time.Date(2106, 2, 7, 6, 28, 15, 0, time.UTC))
-	case "DateTime64":
-		conv = timeIn(t, time.Date(1900, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2299, 12, 31, 23, 59, 59, 999999999, time.UTC))
-	case "Date":
-		conv = timeIn(t, time.Unix(0, 0), time.Date(2149, 6, 6, 0, 0, 0, 0, time.UTC))
-	case "Date32":
-		conv = timeIn(t, time.Date(1900, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2299, 12, 31, 0, 0, 0, 0, time.UTC))
+		prec, scale, err := decimalPrecision(base, args)
+		if err != nil {
+			return nil, fmt.Errorf("parse %s: %w", t, err)
+		}
+		limit := decimal.New(1, int32(prec-scale))
+		conv = func(v any) (any, error) {
+			d, err := toDecimal(v)
+			if err != nil {
+				return nil, err
+			}
+			// ClickHouse keeps scale digits after the point (the driver
+			// drops the rest); what is left must fit the precision.
+			if d.(decimal.Decimal).Truncate(int32(scale)).Abs().GreaterThanOrEqual(limit) {
+				return nil, fmt.Errorf("%s does not fit %s", d, t)
+			}
+			return d, nil
+		}
+	case "DateTime", "DateTime64", "Date", "Date32":
+		lo, hi := timeBounds(base)
+		conv = timeIn(t, lo, hi)
 	case "UUID":
 		conv = toUUID
 	default:
@@ -105,6 +117,43 @@ func converterFor(chType string) (converter, error) {
 	}, nil
 }
 
+// timeBounds is the range of a ClickHouse date or time type.
+func timeBounds(base string) (lo, hi time.Time) {
+	switch base {
+	case "DateTime":
+		return time.Unix(0, 0), time.Date(2106, 2, 7, 6, 28, 15, 0, time.UTC)
+	case "DateTime64":
+		// ClickHouse goes up to 2299, but clickhouse-go encodes through
+		// UnixNano, which wraps after 2262-04-11: stop there.
+		return time.Date(1900, 1, 1, 0, 0, 0, 0, time.UTC), time.Unix(0, math.MaxInt64).UTC()
+	case "Date":
+		return time.Unix(0, 0), time.Date(2149, 6, 6, 0, 0, 0, 0, time.UTC)
+	default: // Date32
+		return time.Date(1900, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2299, 12, 31, 0, 0, 0, 0, time.UTC)
+	}
+}
+
+// decimalPrecision reads Decimal(P, S) and DecimalNN(S).
+func decimalPrecision(base, args string) (prec, scale int, err error) {
+	parts := strings.Split(args, ",")
+	for i := range parts {
+		parts[i] = strings.TrimSpace(parts[i])
+	}
+	if base == "Decimal" {
+		if len(parts) != 2 {
+			return 0, 0, fmt.Errorf("want Decimal(P, S)")
+		}
+		if prec, err = strconv.Atoi(parts[0]); err != nil {
+			return 0, 0, err
+		}
+		scale, err = strconv.Atoi(parts[1])
+		return prec, scale, err
+	}
+	prec = map[string]int{"Decimal32": 9, "Decimal64": 18, "Decimal128": 38, "Decimal256": 76}[base]
+	scale, err = strconv.Atoi(parts[0])
+	return prec, scale, err
+}
+
 func splitType(t string) (base, args string) {
 	i := strings.IndexByte(t, '(')
 	if i < 0 || !strings.HasSuffix(t, ")") {
@@ -115,7 +164,9 @@ func splitType(t string) (base, args string) {
 
 func zeroOf(base string) any {
 	switch base {
-	case "String", "JSON", "Object", "FixedString":
+	case "JSON", "Object":
+		return "{}" // ClickHouse's default; it refuses "" as a document
+	case "String", "FixedString":
 		return ""
 	case "DateTime", "DateTime64", "Date", "Date32":
 		return time.Unix(0, 0).UTC()
@@ -129,6 +180,15 @@ func zeroOf(base string) any {
 }
 
 func toString(v any) (any, error) {
+	s, err := stringOf(v)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// stringOf is toString without boxing the result.
+func stringOf(v any) (string, error) {
 	switch x := v.(type) {
 	case string:
 		return x, nil
@@ -143,17 +203,13 @@ func toString(v any) (any, error) {
 	case time.Time:
 		return x.UTC().Format("2006-01-02 15:04:05.999999"), nil
 	case pgtype.Numeric:
-		return numericString(x)
+		d, err := numericDecimal(x)
+		if err != nil {
+			return "", err
+		}
+		return d.String(), nil
 	}
-	return nil, fmt.Errorf("cannot convert %T to String", v)
-}
-
-func numericString(n pgtype.Numeric) (any, error) {
-	d, err := numericDecimal(n)
-	if err != nil {
-		return nil, err
-	}
-	return d.String(), nil
+	return "", fmt.Errorf("cannot convert %T to String", v)
 }
 
 func numericDecimal(n pgtype.Numeric) (decimal.Decimal, error) {
@@ -164,43 +220,9 @@ func numericDecimal(n pgtype.Numeric) (decimal.Decimal, error) {
 }
 
 func toInt(v any, bits int) (any, error) {
-	var n int64
-	switch x := v.(type) {
-	case int64:
-		n = x
-	case bool:
-		if x {
-			n = 1
-		}
-	case float64:
-		if x != math.Trunc(x) || math.IsInf(x, 0) || math.IsNaN(x) || x < math.MinInt64 || x >= math.MaxInt64 {
-			return nil, fmt.Errorf("%v is not an integer", x)
-		}
-		n = int64(x)
-	case string:
-		p, err := strconv.ParseInt(strings.TrimSpace(x), 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("%q is not an integer", x)
-		}
-		n = p
-	case pgtype.Numeric:
-		d, err := numericDecimal(x)
-		if err != nil {
-			return nil, err
-		}
-		if !d.IsInteger() || d.BigInt().BitLen() > 63 {
-			return nil, fmt.Errorf("%s does not fit Int%d", d, bits)
-		}
-		n = d.IntPart()
-	default:
-		return nil, fmt.Errorf("cannot convert %T to Int%d", v, bits)
-	}
-	lo, hi := int64(-1)<<(bits-1), int64(1)<<(bits-1)-1
-	if bits == 64 {
-		lo, hi = math.MinInt64, math.MaxInt64
-	}
-	if n < lo || n > hi {
-		return nil, fmt.Errorf("%d out of range for Int%d", n, bits)
+	n, err := intOf(v, bits)
+	if err != nil {
+		return nil, err
 	}
 	switch bits {
 	case 8:
@@ -213,6 +235,49 @@ func toInt(v any, bits int) (any, error) {
 	return n, nil
 }
 
+// intOf is toInt without narrowing and boxing the result.
+func intOf(v any, bits int) (int64, error) {
+	var n int64
+	switch x := v.(type) {
+	case int64:
+		n = x
+	case bool:
+		if x {
+			n = 1
+		}
+	case float64:
+		if x != math.Trunc(x) || math.IsInf(x, 0) || math.IsNaN(x) || x < math.MinInt64 || x >= math.MaxInt64 {
+			return 0, fmt.Errorf("%v is not an integer", x)
+		}
+		n = int64(x)
+	case string:
+		p, err := strconv.ParseInt(strings.TrimSpace(x), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%q is not an integer", x)
+		}
+		n = p
+	case pgtype.Numeric:
+		d, err := numericDecimal(x)
+		if err != nil {
+			return 0, err
+		}
+		if !d.IsInteger() || d.BigInt().BitLen() > 63 {
+			return 0, fmt.Errorf("%s does not fit Int%d", d, bits)
+		}
+		n = d.IntPart()
+	default:
+		return 0, fmt.Errorf("cannot convert %T to Int%d", v, bits)
+	}
+	lo, hi := int64(-1)<<(bits-1), int64(1)<<(bits-1)-1
+	if bits == 64 {
+		lo, hi = math.MinInt64, math.MaxInt64
+	}
+	if n < lo || n > hi {
+		return 0, fmt.Errorf("%d out of range for Int%d", n, bits)
+	}
+	return n, nil
+}
+
 func toUint(v any, bits int) (any, error) {
 	if b, ok := v.(bool); ok && bits == 8 {
 		if b {
@@ -220,13 +285,9 @@ func toUint(v any, bits int) (any, error) {
 		}
 		return uint8(0), nil
 	}
-	iv, err := toInt(v, 64)
+	n, err := uintOf(v, bits)
 	if err != nil {
 		return nil, err
-	}
-	n := iv.(int64)
-	if n < 0 || (bits < 64 && uint64(n) > uint64(1)<<bits-1) {
-		return nil, fmt.Errorf("%d out of range for UInt%d", n, bits)
 	}
 	switch bits {
 	case 8:
@@ -235,6 +296,19 @@ func toUint(v any, bits int) (any, error) {
 		return uint16(n), nil
 	case 32:
 		return uint32(n), nil
+	}
+	return n, nil
+}
+
+// uintOf is toUint without narrowing and boxing the result (and without
+// its bool case, which only UInt8 has).
+func uintOf(v any, bits int) (uint64, error) {
+	n, err := intOf(v, 64)
+	if err != nil {
+		return 0, err
+	}
+	if n < 0 || (bits < 64 && uint64(n) > uint64(1)<<bits-1) {
+		return 0, fmt.Errorf("%d out of range for UInt%d", n, bits)
 	}
 	return uint64(n), nil
 }
@@ -285,6 +359,9 @@ func toDecimal(v any) (any, error) {
 	case int64:
 		return decimal.NewFromInt(x), nil
 	case float64:
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return nil, fmt.Errorf("%v is not a decimal", x)
+		}
 		return decimal.NewFromFloat(x), nil
 	case string:
 		d, err := decimal.NewFromString(strings.TrimSpace(x))
@@ -309,7 +386,19 @@ func toUUID(v any) (any, error) {
 }
 
 func timeIn(chType string, lo, hi time.Time) converter {
+	conv := timeOf(chType, lo, hi)
 	return func(v any) (any, error) {
+		t, err := conv(v)
+		if err != nil {
+			return nil, err
+		}
+		return t, nil
+	}
+}
+
+// timeOf is timeIn without boxing the result.
+func timeOf(chType string, lo, hi time.Time) func(v any) (time.Time, error) {
+	return func(v any) (time.Time, error) {
 		var t time.Time
 		switch x := v.(type) {
 		case time.Time:
@@ -317,15 +406,230 @@ func timeIn(chType string, lo, hi time.Time) converter {
 		case string:
 			p, err := time.Parse("2006-01-02 15:04:05.999999999", x)
 			if err != nil {
-				return nil, fmt.Errorf("%q is not a timestamp %s can hold", x, chType)
+				return time.Time{}, fmt.Errorf("%q is not a timestamp %s can hold", x, chType)
 			}
 			t = p
 		default:
-			return nil, fmt.Errorf("cannot convert %T to %s", v, chType)
+			return time.Time{}, fmt.Errorf("cannot convert %T to %s", v, chType)
 		}
 		if t.Before(lo) || t.After(hi) {
-			return nil, fmt.Errorf("%s is outside the range of %s", t.Format(time.RFC3339Nano), chType)
+			return time.Time{}, fmt.Errorf("%s is outside the range of %s", t.Format(time.RFC3339Nano), chType)
 		}
 		return t, nil
 	}
+}
+
+// colBuf holds the converted values of one column of a batch, in a typed
+// slice for the column types the outbox table uses (String,
+// LowCardinality(String), Int64, UInt64, DateTime, DateTime64), so a value
+// is converted without being boxed and the column takes the whole slice in
+// one Append; any other type keeps its converter's values and appends them
+// one by one, as clickhouse-go's row-wise Append does. Both give the column
+// the same values.
+type colBuf struct {
+	kind  colKind
+	conv  converter // colGeneric
+	str   func(any) (string, error)
+	tim   func(any) (time.Time, error)
+	strs  []string
+	ints  []int64
+	uints []uint64
+	times []time.Time
+	anys  []any
+}
+
+type colKind uint8
+
+const (
+	colGeneric colKind = iota
+	colString
+	colInt64
+	colUInt64
+	colTime
+)
+
+// kindOf picks the buffer for a ClickHouse column type.
+func kindOf(chType string) colKind {
+	t := strings.TrimSpace(chType)
+	if strings.HasPrefix(t, "LowCardinality(") && strings.HasSuffix(t, ")") {
+		if inner := strings.TrimSpace(t[len("LowCardinality(") : len(t)-1]); inner == "String" {
+			return colString
+		}
+		return colGeneric
+	}
+	base, _ := splitType(t)
+	switch {
+	case t == "String":
+		return colString
+	case t == "Int64":
+		return colInt64
+	case t == "UInt64":
+		return colUInt64
+	case base == "DateTime" || base == "DateTime64":
+		return colTime
+	}
+	return colGeneric
+}
+
+// newColBuf returns the buffer of a column of type chType whose values come
+// from the decoder (conv is the column's converter) or, with conv nil, are
+// stream positions (UInt64 values added with addUint).
+func newColBuf(chType string, conv converter) *colBuf {
+	c := &colBuf{kind: kindOf(chType), conv: conv}
+	if conv == nil {
+		if c.kind != colUInt64 {
+			c.kind = colGeneric
+		}
+		return c
+	}
+	switch c.kind {
+	case colString:
+		c.str = func(v any) (string, error) {
+			if v == nil {
+				return "", nil // the type's default, as converterFor's NULL
+			}
+			return stringOf(v)
+		}
+	case colTime:
+		base, _ := splitType(strings.TrimSpace(chType))
+		lo, hi := timeBounds(base)
+		of := timeOf(chType, lo, hi)
+		zero, err := of(time.Unix(0, 0).UTC())
+		if err != nil {
+			c.kind = colGeneric
+			break
+		}
+		c.tim = func(v any) (time.Time, error) {
+			if v == nil {
+				return zero, nil
+			}
+			return of(v)
+		}
+	}
+	return c
+}
+
+// add converts v and appends it.
+func (c *colBuf) add(v any) error {
+	switch c.kind {
+	case colString:
+		s, err := c.str(v)
+		if err != nil {
+			return err
+		}
+		c.strs = append(c.strs, s)
+	case colInt64:
+		var n int64
+		if v != nil {
+			var err error
+			if n, err = intOf(v, 64); err != nil {
+				return err
+			}
+		}
+		c.ints = append(c.ints, n)
+	case colUInt64:
+		var n uint64
+		if v != nil {
+			var err error
+			if n, err = uintOf(v, 64); err != nil {
+				return err
+			}
+		}
+		c.uints = append(c.uints, n)
+	case colTime:
+		t, err := c.tim(v)
+		if err != nil {
+			return err
+		}
+		c.times = append(c.times, t)
+	default:
+		x, err := c.conv(v)
+		if err != nil {
+			return err
+		}
+		c.anys = append(c.anys, x)
+	}
+	return nil
+}
+
+// addUint appends a stream position.
+func (c *colBuf) addUint(n uint64) {
+	if c.kind == colUInt64 {
+		c.uints = append(c.uints, n)
+		return
+	}
+	c.anys = append(c.anys, n)
+}
+
+func (c *colBuf) len() int {
+	switch c.kind {
+	case colString:
+		return len(c.strs)
+	case colInt64:
+		return len(c.ints)
+	case colUInt64:
+		return len(c.uints)
+	case colTime:
+		return len(c.times)
+	}
+	return len(c.anys)
+}
+
+// truncate drops the values from row n on.
+func (c *colBuf) truncate(n int) {
+	switch c.kind {
+	case colString:
+		clear(c.strs[n:])
+		c.strs = c.strs[:n]
+	case colInt64:
+		c.ints = c.ints[:n]
+	case colUInt64:
+		c.uints = c.uints[:n]
+	case colTime:
+		c.times = c.times[:n]
+	default:
+		clear(c.anys[n:])
+		c.anys = c.anys[:n]
+	}
+}
+
+// value returns row i's value as the converter would.
+func (c *colBuf) value(i int) any {
+	switch c.kind {
+	case colString:
+		return c.strs[i]
+	case colInt64:
+		return c.ints[i]
+	case colUInt64:
+		return c.uints[i]
+	case colTime:
+		return c.times[i]
+	}
+	return c.anys[i]
+}
+
+// appendTo appends rows lo..hi-1 to col. On an error it returns the row
+// that failed, or -1 when it cannot tell.
+func (c *colBuf) appendTo(col column.Interface, lo, hi int) (int, error) {
+	var err error
+	switch c.kind {
+	case colString:
+		_, err = col.Append(c.strs[lo:hi])
+	case colInt64:
+		_, err = col.Append(c.ints[lo:hi])
+	case colUInt64:
+		_, err = col.Append(c.uints[lo:hi])
+	case colTime:
+		_, err = col.Append(c.times[lo:hi])
+	default:
+		for i := lo; i < hi; i++ {
+			if err := col.AppendRow(c.anys[i]); err != nil {
+				return i, err
+			}
+		}
+	}
+	if err != nil {
+		return -1, err
+	}
+	return 0, nil
 }

@@ -13,8 +13,9 @@
 //     decoded by clickhouse-go's proto.Block; Scan is the driver's ScanRow.
 //   - PrepareBatch: a proto.Block with the target columns' types (DESCRIBE
 //     TABLE, like clickhouse-go's HTTP batch); Append is the driver's
-//     AppendRow; Send writes the encoded block to a file and runs
-//     INSERT INTO t (cols) SELECT * FROM file(path, Native).
+//     AppendRow (and Columns hands out the block's columns, for callers that
+//     append column by column); Send writes the encoded block to a file and
+//     runs INSERT INTO t (cols) SELECT * FROM file(path, Native).
 //   - Errors are *clickhouse.Exception with the engine's code and message, so
 //     callers that branch on codes (the sink's bisection) behave as with a
 //     server.
@@ -23,8 +24,9 @@
 // booleans). Only one engine can exist per process (a limit of libchdb);
 // Shared returns it.
 //
-// The package is only built with the `chdb` build tag's tests: importing it
-// needs CDC_TEST_CHDB_LIB (see package libpath).
+// Only tests with the `chdb` build tag import it (`make test-modern`): a
+// binary that does needs CDC_TEST_CHDB_LIB (see package libpath), and must
+// call CloseShared before it exits.
 package chdb
 
 import (
@@ -70,8 +72,9 @@ var (
 	sharedErr  error
 )
 
-// Shared returns the process's engine, starting it on first use. It is never
-// closed: libchdb keeps one session per process.
+// Shared returns the process's engine, starting it on first use. libchdb
+// keeps one session per process: a test binary calls CloseShared from
+// TestMain once its tests are done.
 func Shared() (*Engine, error) {
 	sharedOnce.Do(func() { shared, sharedErr = open() })
 	return shared, sharedErr
@@ -101,6 +104,19 @@ func open() (*Engine, error) {
 	e.version = proto.ServerHandshake{Name: "chdb", DisplayName: display, Revision: uint64(revision),
 		Version: proto.ParseVersion(version), Timezone: loc}
 	return e, nil
+}
+
+// CloseShared stops the process's engine, if it was started. A test binary
+// must call it before it exits: the engine's background threads crash the
+// exit otherwise (libc's exit, which -race builds use, runs its destructors
+// under them).
+func CloseShared() {
+	if shared != nil {
+		shared.mu.Lock()
+		defer shared.mu.Unlock()
+		shared.conn.Close()
+		os.RemoveAll(shared.tmp)
+	}
 }
 
 // Version is the engine's version() string, e.g. "26.7.2.1".
@@ -204,10 +220,9 @@ func (e *Engine) QueryRow(ctx context.Context, query string, args ...any) driver
 }
 
 type rows struct {
-	driver.Rows // ColumnTypes, ScanStruct: not supported
-	names       []string
-	blocks      []*proto.Block
-	block, row  int // current position: blocks[block], row 1-based
+	names      []string
+	blocks     []*proto.Block
+	block, row int // current position: blocks[block], row 1-based
 }
 
 func (r *rows) Next() bool {
@@ -239,11 +254,11 @@ func (r *rows) Scan(dest ...any) error {
 	return nil
 }
 
-func (r *rows) Columns() []string          { return r.names }
-func (r *rows) Totals(dest ...any) error   { return sql.ErrNoRows }
-func (r *rows) Close() error               { return nil }
-func (r *rows) Err() error                 { return nil }
-func (r *rows) ScanStruct(dest any) error  { return errors.New("chdb: ScanStruct is not supported") }
+func (r *rows) Columns() []string                { return r.names }
+func (r *rows) Totals(dest ...any) error         { return sql.ErrNoRows }
+func (r *rows) Close() error                     { return nil }
+func (r *rows) Err() error                       { return nil }
+func (r *rows) ScanStruct(dest any) error        { return errors.New("chdb: ScanStruct is not supported") }
 func (r *rows) ColumnTypes() []driver.ColumnType { return nil }
 
 type row struct {
@@ -327,8 +342,6 @@ func (e *Engine) PrepareBatch(ctx context.Context, query string, _ ...driver.Pre
 }
 
 type batch struct {
-	driver.Batch // AppendStruct, Column: not supported
-
 	e     *Engine
 	ctx   context.Context
 	table string
@@ -387,14 +400,21 @@ func (b *batch) Send() error {
 	return err
 }
 
-func (b *batch) Flush() error                  { return nil }
-func (b *batch) Abort() error                  { b.sent = true; return nil }
-func (b *batch) Close() error                  { b.sent = true; return nil }
-func (b *batch) IsSent() bool                  { return b.sent }
-func (b *batch) Rows() int                     { return b.block.Rows() }
-func (b *batch) Columns() []column.Interface   { return append([]column.Interface(nil), b.block.Columns...) }
+func (b *batch) Flush() error { return nil }
+func (b *batch) Abort() error { b.sent = true; return nil }
+func (b *batch) Close() error { b.sent = true; return nil }
+func (b *batch) IsSent() bool { return b.sent }
+func (b *batch) Rows() int    { return b.block.Rows() }
+func (b *batch) Columns() []column.Interface {
+	return append([]column.Interface(nil), b.block.Columns...)
+}
 func (b *batch) AppendStruct(v any) error      { return errors.New("chdb: AppendStruct is not supported") }
 func (b *batch) Column(int) driver.BatchColumn { panic("chdb: batch.Column is not supported") }
+
+var (
+	_ driver.Rows  = (*rows)(nil)
+	_ driver.Batch = (*batch)(nil)
+)
 
 // bind substitutes positional `?` placeholders outside quotes.
 func bind(query string, args []any) (string, error) {

@@ -1,0 +1,81 @@
+//go:build chdb
+
+package sink
+
+// The round-trip checks of roundtrip_test.go on a current ClickHouse (26.x):
+// libchdb.so, the engine behind clickhouse-local, embedded in the test
+// process (package internal/chdb). Built only with the chdb tag: run them
+// with `make test-modern`, which fetches the library (scripts/chdb.sh) and
+// sets CDC_TEST_CHDB_LIB; without it the test binary fails at start.
+
+import (
+	"context"
+	"os"
+	"testing"
+
+	"github.com/outbox-cdc/outbox-cdc/internal/chdb"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	chdb.CloseShared()
+	os.Exit(code)
+}
+
+// modernEngine is the embedded engine with a database of the test's own;
+// the sink runs on it through OpenConn, with its normal Write path.
+func modernEngine(t *testing.T) *testEngine {
+	t.Helper()
+	eng, err := chdb.Shared()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := eng.ServerVersion()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Version.Major < 24 {
+		t.Fatalf("embedded engine is ClickHouse %s; these checks are for 24 and later", eng.Version())
+	}
+	db, drop, err := eng.NewDatabase(context.Background(), t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := drop(); err != nil {
+			t.Errorf("drop database %s: %v", db, err)
+		}
+	})
+	return &testEngine{name: "ClickHouse " + eng.Version() + " (embedded)", modern: true, conn: eng, db: db,
+		open: func(t *testing.T, table string) *ClickHouse {
+			t.Helper()
+			s, err := OpenConn(context.Background(), eng, Options{Addr: []string{"chdb"}, Database: db, Table: table})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}}
+}
+
+func TestCapturedValuesModern(t *testing.T) {
+	runCells(t, modernEngine(t), capturedRows(t))
+}
+
+func TestRejectedRowOfLaterRelationModern(t *testing.T) {
+	runLaterRunRejected(t, modernEngine(t), capturedRows(t))
+}
+
+func TestMigratedTableModern(t *testing.T) {
+	runMigrated(t, modernEngine(t), capturedRows(t), []schemaColumn{
+		{"id", "Int64", ""},
+		{"event_type", "LowCardinality(String)", ""},
+		{"event_date_time", "DateTime64(6, 'UTC')", ""},
+		{"environment", "LowCardinality(String)", ""},
+		{"event_context", "String", ""},
+		{"metadata_version", "Int64", ""},
+		{"created_at", "DateTime64(6, 'UTC')", ""},
+		{"_lsn", "UInt64", ""},
+		{"_seq", "UInt64", ""},
+		{"_inserted_at", "DateTime64(6, 'UTC')", "DEFAULT now64(6)"},
+	})
+}
