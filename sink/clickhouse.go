@@ -107,7 +107,6 @@ type ClickHouse struct {
 
 type tableColumn struct {
 	name, typ, defaultKind string
-	conv                   converter
 }
 
 type insertPlan struct {
@@ -224,8 +223,8 @@ func (c *ClickHouse) plan(rel *decoder.Relation) (*insertPlan, error) {
 		if src == -1 {
 			continue // ClickHouse fills its default
 		}
-		conv := col.conv
-		if conv == nil && src >= 0 {
+		var conv converter
+		if src >= 0 {
 			var err error
 			if conv, err = converterFor(col.typ); err != nil {
 				return nil, fmt.Errorf("clickhouse %s: column %s of %s: %w", c.addr(), col.name, c.table(), err)
