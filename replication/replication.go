@@ -79,8 +79,9 @@ type Message struct {
 	// keepalive it is the walsender's sent position: every transaction that
 	// committed before it has already been sent.
 	ServerWALEnd pglogrepl.LSN
-	// Data is a pgoutput message, owned by the caller (a copy: the
-	// connection reuses its read buffer).
+	// Data is a pgoutput message. It points into the connection's read
+	// buffer and is valid only until the next Receive: decode it (or copy
+	// it) before receiving again.
 	Data []byte
 }
 
@@ -95,6 +96,7 @@ type Stream struct {
 	lastStatus time.Time
 	lastSent   pglogrepl.LSN
 	replyNow   bool
+	deadline   time.Time // read deadline set on the connection
 }
 
 // StartOptions configure Start.
@@ -132,15 +134,28 @@ func Start(ctx context.Context, conn *pgconn.PgConn, opts StartOptions) (*Stream
 	return &Stream{conn: conn, slot: opts.Slot, statusInterval: opts.StatusInterval, log: opts.Logger, lastStatus: time.Now()}, nil
 }
 
-// Receive waits up to timeout for the next message. ok is false when the
-// timeout passed without one. Keepalives that ask for a reply make the next
-// UpdateStatus send at once.
+// Receive waits up to about timeout (at least half of it) for the next
+// message. ok is false when the time passed without one. Keepalives that ask
+// for a reply make the next UpdateStatus send at once. ctx is checked before
+// each wait, not during it: the wait is bounded by timeout instead.
 func (s *Stream) Receive(ctx context.Context, timeout time.Duration) (msg Message, ok bool, err error) {
-	rctx, cancel := context.WithTimeout(ctx, timeout)
-	raw, err := s.conn.ReceiveMessage(rctx)
-	cancel()
+	if err := ctx.Err(); err != nil {
+		return Message{}, false, fmt.Errorf("postgres: receive from slot %q: %w", s.slot, err)
+	}
+	// A context per call costs pgconn a watcher goroutine and a timer per
+	// message (about half of the daemon's CPU at full speed). A read deadline
+	// on the connection, moved only when less than half of it is left, bounds
+	// the wait just as well.
+	now := time.Now()
+	if s.deadline.Sub(now) < timeout/2 {
+		s.deadline = now.Add(timeout)
+		if err := s.conn.Conn().SetReadDeadline(s.deadline); err != nil {
+			return Message{}, false, fmt.Errorf("postgres: receive from slot %q: set deadline: %w", s.slot, err)
+		}
+	}
+	raw, err := s.conn.ReceiveMessage(context.Background())
 	if err != nil {
-		if ctx.Err() == nil && pgconn.Timeout(err) {
+		if pgconn.Timeout(err) {
 			return Message{}, false, nil
 		}
 		return Message{}, false, fmt.Errorf("postgres: receive from slot %q: %w", s.slot, err)
@@ -165,9 +180,7 @@ func (s *Stream) Receive(ctx context.Context, timeout time.Duration) (msg Messag
 			if err != nil {
 				return Message{}, false, fmt.Errorf("postgres: slot %q: parse XLogData: %w", s.slot, err)
 			}
-			data := make([]byte, len(xld.WALData))
-			copy(data, xld.WALData)
-			return Message{WALStart: xld.WALStart, ServerWALEnd: xld.ServerWALEnd, Data: data}, true, nil
+			return Message{WALStart: xld.WALStart, ServerWALEnd: xld.ServerWALEnd, Data: xld.WALData}, true, nil
 		default:
 			return Message{}, false, fmt.Errorf("postgres: slot %q: unexpected CopyData type %q", s.slot, m.Data[0])
 		}
