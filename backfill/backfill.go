@@ -102,12 +102,15 @@ func Run(ctx context.Context, pool *pgxpool.Pool, slot, table string, consistent
 }
 
 // Failed emits rows with status 'failed' (and fewer than maxAttempts
-// attempts, when maxAttempts > 0), in id order. They are versioned at LSN 0:
+// attempts, when maxAttempts > 0), in id order. A failed row has at least
+// one attempt (MarkFailed counts them; migration 0005 counted the original
+// worker's): attempts > 0 lets the partial index on failed rows serve the
+// query. They are versioned at LSN 0:
 // outside every stream position, so the sink must check them by id
 // (sink.Options.CheckEveryRow).
 func Failed(ctx context.Context, pool *pgxpool.Pool, table string, maxAttempts, chunk int, emit func(sink.Row) error) (int64, error) {
 	q := `SELECT o.* FROM ` + checkpoint.QuoteTable(table) + ` o
-	      WHERE o.status = 'failed' AND ($2 <= 0 OR o.attempts < $2) AND o.id > $1 ORDER BY o.id LIMIT $3`
+	      WHERE o.attempts > 0 AND o.status = 'failed' AND ($2 <= 0 OR o.attempts < $2) AND o.id > $1 ORDER BY o.id LIMIT $3`
 	return scan(ctx, pool, table, chunk, q, []any{maxAttempts}, func(id int64) sink.Position { return sink.Position{LSN: 0, Seq: uint64(id)} }, emit)
 }
 

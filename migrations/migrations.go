@@ -75,9 +75,12 @@ type Postgres struct {
 // publication exists, covers the table and publishes inserts only.
 func ApplyPostgres(ctx context.Context, conn *pgx.Conn, p Postgres) (applied []string, err error) {
 	schema, name := checkpoint.SplitTable(p.Table)
+	quoted := checkpoint.QuoteTable(p.Table)
 	migs, err := load("postgres", map[string]string{
-		"Table":            checkpoint.QuoteTable(p.Table),
+		"Table":            quoted,
+		"TableLiteral":     strings.ReplaceAll(quoted, "'", "''"),
 		"UnprocessedIndex": pgx.Identifier{truncate(name+"_unprocessed_idx", 63)}.Sanitize(),
+		"FailedIndex":      pgx.Identifier{truncate(name+"_failed_idx", 63)}.Sanitize(),
 	})
 	if err != nil {
 		return nil, err

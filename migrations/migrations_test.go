@@ -2,6 +2,7 @@ package migrations_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 
@@ -85,9 +86,35 @@ func TestPostgresMigrations(t *testing.T) {
 			if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = 'cdc_outbox' AND tablename = 'event_outbox')`).Scan(&covered); err != nil || !covered {
 				t.Errorf("publication does not cover event_outbox (%v)", err)
 			}
-			var idx bool
-			if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE tablename = 'event_outbox' AND indexdef LIKE '%WHERE%processed%')`).Scan(&idx); err != nil || !idx {
-				t.Errorf("no partial index on unprocessed rows (%v)", err)
+			// Marking rows processed must stay a HOT update: no index may
+			// mention a column it sets, and pages keep room for new versions.
+			var onMarked []string
+			rows, err := conn.Query(ctx, `SELECT indexdef FROM pg_indexes WHERE tablename = 'event_outbox'
+			  AND (indexdef LIKE '%status%' OR indexdef LIKE '%updated_at%' OR indexdef LIKE '%last_error%')`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for rows.Next() {
+				var def string
+				if err := rows.Scan(&def); err != nil {
+					t.Fatal(err)
+				}
+				onMarked = append(onMarked, def)
+			}
+			if len(onMarked) > 0 {
+				t.Errorf("indexes on columns the marking sets: %v", onMarked)
+			}
+			var failedIdx bool
+			if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE tablename = 'event_outbox' AND indexdef LIKE '%WHERE (attempts > 0)%')`).Scan(&failedIdx); err != nil || !failedIdx {
+				t.Errorf("no partial index on failed rows (%v)", err)
+			}
+			var opts []string
+			if err := conn.QueryRow(ctx, `SELECT coalesce(reloptions, '{}') FROM pg_class WHERE oid = 'event_outbox'::regclass`).Scan(&opts); err != nil || !slices.Contains(opts, "fillfactor=50") {
+				t.Errorf("outbox options %v (%v), want fillfactor=50", opts, err)
+			}
+			var failedWithoutAttempt int
+			if err := conn.QueryRow(ctx, `SELECT count(*) FROM event_outbox WHERE status = 'failed' AND attempts = 0`).Scan(&failedWithoutAttempt); err != nil || failedWithoutAttempt != 0 {
+				t.Errorf("%d failed rows without an attempt (%v): retry-failed would not find them", failedWithoutAttempt, err)
 			}
 		})
 	}
