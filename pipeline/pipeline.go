@@ -228,26 +228,86 @@ func (p *Pipeline) batch(ctx context.Context, in <-chan Item, queue chan<- *batc
 	}
 }
 
+// write delivers batches in order. Marking batch k runs while batch k+1 is
+// inserted (two servers, two cores' worth of work at once), but the tracker
+// still advances strictly in order: to batch k's safe LSN only once batch k
+// is marked, and before batch k+1's marking starts. Rejected rows are the
+// exception that does not overlap: they are marked failed before the next
+// batch is inserted, because after a crash a rejected row that is not yet
+// marked must still be inside the window the sink re-checks.
 func (p *Pipeline) write(ctx context.Context, queue <-chan *batch) error {
-	for b := range queue {
-		if len(b.rows) > 0 {
-			if err := p.deliver(ctx, b); err != nil {
+	var (
+		marking chan error // the batch being marked, if any
+		safe    pglogrepl.LSN
+	)
+	// settle waits for the batch being marked and makes it durable.
+	settle := func() error {
+		if marking == nil {
+			return nil
+		}
+		err := <-marking
+		marking = nil
+		if err != nil {
+			return err
+		}
+		p.advance(safe)
+		return nil
+	}
+	for {
+		var (
+			b  *batch
+			ok bool
+		)
+		select {
+		case err := <-marking: // a nil channel (nothing being marked) never fires
+			marking = nil
+			if err != nil {
 				return err
 			}
+			// Durable as soon as it is marked, not when the next batch
+			// comes: an idle stream must still confirm its last commit.
+			p.advance(safe)
+			continue
+		case b, ok = <-queue:
 		}
-		p.tracker.Advance(b.safe)
-		p.metrics.ConfirmedLSN.Set(float64(p.tracker.Durable()))
+		if !ok {
+			return settle()
+		}
+		if len(b.rows) == 0 {
+			if err := settle(); err != nil {
+				return err
+			}
+			p.advance(b.safe)
+			continue
+		}
+		ids, start, err := p.insert(ctx, b)
+		if err == nil {
+			err = settle()
+		}
+		if err != nil {
+			_ = settle() // never leave a marking running behind our back
+			return err
+		}
+		// The marking holds only ids: the batch's rows can be freed while
+		// the next batch is filled and inserted.
+		marking, safe = make(chan error, 1), b.safe
+		go func(n int, safe pglogrepl.LSN, done chan<- error) {
+			done <- p.mark(ctx, n, safe, ids, start)
+		}(len(b.rows), b.safe, marking)
 	}
-	return nil
 }
 
-// deliver inserts a batch, then marks it. Rejected rows are marked failed
-// before the next batch is inserted: after a crash, a rejected row that is
-// not yet marked must still be inside the window the sink re-checks.
-func (p *Pipeline) deliver(ctx context.Context, b *batch) error {
-	start := time.Now()
+func (p *Pipeline) advance(safe pglogrepl.LSN) {
+	p.tracker.Advance(safe)
+	p.metrics.ConfirmedLSN.Set(float64(p.tracker.Durable()))
+}
+
+// insert writes a batch to ClickHouse, marks the rows it rejected failed,
+// and returns the ids still to mark processed.
+func (p *Pipeline) insert(ctx context.Context, b *batch) (ids []int64, start time.Time, err error) {
+	start = time.Now()
 	var res sink.Result
-	err := backoff.Retry(ctx, p.opts.Retry, p.log, "clickhouse insert", func(ctx context.Context) error {
+	err = backoff.Retry(ctx, p.opts.Retry, p.log, "clickhouse insert", func(ctx context.Context) error {
 		var err error
 		res, err = p.sink.Write(ctx, b.rows)
 		if err != nil {
@@ -256,30 +316,44 @@ func (p *Pipeline) deliver(ctx context.Context, b *batch) error {
 		return err
 	})
 	if err != nil {
-		return err
+		return nil, start, err
 	}
-	inserted := time.Since(start)
+	p.metrics.RowsFlushed.Add(float64(res.Inserted))
+	p.log.Debug("inserted", "rows", len(b.rows), "inserted", res.Inserted, "skipped", res.Skipped,
+		"rejected", len(res.Rejected), "duration", time.Since(start))
+	ids = make([]int64, 0, len(b.rows))
+	if len(res.Rejected) == 0 {
+		for _, r := range b.rows {
+			ids = append(ids, r.ID)
+		}
+		return ids, start, nil
+	}
 	rejected := make(map[int64]bool, len(res.Rejected))
-	if len(res.Rejected) > 0 {
-		failures := make([]checkpoint.Failure, len(res.Rejected))
-		for i, r := range res.Rejected {
-			failures[i] = checkpoint.Failure{ID: r.ID, Error: r.Err.Error()}
-			rejected[r.ID] = true
-			p.log.Error("row rejected by ClickHouse, marked failed", "id", r.ID, "err", r.Err)
-		}
-		if err := backoff.Retry(ctx, p.opts.Retry, p.log, "postgres mark failed", func(ctx context.Context) error {
-			return p.marker.MarkFailed(ctx, failures)
-		}); err != nil {
-			return err
-		}
-		p.metrics.RowsFailed.Add(float64(len(failures)))
+	failures := make([]checkpoint.Failure, len(res.Rejected))
+	for i, r := range res.Rejected {
+		failures[i] = checkpoint.Failure{ID: r.ID, Error: r.Err.Error()}
+		rejected[r.ID] = true
+		p.log.Error("row rejected by ClickHouse, marked failed", "id", r.ID, "err", r.Err)
 	}
-	ids := make([]int64, 0, len(b.rows))
+	if err := backoff.Retry(ctx, p.opts.Retry, p.log, "postgres mark failed", func(ctx context.Context) error {
+		return p.marker.MarkFailed(ctx, failures)
+	}); err != nil {
+		return nil, start, err
+	}
+	p.metrics.RowsFailed.Add(float64(len(failures)))
 	for _, r := range b.rows {
 		if !rejected[r.ID] {
 			ids = append(ids, r.ID)
 		}
 	}
+	return ids, start, nil
+}
+
+// mark marks a batch's delivered rows processed (ids, of the n rows of a
+// batch whose safe LSN is safe); start is when its insert began, for the
+// flush duration.
+func (p *Pipeline) mark(ctx context.Context, n int, safe pglogrepl.LSN, ids []int64, start time.Time) error {
+	marked := time.Now()
 	if err := backoff.Retry(ctx, p.opts.Retry, p.log, "postgres mark processed", func(ctx context.Context) error {
 		return p.marker.MarkProcessed(ctx, ids)
 	}); err != nil {
@@ -287,12 +361,10 @@ func (p *Pipeline) deliver(ctx context.Context, b *batch) error {
 	}
 	took := time.Since(start)
 	p.metrics.BatchesFlushed.Inc()
-	p.metrics.RowsFlushed.Add(float64(res.Inserted))
-	p.metrics.BatchRows.Observe(float64(len(b.rows)))
+	p.metrics.BatchRows.Observe(float64(n))
 	p.metrics.FlushDuration.Observe(took.Seconds())
 	p.metrics.LastFlush.SetToCurrentTime()
-	p.log.Debug("flushed", "rows", len(b.rows), "inserted", res.Inserted, "skipped", res.Skipped,
-		"rejected", len(res.Rejected), "safe_lsn", b.safe.String(), "duration", took,
-		"insert_duration", inserted, "mark_duration", took-inserted)
+	p.log.Debug("flushed", "rows", n, "safe_lsn", safe.String(), "duration", took,
+		"mark_duration", time.Since(marked))
 	return nil
 }

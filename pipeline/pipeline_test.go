@@ -343,38 +343,40 @@ func allowed(start pglogrepl.LSN, txns []txn, done map[int64]bool) pglogrepl.LSN
 // TestDurableOnlyAfterWholeTransaction: a transaction spanning more than five
 // batches becomes durable only when the batch holding its last row and its
 // CommitEnd is delivered; before that the tracker stays at the previous
-// commit (DESIGN §3.1). Durable is checked at every Write and MarkProcessed,
-// i.e. after every delivered batch.
+// commit (DESIGN §3.1). Durable is checked at every Write and MarkProcessed.
+// A batch is marked while the next one is inserted, but the tracker moves
+// strictly in order: when batch k is marked, batches before it (and only
+// those) are durable.
 func TestDurableOnlyAfterWholeTransaction(t *testing.T) {
 	const start = 50
 	tests := []struct {
 		name string
 		txns []txn
-		// durableAtWrite: the tracker at each successful Write (the
-		// previous batches delivered); final: after Run returned.
-		durableAtWrite []pglogrepl.LSN
-		final          pglogrepl.LSN
+		// durableAtMark: the tracker at each MarkProcessed (the previous
+		// batches delivered); final: after Run returned.
+		durableAtMark []pglogrepl.LSN
+		final         pglogrepl.LSN
 	}{
 		{
 			// The big transaction's last row fills batch 6 exactly, so its
 			// CommitEnd arrives with an empty buffer and goes alone.
-			name:           "commit after a full batch",
-			txns:           []txn{{1, 3, 100}, {4, 60, 200}, {61, 64, 0}},
-			durableAtWrite: []pglogrepl.LSN{start, 100, 100, 100, 100, 100, 200},
-			final:          200,
+			name:          "commit after a full batch",
+			txns:          []txn{{1, 3, 100}, {4, 60, 200}, {61, 64, 0}},
+			durableAtMark: []pglogrepl.LSN{start, 100, 100, 100, 100, 100, 200},
+			final:         200,
 		},
 		{
 			// The CommitEnd arrives mid-batch: batch 6 carries it.
-			name:           "commit inside a batch",
-			txns:           []txn{{1, 3, 100}, {4, 58, 200}, {59, 62, 0}},
-			durableAtWrite: []pglogrepl.LSN{start, 100, 100, 100, 100, 100, 200},
-			final:          200,
+			name:          "commit inside a batch",
+			txns:          []txn{{1, 3, 100}, {4, 58, 200}, {59, 62, 0}},
+			durableAtMark: []pglogrepl.LSN{start, 100, 100, 100, 100, 100, 200},
+			final:         200,
 		},
 		{
-			name:           "last transaction complete at close",
-			txns:           []txn{{1, 3, 100}, {4, 58, 200}, {59, 62, 300}},
-			durableAtWrite: []pglogrepl.LSN{start, 100, 100, 100, 100, 100, 200},
-			final:          300,
+			name:          "last transaction complete at close",
+			txns:          []txn{{1, 3, 100}, {4, 58, 200}, {59, 62, 300}},
+			durableAtMark: []pglogrepl.LSN{start, 100, 100, 100, 100, 100, 200},
+			final:         300,
 		},
 	}
 	for _, tt := range tests {
@@ -424,16 +426,11 @@ func TestDurableOnlyAfterWholeTransaction(t *testing.T) {
 			}
 			check(h.tracker, "after Run")
 			var got []pglogrepl.LSN
-			for _, o := range h.dest.calls("write") {
+			for _, o := range h.dest.calls("processed") {
 				got = append(got, o.durable)
 			}
-			if !slices.Equal(got, tt.durableAtWrite) {
-				t.Errorf("durable at each write %v, want %v", got, tt.durableAtWrite)
-			}
-			for i, o := range h.dest.calls("processed") {
-				if o.durable != got[i] {
-					t.Errorf("batch %d: durable moved from %s to %s between insert and mark", i+1, got[i], o.durable)
-				}
+			if !slices.Equal(got, tt.durableAtMark) {
+				t.Errorf("durable at each mark %v, want %v", got, tt.durableAtMark)
 			}
 			if d := h.tracker.Durable(); d != tt.final {
 				t.Errorf("final durable %s, want %s", d, tt.final)
@@ -490,18 +487,24 @@ func TestRejectedRows(t *testing.T) {
 	if err := h.closeAndWait(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	var got []string
+	// Marking processed may overlap the next insert; marking failed may not.
+	var inserts, processed []string
 	for _, o := range h.dest.calls("") {
-		got = append(got, o.String())
+		if o.kind == "processed" {
+			processed = append(processed, o.String())
+		} else {
+			inserts = append(inserts, o.String())
+		}
 	}
-	want := []string{
-		"write[1 2 3 4]", "failed[2]", "processed[1 3 4]",
-		"write[5 6 7 8]", "failed[7]", "processed[5 6 8]",
+	wantInserts := []string{
+		"write[1 2 3 4]", "failed[2]",
+		"write[5 6 7 8]", "failed[7]",
 		"write[9 10 11 12]", "failed[9 10 11 12]", // nothing left to mark processed
-		"write[13 14]", "processed[13 14]",
+		"write[13 14]",
 	}
-	if !slices.Equal(got, want) {
-		t.Errorf("calls\n got %v\nwant %v", got, want)
+	wantProcessed := []string{"processed[1 3 4]", "processed[5 6 8]", "processed[13 14]"}
+	if !slices.Equal(inserts, wantInserts) || !slices.Equal(processed, wantProcessed) {
+		t.Errorf("calls\n got %v then %v\nwant %v then %v", inserts, processed, wantInserts, wantProcessed)
 	}
 	for _, o := range h.dest.calls("failed") {
 		for i, id := range o.ids {
@@ -756,5 +759,20 @@ func TestBoundedMemory(t *testing.T) {
 				t.Errorf("durable %s, want %s", d, pglogrepl.LSN(total))
 			}
 		})
+	}
+}
+
+// TestDurableWhileIdle: the last batch becomes durable once it is marked,
+// without waiting for more input (an idle outbox must still confirm it).
+func TestDurableWhileIdle(t *testing.T) {
+	h := newHarness(t, pipeline.Options{Size: 10, FlushInterval: 10 * time.Millisecond}, 1, 0, nil)
+	h.send(rows(1, 3)...)
+	h.send(commitItem(100))
+	waitFor(t, "durable 100 with no further input", func() bool { return h.tracker.Durable() == 100 })
+	h.send(rows(4, 25)...) // two full batches and a partial one
+	h.send(commitItem(200))
+	waitFor(t, "durable 200 with no further input", func() bool { return h.tracker.Durable() == 200 })
+	if got := h.dest.processed(); !slices.Equal(got, ids(1, 25)) {
+		t.Errorf("processed %v, want 1..25", got)
 	}
 }
