@@ -174,3 +174,42 @@ func TestWriteRetriesAfterOutageWithoutDuplicates(t *testing.T) {
 		t.Errorf("retry: %+v, %v; want 3 skipped", res, err)
 	}
 }
+
+// A batch larger than insertChunk goes out as several native blocks of one
+// INSERT: every row arrives once, with its position, and the server squashes
+// the blocks into a single part (the point of sending them in one INSERT).
+func TestWriteLargeBatchIsOnePart(t *testing.T) {
+	ctx := context.Background()
+	s, db := openTestSink(t)
+	n := 2*insertChunk + 123
+	ids := make([]int64, n)
+	for i := range ids {
+		ids[i] = int64(i + 1)
+	}
+	res, err := s.Write(ctx, rowsAt(5000, ids...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Inserted != n {
+		t.Fatalf("inserted %d, want %d", res.Inserted, n)
+	}
+	if c, u := count(t, s); c != uint64(n) || u != uint64(n) {
+		t.Fatalf("count %d uniq %d, want %d", c, u, n)
+	}
+	var maxSeq, sumID uint64
+	if err := s.conn.QueryRow(ctx, "SELECT max(_seq), toUInt64(sum(id)) FROM "+s.table()).Scan(&maxSeq, &sumID); err != nil {
+		t.Fatal(err)
+	}
+	if maxSeq != uint64(n-1) || sumID != uint64(n*(n+1)/2) {
+		t.Errorf("max(_seq) %d sum(id) %d, want %d and %d", maxSeq, sumID, n-1, n*(n+1)/2)
+	}
+	// Level 0: written as one part, not several parts merged since.
+	var parts uint64
+	var level uint32
+	if err := s.conn.QueryRow(ctx, "SELECT count(), max(level) FROM system.parts WHERE database = ? AND table = 'events' AND active", db).Scan(&parts, &level); err != nil {
+		t.Fatal(err)
+	}
+	if parts != 1 || level != 0 {
+		t.Errorf("%d parts (max level %d) for one batch, want 1 part of level 0: the blocks were not squashed", parts, level)
+	}
+}
