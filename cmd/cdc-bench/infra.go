@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"net"
 	"net/http"
 	"net/url"
@@ -513,4 +514,22 @@ func (b *bench) serverCPU() serverCPU {
 
 func (c serverCPU) since(start serverCPU) serverCPU {
 	return serverCPU{c.pg - start.pg, c.ch - start.ch}
+}
+
+// quiesce waits (up to 30 s) until neither server is busy with work left
+// over from an earlier phase: a ClickHouse merge or an autovacuum worker.
+// Their CPU would otherwise be billed to, and slow, the phase measured next.
+func (e *env) quiesce(ctx context.Context) {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		var merges uint64
+		var vacuums int
+		errCH := e.ch.QueryRow(ctx, "SELECT count() FROM system.merges").Scan(&merges)
+		errPG := e.pg.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'").Scan(&vacuums)
+		if errCH != nil || errPG != nil || (merges == 0 && vacuums == 0) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	log.Printf("servers still busy after 30s; measuring anyway")
 }

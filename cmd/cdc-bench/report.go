@@ -97,17 +97,19 @@ type check struct {
 }
 
 type result struct {
-	Started    string            `json:"started"`
-	Machine    machine           `json:"machine"`
-	Settings   settings          `json:"settings"`
-	Throughput throughputResult  `json:"throughput"`
-	Polling    pollingResult     `json:"polling"`
-	Latency    latencyRun        `json:"latency"`
-	Backlog    deliveryResult    `json:"backlog"`
-	BigTxn     deliveryResult    `json:"big_transaction"`
-	Checks     []check           `json:"checks"`
-	AllPass    bool              `json:"all_pass"`
-	Extra      map[string]string `json:"extra,omitempty"`
+	Started    string           `json:"started"`
+	Machine    machine          `json:"machine"`
+	Settings   settings         `json:"settings"`
+	Throughput throughputResult `json:"throughput"` // the pair with the median ratio
+	// ThroughputRuns are all pairs, in the order they ran.
+	ThroughputRuns []throughputResult `json:"throughput_pairs"`
+	Polling        pollingResult      `json:"polling"`
+	Latency        latencyRun         `json:"latency"`
+	Backlog        deliveryResult     `json:"backlog"`
+	BigTxn         deliveryResult     `json:"big_transaction"`
+	Checks         []check            `json:"checks"`
+	AllPass        bool               `json:"all_pass"`
+	Extra          map[string]string  `json:"extra,omitempty"`
 }
 
 type latencyRun struct {
