@@ -20,15 +20,14 @@ func TestMarkProcessedIsHOT(t *testing.T) {
 	ctx := context.Background()
 	o := testenv.NewOutbox(t)
 	ids := o.MustInsert(2000, true)
-	// Runs of consecutive ids, a gap, and single ids: every shape the range
-	// encoding produces.
+	// Runs of consecutive ids with gaps, in reverse order.
 	var mark []int64
 	for i, id := range ids {
 		if i%100 < 60 || i%7 == 0 {
 			mark = append(mark, id)
 		}
 	}
-	slices.Reverse(mark) // order must not matter
+	slices.Reverse(mark)
 
 	cfg, err := pgxpool.ParseConfig(o.PGURL)
 	if err != nil {
@@ -77,30 +76,5 @@ func TestMarkProcessedIsHOT(t *testing.T) {
 	var wrong int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM event_outbox WHERE (status = 'processed') <> (id = ANY($1))`, mark).Scan(&wrong); err != nil || wrong != 0 {
 		t.Fatalf("%d rows with the wrong status (%v)", wrong, err)
-	}
-}
-
-func TestRuns(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		ids    []int64
-		lo, hi []int64
-	}{
-		{"one", []int64{5}, []int64{5}, []int64{5}},
-		{"a run", []int64{3, 4, 5, 6}, []int64{3}, []int64{6}},
-		{"unsorted with a gap", []int64{9, 2, 8, 1, 3}, []int64{1, 8}, []int64{3, 9}},
-		{"duplicates", []int64{4, 4, 5, 7, 7}, []int64{4, 7}, []int64{5, 7}},
-		{"negative and zero", []int64{-1, 0, 1, 10}, []int64{-1, 10}, []int64{1, 10}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			in := slices.Clone(tc.ids)
-			lo, hi := checkpoint.Runs(tc.ids)
-			if !slices.Equal(lo, tc.lo) || !slices.Equal(hi, tc.hi) {
-				t.Errorf("Runs(%v) = %v, %v; want %v, %v", tc.ids, lo, hi, tc.lo, tc.hi)
-			}
-			if !slices.Equal(in, tc.ids) {
-				t.Errorf("Runs modified its input: %v", tc.ids)
-			}
-		})
 	}
 }

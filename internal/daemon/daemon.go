@@ -16,6 +16,8 @@ import (
 
 	"github.com/getsentry/sentry-go"
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-cdc/outbox-cdc/backfill"
@@ -123,6 +125,16 @@ func OpenPool(ctx context.Context, c *config.Config) (*pgxpool.Pool, error) {
 	cfg.ConnConfig.RuntimeParams["extra_float_digits"] = "3"
 	if cfg.ConnConfig.RuntimeParams["application_name"] == "" {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "outbox-cdc"
+	}
+	// The daemon's statements are short and indexed: JIT never pays off, and
+	// an over-estimate on a big outbox would compile every marking.
+	cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+		_, err := conn.Exec(ctx, "SET jit = off")
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42704" { // no JIT before PostgreSQL 11
+			return nil
+		}
+		return err
 	}
 	cfg.MaxConns = 4
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)

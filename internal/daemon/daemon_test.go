@@ -235,3 +235,19 @@ func TestIdleOutboxOnBusyDatabaseKeepsSlotMoving(t *testing.T) {
 	}
 	o.AssertExactlyOnce(ids, nil)
 }
+
+// The daemon's sessions never JIT-compile: on a big outbox the planner's
+// estimate for a marking can pass jit_above_cost, and compiling every
+// statement costs more than running it.
+func TestPoolSessionsHaveJITOff(t *testing.T) {
+	o := testenv.NewOutbox(t)
+	pool, err := OpenPool(context.Background(), o.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	var jit string
+	if err := pool.QueryRow(context.Background(), "SHOW jit").Scan(&jit); err != nil || jit != "off" {
+		t.Fatalf("jit = %q (%v), want off", jit, err)
+	}
+}
