@@ -187,7 +187,7 @@ func (b *bench) evaluate() {
 	tp, pl := r.Throughput, r.Polling
 	if tp.Rows > 0 {
 		cs = append(cs,
-			check{Metric: fmt.Sprintf("pg_recvlogical, %s rows (one slot's ceiling)", num(float64(tp.Rows))), Value: num(tp.RecvRate) + " rows/s"},
+			check{Metric: fmt.Sprintf("pg_recvlogical, %s rows (one slot's ceiling; the pair with the median ratio of %d)", num(float64(tp.Rows)), len(r.ThroughputRuns)), Value: num(tp.RecvRate) + " rows/s"},
 			check{Metric: "cdc end to end (commit → in ClickHouse and marked)", Value: num(tp.CDCRate) + " rows/s"})
 	}
 	if pl.Rows > 0 {
