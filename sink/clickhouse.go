@@ -498,16 +498,8 @@ func (c *ClickHouse) bisect(ctx context.Context, rows []convertedRow, res *Resul
 	return c.bisect(ctx, rows[half:], res)
 }
 
-// insertChunk is how many rows go into one native block of an INSERT. A
-// batch larger than that is sent as several blocks of one INSERT: the
-// server squashes them (min_insert_block_size_rows, 1M rows by default)
-// into one part, so a big batch still makes one part (fewer parts, less
-// merging: ClickHouse's CPU per row halves from 8,000- to 24,000-row
-// batches) while the driver's column buffers stay the size of one chunk.
-const insertChunk = 4096
-
 // insertRun sends consecutive rows of one block as one INSERT: each
-// column's values in one Append of its typed slice per chunk.
+// column's values in one Append of its typed slice.
 func (c *ClickHouse) insertRun(ctx context.Context, rows []convertedRow) error {
 	blk, lo, hi := rows[0].blk, rows[0].idx, rows[len(rows)-1].idx+1
 	batch, err := c.conn.PrepareBatch(ctx, blk.plan.sql)
@@ -516,21 +508,12 @@ func (c *ClickHouse) insertRun(ctx context.Context, rows []convertedRow) error {
 	}
 	defer batch.Close()
 	if cols := batch.Columns(); sameColumns(cols, blk.plan.names) {
-		for from := lo; from < hi; from += insertChunk {
-			to := min(from+insertChunk, hi)
-			if from > lo {
-				if err := batch.Flush(); err != nil {
-					return fmt.Errorf("clickhouse %s: insert %d rows into %s: %w", c.addr(), len(rows), c.table(), err)
+		for i, col := range cols {
+			if at, err := blk.cols[i].appendTo(col, lo, hi); err != nil {
+				if at >= 0 {
+					return &dataError{fmt.Errorf("clickhouse: append row id %d: %w", rows[at-lo].id, err)}
 				}
-				cols = batch.Columns()
-			}
-			for i, col := range cols {
-				if at, err := blk.cols[i].appendTo(col, from, to); err != nil {
-					if at >= 0 {
-						return &dataError{fmt.Errorf("clickhouse: append row id %d: %w", rows[at-lo].id, err)}
-					}
-					return &dataError{fmt.Errorf("clickhouse: append column %s: %w", blk.plan.names[i], err)}
-				}
+				return &dataError{fmt.Errorf("clickhouse: append column %s: %w", blk.plan.names[i], err)}
 			}
 		}
 	} else {
