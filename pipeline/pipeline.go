@@ -240,18 +240,22 @@ func (p *Pipeline) write(ctx context.Context, queue <-chan *batch) error {
 		marking chan error // the batch being marked, if any
 		safe    pglogrepl.LSN
 	)
-	// settle waits for the batch being marked and makes it durable.
-	settle := func() error {
-		if marking == nil {
-			return nil
-		}
-		err := <-marking
+	// marked takes the outcome of the batch being marked: durable unless
+	// the marking failed.
+	marked := func(err error) error {
 		marking = nil
 		if err != nil {
 			return err
 		}
 		p.advance(safe)
 		return nil
+	}
+	// settle waits for the batch being marked, if any.
+	settle := func() error {
+		if marking == nil {
+			return nil
+		}
+		return marked(<-marking)
 	}
 	for {
 		var (
@@ -260,13 +264,11 @@ func (p *Pipeline) write(ctx context.Context, queue <-chan *batch) error {
 		)
 		select {
 		case err := <-marking: // a nil channel (nothing being marked) never fires
-			marking = nil
-			if err != nil {
-				return err
-			}
 			// Durable as soon as it is marked, not when the next batch
 			// comes: an idle stream must still confirm its last commit.
-			p.advance(safe)
+			if err := marked(err); err != nil {
+				return err
+			}
 			continue
 		case b, ok = <-queue:
 		}
