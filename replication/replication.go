@@ -97,6 +97,7 @@ type Stream struct {
 	lastSent   pglogrepl.LSN
 	replyNow   bool
 	deadline   time.Time // read deadline set on the connection
+	bulk       bulkMode
 }
 
 // StartOptions configure Start.
@@ -131,7 +132,9 @@ func Start(ctx context.Context, conn *pgconn.PgConn, opts StartOptions) (*Stream
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &Stream{conn: conn, slot: opts.Slot, statusInterval: opts.StatusInterval, log: opts.Logger, lastStatus: time.Now()}, nil
+	now := time.Now()
+	return &Stream{conn: conn, slot: opts.Slot, statusInterval: opts.StatusInterval, log: opts.Logger, lastStatus: now,
+		bulk: bulkMode{conn: conn.Conn(), winStart: now}}, nil
 }
 
 // Receive waits up to about timeout (at least half of it) for the next
@@ -147,8 +150,9 @@ func (s *Stream) Receive(ctx context.Context, timeout time.Duration) (msg Messag
 	// on the connection, moved only when less than half of it is left, bounds
 	// the wait just as well.
 	now := time.Now()
-	if s.deadline.Sub(now) < timeout/2 {
-		s.deadline = now.Add(timeout)
+	wait := s.bulk.wait(timeout)
+	if left := s.deadline.Sub(now); left < wait/2 || left > wait {
+		s.deadline = now.Add(wait)
 		if err := s.conn.Conn().SetReadDeadline(s.deadline); err != nil {
 			return Message{}, false, fmt.Errorf("postgres: receive from slot %q: set deadline: %w", s.slot, err)
 		}
@@ -156,9 +160,17 @@ func (s *Stream) Receive(ctx context.Context, timeout time.Duration) (msg Messag
 	raw, err := s.conn.ReceiveMessage(context.Background())
 	if err != nil {
 		if pgconn.Timeout(err) {
+			if _, err := s.bulk.timedOut(time.Now()); err != nil {
+				return Message{}, false, fmt.Errorf("postgres: receive from slot %q: leave bulk mode: %w", s.slot, err)
+			}
 			return Message{}, false, nil
 		}
 		return Message{}, false, fmt.Errorf("postgres: receive from slot %q: %w", s.slot, err)
+	}
+	if cd, isData := raw.(*pgproto3.CopyData); isData {
+		if _, err := s.bulk.received(now, len(cd.Data)); err != nil {
+			return Message{}, false, fmt.Errorf("postgres: receive from slot %q: enter bulk mode: %w", s.slot, err)
+		}
 	}
 	switch m := raw.(type) {
 	case *pgproto3.CopyData:

@@ -1,0 +1,112 @@
+package replication
+
+import (
+	"context"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
+)
+
+// lowWater reads the socket's receive low-water mark.
+func lowWater(t *testing.T, s *Stream) int {
+	t.Helper()
+	raw, err := s.conn.Conn().(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	var gerr error
+	if err := raw.Control(func(fd uintptr) {
+		v, gerr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVLOWAT)
+	}); err != nil || gerr != nil {
+		t.Fatal(err, gerr)
+	}
+	return v
+}
+
+// A busy stream is read in bulk (the socket wakes the reader per 32 KiB),
+// and once it goes quiet a single row arrives without waiting for more: the
+// wait that ran out switches back to waking per change.
+func TestBulkModeFollowsTheStream(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	o := testenv.NewOutbox(t)
+	conn, err := Connect(ctx, o.PGURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := CreateSlot(ctx, conn, o.Slot); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = o.PG.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, o.Slot) })
+	for range 20 {
+		o.MustInsert(1000, true)
+	}
+	st, err := Start(ctx, conn, StartOptions{Slot: o.Slot, Publication: "cdc_outbox"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lw := lowWater(t, st); lw != 1 {
+		t.Fatalf("low-water mark %d before streaming, want 1", lw)
+	}
+
+	// inserts counts Insert messages until want, and reports whether the
+	// stream was in bulk mode with the socket's mark set at any point.
+	inserts := func(want int) (sawBulk bool) {
+		got := 0
+		for got < want {
+			msg, ok, err := st.Receive(ctx, 500*time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.bulk.on && !sawBulk {
+				if lw := lowWater(t, st); lw != bulkLowWater {
+					t.Fatalf("bulk mode with a low-water mark of %d, want %d", lw, bulkLowWater)
+				}
+				sawBulk = true
+			}
+			if ok && len(msg.Data) > 0 && msg.Data[0] == 'I' {
+				got++
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("%d of %d rows received", got, want)
+			}
+		}
+		return sawBulk
+	}
+	if !inserts(20_000) {
+		t.Fatal("20,000 queued rows were read without entering bulk mode")
+	}
+	if err := st.SendStatus(ctx, pglogrepl.LSN(0)); err != nil {
+		t.Fatal(err)
+	}
+
+	// Quiet: waits run out and the socket wakes per change again.
+	for deadline := time.Now().Add(5 * time.Second); st.bulk.on; {
+		if _, _, err := st.Receive(ctx, 500*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("still in bulk mode 5s after the stream went quiet")
+		}
+	}
+	if lw := lowWater(t, st); lw != 1 {
+		t.Fatalf("low-water mark %d after the stream went quiet, want 1", lw)
+	}
+
+	// One small row must not wait for a bulk of bytes, nor for more than
+	// one receive timeout.
+	o.MustInsert(1, true)
+	start := time.Now()
+	if sawBulk := inserts(1); sawBulk {
+		t.Fatal("a single row switched the stream to bulk mode")
+	}
+	if d := time.Since(start); d > 400*time.Millisecond {
+		t.Fatalf("a single committed row took %v to arrive", d)
+	}
+}
