@@ -103,6 +103,11 @@ type ClickHouse struct {
 	// uncertain is set when an insert failed: it may still be running on
 	// the server, so the next Write waits for it before checking ids.
 	uncertain bool
+
+	// afterFlush, when set (by tests), runs after each data block of an
+	// INSERT is sent and the next one appended; its error counts as an
+	// append error there.
+	afterFlush func() error
 }
 
 type tableColumn struct {
@@ -498,38 +503,88 @@ func (c *ClickHouse) bisect(ctx context.Context, rows []convertedRow, res *Resul
 	return c.bisect(ctx, rows[half:], res)
 }
 
-// insertRun sends consecutive rows of one block as one INSERT: each
-// column's values in one Append of its typed slice.
+// chunkRows is how many rows go into one data block of an INSERT. The server
+// squashes the blocks of one INSERT into one part (they stay far below
+// min_insert_block_size_rows), so a batch still costs one part, while the
+// driver holds one chunk at a time, encoded and compressed, instead of the
+// whole batch, and reuses its column buffers from chunk to chunk.
+const chunkRows = 4096
+
+// insertRun sends consecutive rows of one block as one INSERT, in data
+// blocks of chunkRows rows: each column's values in one Append of its typed
+// slice.
+//
+// Once a block is sent, a failure must not be bisected: blocks already sent
+// may be stored (batch.Close ends the INSERT normally, and ClickHouse 18
+// also ends an INSERT whose client disconnects as if it were complete), and
+// bisecting would send them again. Such a failure is returned as an
+// ordinary error, so Write's caller retries the batch and the rows that got
+// in are recognised by id. Errors the server raises fail the whole INSERT,
+// blocks already sent included, and are bisected as before.
 func (c *ClickHouse) insertRun(ctx context.Context, rows []convertedRow) error {
 	blk, lo, hi := rows[0].blk, rows[0].idx, rows[len(rows)-1].idx+1
 	batch, err := c.conn.PrepareBatch(ctx, blk.plan.sql)
 	if err != nil {
 		return fmt.Errorf("clickhouse %s: prepare insert into %s: %w", c.addr(), c.table(), err)
 	}
-	defer batch.Close()
-	if cols := batch.Columns(); sameColumns(cols, blk.plan.names) {
+	sent := false
+	defer func() {
+		if !sent {
+			_ = batch.Abort()
+		}
+	}()
+	cols := batch.Columns()
+	byColumn := sameColumns(cols, blk.plan.names)
+	for start := lo; start < hi; start += chunkRows {
+		end := min(start+chunkRows, hi)
+		if start > lo {
+			if err := batch.Flush(); err != nil {
+				return fmt.Errorf("clickhouse %s: insert into %s: send rows: %w", c.addr(), c.table(), err)
+			}
+		}
+		err := appendRows(batch, cols, byColumn, blk, rows, start, end)
+		if err == nil && start > lo && c.afterFlush != nil {
+			err = c.afterFlush()
+		}
+		if err != nil {
+			var de *dataError
+			if start > lo && errors.As(err, &de) {
+				return fmt.Errorf("clickhouse %s: insert into %s after %d rows were sent: %w", c.addr(), c.table(), start-lo, de.err)
+			}
+			return err
+		}
+	}
+	sent = true // Send ends the INSERT or releases the connection itself
+	if err := batch.Send(); err != nil {
+		return fmt.Errorf("clickhouse %s: insert %d rows into %s: %w", c.addr(), len(rows), c.table(), err)
+	}
+	return nil
+}
+
+// appendRows appends rows start..end-1 of blk (rows begins at blk row
+// rows[0].idx) to batch: column by column when byColumn, else row by row
+// (a driver that does not show its columns).
+func appendRows(batch driver.Batch, cols []column.Interface, byColumn bool, blk *block, rows []convertedRow, start, end int) error {
+	lo := rows[0].idx
+	if byColumn {
 		for i, col := range cols {
-			if at, err := blk.cols[i].appendTo(col, lo, hi); err != nil {
+			if at, err := blk.cols[i].appendTo(col, start, end); err != nil {
 				if at >= 0 {
 					return &dataError{fmt.Errorf("clickhouse: append row id %d: %w", rows[at-lo].id, err)}
 				}
 				return &dataError{fmt.Errorf("clickhouse: append column %s: %w", blk.plan.names[i], err)}
 			}
 		}
-	} else {
-		// A driver that does not show its columns: row by row.
-		vals := make([]any, len(blk.cols))
-		for i := lo; i < hi; i++ {
-			for j, col := range blk.cols {
-				vals[j] = col.value(i)
-			}
-			if err := batch.Append(vals...); err != nil {
-				return &dataError{fmt.Errorf("clickhouse: append row id %d: %w", rows[i-lo].id, err)}
-			}
-		}
+		return nil
 	}
-	if err := batch.Send(); err != nil {
-		return fmt.Errorf("clickhouse %s: insert %d rows into %s: %w", c.addr(), len(rows), c.table(), err)
+	vals := make([]any, len(blk.cols))
+	for i := start; i < end; i++ {
+		for j, col := range blk.cols {
+			vals[j] = col.value(i)
+		}
+		if err := batch.Append(vals...); err != nil {
+			return &dataError{fmt.Errorf("clickhouse: append row id %d: %w", rows[i-lo].id, err)}
+		}
 	}
 	return nil
 }

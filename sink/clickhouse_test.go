@@ -174,3 +174,93 @@ func TestWriteRetriesAfterOutageWithoutDuplicates(t *testing.T) {
 		t.Errorf("retry: %+v, %v; want 3 skipped", res, err)
 	}
 }
+
+func seqIDs(from, n int64) []int64 {
+	ids := make([]int64, n)
+	for i := range ids {
+		ids[i] = from + int64(i)
+	}
+	return ids
+}
+
+// A batch larger than one data block is still one INSERT: the server
+// stores it as one part.
+func TestChunkedInsertIsOnePart(t *testing.T) {
+	ctx := context.Background()
+	s, db := openTestSink(t)
+	if err := s.conn.Exec(ctx, fmt.Sprintf("SYSTEM STOP MERGES `%s`.events", db)); err != nil {
+		t.Fatal(err)
+	}
+	n := int64(3*chunkRows + 5)
+	res, err := s.Write(ctx, rowsAt(100, seqIDs(1, n)...))
+	if err != nil || res.Inserted != int(n) {
+		t.Fatalf("write: %+v, %v", res, err)
+	}
+	var parts uint64
+	if err := s.conn.QueryRow(ctx, "SELECT count() FROM system.parts WHERE database = ? AND table = 'events' AND active", db).Scan(&parts); err != nil {
+		t.Fatal(err)
+	}
+	if parts != 1 {
+		t.Errorf("%d parts for one batch of %d rows, want 1", parts, n)
+	}
+	if c, u := count(t, s); c != uint64(n) || u != uint64(n) {
+		t.Errorf("count %d uniq %d, want %d", c, u, n)
+	}
+}
+
+// A row the server rejects in a later data block fails the whole INSERT,
+// blocks already sent included: bisecting then stores every other row
+// exactly once.
+func TestRejectedRowInALaterBlock(t *testing.T) {
+	ctx := context.Background()
+	s, db := openTestSink(t)
+	bad := int64(2*chunkRows + 10)
+	if err := s.conn.Exec(ctx, fmt.Sprintf("ALTER TABLE `%s`.events ADD COLUMN _guard UInt8 MATERIALIZED throwIf(id = %d)", db, bad)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Recover(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	n := int64(3 * chunkRows)
+	res, err := s.Write(ctx, rowsAt(100, seqIDs(1, n)...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Rejected) != 1 || res.Rejected[0].ID != bad || res.Inserted != int(n-1) {
+		t.Fatalf("inserted %d, rejected %v; want %d inserted and row %d rejected", res.Inserted, res.Rejected, n-1, bad)
+	}
+	if c, u := count(t, s); c != uint64(n-1) || u != uint64(n-1) {
+		t.Errorf("count %d uniq %d, want %d", c, u, n-1)
+	}
+}
+
+// An INSERT that fails on the client after some data blocks were sent may
+// have stored them (ClickHouse 18 ends an INSERT whose client disconnects as
+// if it were complete): the failure is not bisected, and the retry stores
+// every row exactly once.
+func TestFailedInsertAfterAFlushIsRetriedByID(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTestSink(t)
+	flushes := 0
+	s.afterFlush = func() error {
+		if flushes++; flushes == 2 {
+			return &dataError{fmt.Errorf("injected failure after %d data blocks", flushes)}
+		}
+		return nil
+	}
+	n := int64(3*chunkRows + 1)
+	rows := rowsAt(100, seqIDs(1, n)...)
+	res, err := s.Write(ctx, rows)
+	if err == nil || isDataError(err) {
+		t.Fatalf("write after an injected failure: %+v, %v; want an error that is not bisected", res, err)
+	}
+	s.afterFlush = nil
+	res, err = s.Write(ctx, rows)
+	if err != nil || res.Inserted+res.Skipped != int(n) || len(res.Rejected) != 0 {
+		t.Fatalf("retry: %+v, %v", res, err)
+	}
+	t.Logf("the failed INSERT had stored %d rows", res.Skipped)
+	if c, u := count(t, s); c != uint64(n) || u != uint64(n) {
+		t.Errorf("count %d uniq %d, want %d", c, u, n)
+	}
+}
