@@ -276,10 +276,15 @@ func (p *Pipeline) write(ctx context.Context, queue <-chan *batch) error {
 			return settle()
 		}
 		if len(b.rows) == 0 {
-			if err := settle(); err != nil {
-				return err
+			// Only a position (a commit that ended right after a full batch,
+			// or an idle stream): it is durable once the batches before it
+			// are, so it rides on the marking in flight. Waiting for that
+			// marking here would hold the next insert back behind it.
+			if marking != nil {
+				safe = b.safe
+			} else {
+				p.advance(b.safe)
 			}
-			p.advance(b.safe)
 			continue
 		}
 		ids, start, err := p.insert(ctx, b)

@@ -776,3 +776,39 @@ func TestDurableWhileIdle(t *testing.T) {
 		t.Errorf("processed %v, want 1..25", got)
 	}
 }
+
+// TestPositionBatchDoesNotWaitForMarking: a batch that carries only a
+// position (the commit that ends right after a full batch) neither holds
+// the next insert back behind the marking in flight nor becomes durable
+// before that marking completes.
+func TestPositionBatchDoesNotWaitForMarking(t *testing.T) {
+	release := make(chan struct{})
+	var marks atomic.Int32
+	h := newHarness(t, pipeline.Options{Size: 5, FlushInterval: time.Hour, Queue: 1}, 1, 0, func(f *fakeDest) {
+		f.markProcessed = func(ctx context.Context, ids []int64) error {
+			if marks.Add(1) == 1 {
+				select { // the first marking waits until the second batch is inserted
+				case <-release:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			return nil
+		}
+	})
+	h.send(rows(1, 5)...) // a full batch; its transaction ends right after it
+	h.send(commitItem(100))
+	h.send(rows(6, 10)...)
+	h.send(commitItem(200))
+	waitFor(t, "the second batch inserted while the first is being marked", func() bool {
+		return len(h.dest.calls("write")) == 2
+	})
+	if d := h.tracker.Durable(); d != 1 {
+		t.Fatalf("durable %d while the first batch is still being marked, want 1", d)
+	}
+	close(release)
+	waitFor(t, "durable 200", func() bool { return h.tracker.Durable() == 200 })
+	if got := h.dest.processed(); !slices.Equal(got, ids(1, 10)) {
+		t.Errorf("processed %v, want 1..10", got)
+	}
+}
