@@ -533,3 +533,45 @@ func (e *env) quiesce(ctx context.Context) {
 	}
 	log.Printf("servers still busy after 30s; measuring anyway")
 }
+
+// sweepStale drops the databases (and their slots) that an earlier
+// benchmark left behind when it was killed or its server failed: an
+// abandoned slot retains WAL until the disk is full. A database belongs to
+// a run whose process is gone when the pid at the end of its name is not
+// running.
+func (b *bench) sweepStale(ctx context.Context) error {
+	admin, err := pgx.Connect(ctx, b.cfg.pgURL)
+	if err != nil {
+		return fmt.Errorf("connect postgres: %w", err)
+	}
+	defer admin.Close(ctx)
+	rows, err := admin.Query(ctx, `SELECT datname FROM pg_database WHERE datname LIKE 'cdcbench\_%'
+	        UNION SELECT database FROM pg_replication_slots WHERE database LIKE 'cdcbench\_%'`)
+	if err != nil {
+		return fmt.Errorf("list benchmark databases: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("list benchmark databases: %w", err)
+	}
+	for _, name := range names {
+		i := strings.LastIndexByte(name, '_')
+		pid, err := strconv.Atoi(name[i+1:])
+		if err != nil || pid == os.Getpid() || processRunning(pid) {
+			continue
+		}
+		log.Printf("dropping %s, left behind by benchmark process %d", name, pid)
+		if err := dropPGDatabase(ctx, admin, name); err != nil {
+			return err
+		}
+		if err := b.chAdmin.Exec(ctx, "DROP DATABASE IF EXISTS "+name); err != nil {
+			return fmt.Errorf("clickhouse drop database %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func processRunning(pid int) bool {
+	_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+	return err == nil
+}

@@ -143,6 +143,9 @@ func run(cfg config) error {
 	}
 	defer b.chAdmin.Close()
 	defer b.cleanup()
+	if err := b.sweepStale(ctx); err != nil {
+		return err
+	}
 	if err := b.describeMachine(ctx); err != nil {
 		return err
 	}
