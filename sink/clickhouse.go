@@ -507,8 +507,11 @@ func (c *ClickHouse) bisect(ctx context.Context, rows []convertedRow, res *Resul
 // squashes the blocks of one INSERT into one part (they stay far below
 // min_insert_block_size_rows), so a batch still costs one part, while the
 // driver holds one chunk at a time, encoded and compressed, instead of the
-// whole batch, and reuses its column buffers from chunk to chunk.
-const chunkRows = 4096
+// whole batch, and reuses its column buffers from chunk to chunk. Each
+// INSERT starts with empty columns that grow while the first chunk is
+// appended: a small chunk keeps that regrowth small (4096-row chunks
+// allocated twice as much per batch in all).
+const chunkRows = 1024
 
 // insertRun sends consecutive rows of one block as one INSERT, in data
 // blocks of chunkRows rows: each column's values in one Append of its typed
