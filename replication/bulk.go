@@ -17,7 +17,6 @@ import (
 // a quiet outbox keeps its latency and costs no timer wake-ups.
 const (
 	bulkLowWater = 32 << 10
-	readBuffer   = 256 << 10
 	bulkWait     = 10 * time.Millisecond
 	// bulkRate is the receive rate (bytes per second) above which a stream
 	// counts as busy; it is measured over windows of rateWindow.

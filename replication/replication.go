@@ -10,11 +10,9 @@
 package replication
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"time"
 
@@ -38,11 +36,6 @@ func Connect(ctx context.Context, url string) (*pgconn.PgConn, error) {
 	cfg.RuntimeParams["extra_float_digits"] = "3"
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = "outbox-cdc"
-	}
-	// pgproto3 reads at most 8 KiB per system call; a busy stream is read
-	// in bulk (see bulkMode), so take all that is queued in one.
-	cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
-		return pgproto3.NewFrontend(bufio.NewReaderSize(r, readBuffer), w)
 	}
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
