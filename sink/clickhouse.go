@@ -513,6 +513,17 @@ func (c *ClickHouse) bisect(ctx context.Context, rows []convertedRow, res *Resul
 // allocated twice as much per batch in all).
 const chunkRows = 1024
 
+// oneBlockInsert keeps the blocks of one INSERT together until it ends. The
+// server squashes them only up to min_insert_block_size_rows/_bytes
+// (1,048,576 rows and 256 MiB by default, and a profile may set less);
+// beyond that it stores a part in the middle of the INSERT, and a block
+// rejected after it would leave that part stored while the batch is
+// bisected and sent again.
+var oneBlockInsert = clickhouse.Settings{
+	"min_insert_block_size_rows":  1 << 40,
+	"min_insert_block_size_bytes": 1 << 50,
+}
+
 // insertRun sends consecutive rows of one block as one INSERT, in data
 // blocks of chunkRows rows: each column's values in one Append of its typed
 // slice.
@@ -526,6 +537,9 @@ const chunkRows = 1024
 // blocks already sent included, and are bisected as before.
 func (c *ClickHouse) insertRun(ctx context.Context, rows []convertedRow) error {
 	blk, lo, hi := rows[0].blk, rows[0].idx, rows[len(rows)-1].idx+1
+	if hi-lo > chunkRows {
+		ctx = clickhouse.Context(ctx, clickhouse.WithSettings(oneBlockInsert))
+	}
 	batch, err := c.conn.PrepareBatch(ctx, blk.plan.sql)
 	if err != nil {
 		return fmt.Errorf("clickhouse %s: prepare insert into %s: %w", c.addr(), c.table(), err)

@@ -210,9 +210,13 @@ func TestChunkedInsertIsOnePart(t *testing.T) {
 
 // A row the server rejects in a later data block fails the whole INSERT,
 // blocks already sent included: bisecting then stores every other row
-// exactly once.
+// exactly once. The caller's context asks the server to store a part every
+// block (as a profile with a small min_insert_block_size_rows would); the
+// INSERT must override it, or the first blocks would be stored twice.
 func TestRejectedRowInALaterBlock(t *testing.T) {
-	ctx := context.Background()
+	ctx := clickhouse.Context(context.Background(), clickhouse.WithSettings(clickhouse.Settings{
+		"min_insert_block_size_rows": chunkRows, "min_insert_block_size_bytes": 1,
+	}))
 	s, db := openTestSink(t)
 	bad := int64(2*chunkRows + 10)
 	if err := s.conn.Exec(ctx, fmt.Sprintf("ALTER TABLE `%s`.events ADD COLUMN _guard UInt8 MATERIALIZED throwIf(id = %d)", db, bad)); err != nil {
