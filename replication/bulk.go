@@ -34,29 +34,30 @@ type bulkMode struct {
 	winBytes int
 }
 
-// received accounts n bytes received at now and reports whether the mode
-// changed (the caller's read deadline must follow it).
-func (b *bulkMode) received(now time.Time, n int) (changed bool, err error) {
+// received accounts n bytes received at now, and enters bulk mode when the
+// rate over the last window was high. The caller's next wait follows the
+// mode (see wait).
+func (b *bulkMode) received(now time.Time, n int) error {
 	b.winBytes += n
 	el := now.Sub(b.winStart)
 	if el < rateWindow {
-		return false, nil
+		return nil
 	}
 	busy := float64(b.winBytes) >= bulkRate*el.Seconds()
 	b.winStart, b.winBytes = now, 0
 	if busy && !b.on && !b.disabled {
-		return true, b.set(true)
+		return b.set(true)
 	}
-	return false, nil
+	return nil
 }
 
 // timedOut switches back to waking per change after a wait ran out.
-func (b *bulkMode) timedOut(now time.Time) (changed bool, err error) {
+func (b *bulkMode) timedOut(now time.Time) error {
 	b.winStart, b.winBytes = now, 0
 	if !b.on {
-		return false, nil
+		return nil
 	}
-	return true, b.set(false)
+	return b.set(false)
 }
 
 // wait is how long one receive may wait given the caller's timeout.

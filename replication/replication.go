@@ -160,7 +160,7 @@ func (s *Stream) Receive(ctx context.Context, timeout time.Duration) (msg Messag
 	raw, err := s.conn.ReceiveMessage(context.Background())
 	if err != nil {
 		if pgconn.Timeout(err) {
-			if _, err := s.bulk.timedOut(time.Now()); err != nil {
+			if err := s.bulk.timedOut(time.Now()); err != nil {
 				return Message{}, false, fmt.Errorf("postgres: receive from slot %q: leave bulk mode: %w", s.slot, err)
 			}
 			return Message{}, false, nil
@@ -168,7 +168,7 @@ func (s *Stream) Receive(ctx context.Context, timeout time.Duration) (msg Messag
 		return Message{}, false, fmt.Errorf("postgres: receive from slot %q: %w", s.slot, err)
 	}
 	if cd, isData := raw.(*pgproto3.CopyData); isData {
-		if _, err := s.bulk.received(now, len(cd.Data)); err != nil {
+		if err := s.bulk.received(now, len(cd.Data)); err != nil {
 			return Message{}, false, fmt.Errorf("postgres: receive from slot %q: enter bulk mode: %w", s.slot, err)
 		}
 	}
