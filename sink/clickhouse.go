@@ -504,8 +504,8 @@ func (c *ClickHouse) bisect(ctx context.Context, rows []convertedRow, res *Resul
 }
 
 // chunkRows is how many rows go into one data block of an INSERT. The server
-// squashes the blocks of one INSERT into one part (they stay far below
-// min_insert_block_size_rows), so a batch still costs one part, while the
+// squashes the blocks of one INSERT into one part (see oneBlockInsert), so
+// a batch still costs one part, while the
 // driver holds one chunk at a time, encoded and compressed, instead of the
 // whole batch, and reuses its column buffers from chunk to chunk. Each
 // INSERT starts with empty columns that grow while the first chunk is
