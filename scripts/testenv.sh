@@ -235,6 +235,18 @@ pg_create_db() {
 	fi
 }
 
+# pg_warn_slots names inactive slots that hold back more than 1 GB of WAL:
+# a test or benchmark killed before its cleanup leaves its slot, which keeps
+# WAL until the disk is full.
+pg_warn_slots() {
+	local stale
+	stale="$(psql_ -d postgres -tAc "SELECT string_agg(slot_name || ' (' || pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)) || ')', ', ')
+		FROM pg_replication_slots WHERE NOT active AND pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) > 1e9")" || return 0
+	if [ -n "$stale" ]; then
+		log "warning: inactive replication slots retain WAL: $stale; drop them with SELECT pg_drop_replication_slot('<name>')"
+	fi
+}
+
 pg_up() {
 	pg_init
 	pg_start
@@ -477,6 +489,7 @@ main() {
 		state_dir_init
 		deps_install
 		pg_up
+		pg_warn_slots
 		ch_up
 		log "up in $((SECONDS - t0))s (postgres 127.0.0.1:$PG_PORT, clickhouse 127.0.0.1:$CH_PORT, state $STATE_DIR)"
 		;;
