@@ -43,9 +43,13 @@ func dbURL(base, name string) (string, error) {
 	return u.String(), nil
 }
 
+// envPrefix starts every benchmark database's name: envPrefix, the
+// scenario, "_", the benchmark's pid (sweepStale relies on the pid last).
+const envPrefix = "cdcbench_"
+
 // newEnv creates fresh databases called name and migrates them.
 func (b *bench) newEnv(ctx context.Context, name string) (*env, error) {
-	name = fmt.Sprintf("cdcbench_%s_%d", name, os.Getpid())
+	name = fmt.Sprintf("%s%s_%d", envPrefix, name, os.Getpid())
 	admin, err := pgx.Connect(ctx, b.cfg.pgURL)
 	if err != nil {
 		return nil, fmt.Errorf("connect postgres: %w", err)
@@ -545,8 +549,8 @@ func (b *bench) sweepStale(ctx context.Context) error {
 		return fmt.Errorf("connect postgres: %w", err)
 	}
 	defer admin.Close(ctx)
-	rows, err := admin.Query(ctx, `SELECT datname FROM pg_database WHERE datname LIKE 'cdcbench\_%'
-	        UNION SELECT database FROM pg_replication_slots WHERE database LIKE 'cdcbench\_%'`)
+	rows, err := admin.Query(ctx, `SELECT datname FROM pg_database WHERE starts_with(datname, $1)
+	        UNION SELECT database FROM pg_replication_slots WHERE starts_with(database, $1)`, envPrefix)
 	if err != nil {
 		return fmt.Errorf("list benchmark databases: %w", err)
 	}
