@@ -58,7 +58,10 @@ func (b *encodingBatch) Columns() []column.Interface {
 	return append([]column.Interface(nil), b.block.Columns...)
 }
 func (b *encodingBatch) Close() error { return nil }
-func (b *encodingBatch) Send() error {
+func (b *encodingBatch) Abort() error { return nil }
+
+// Flush encodes the block so far, as the driver sends it, and empties it.
+func (b *encodingBatch) Flush() error {
 	e := b.conn
 	e.buf.Reset()
 	if err := b.block.Encode(&e.buf, 54412); err != nil { // ClickHouse 18.16's revision
@@ -68,8 +71,10 @@ func (b *encodingBatch) Send() error {
 		return err
 	}
 	e.sent += b.block.Rows()
+	b.block.Reset()
 	return nil
 }
+func (b *encodingBatch) Send() error { return b.Flush() }
 
 // benchColumns are the events table's columns as `cdc migrate` creates them
 // on ClickHouse 18 (the sink sends all but _inserted_at).
