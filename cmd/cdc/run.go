@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -85,6 +86,7 @@ func run(cfg *config.Config, log *slog.Logger) (err error) {
 		}
 	}()
 
+	procs := setMaxProcs(cfg.Runtime.MaxProcs)
 	m := metrics.New()
 	d := daemon.New(cfg, log, m)
 
@@ -100,7 +102,7 @@ func run(cfg *config.Config, log *slog.Logger) (err error) {
 	}()
 	defer srv.Close()
 	log.Info("cdc starting", "version", version, "slot", cfg.Postgres.Slot, "table", cfg.Postgres.Table,
-		"clickhouse", cfg.ClickHouse.Addr, "http", ln.Addr().String())
+		"clickhouse", cfg.ClickHouse.Addr, "http", ln.Addr().String(), "max_procs", procs)
 
 	if err := d.Run(stop, hard); err != nil {
 		log.Error("cdc stopped", "err", err)
@@ -108,4 +110,13 @@ func run(cfg *config.Config, log *slog.Logger) (err error) {
 		return err
 	}
 	return nil
+}
+
+// setMaxProcs applies runtime.max_procs unless the GOMAXPROCS environment
+// variable is set, and returns the value in effect.
+func setMaxProcs(n int) int {
+	if _, ok := os.LookupEnv("GOMAXPROCS"); !ok {
+		runtime.GOMAXPROCS(n)
+	}
+	return runtime.GOMAXPROCS(0)
 }

@@ -36,6 +36,7 @@ type Config struct {
 	Replication Replication
 	Heartbeat   Heartbeat
 	Outbox      Outbox
+	Runtime     Runtime
 }
 
 // Postgres is the source database, publication and replication slot.
@@ -169,6 +170,18 @@ type Outbox struct {
 	// Retention deletes processed rows older than this; 0 keeps them
 	// forever (outbox.retention, default 0).
 	Retention time.Duration
+}
+
+// Runtime tunes the Go runtime of the daemon.
+type Runtime struct {
+	// MaxProcs is how many threads may run Go code at once (GOMAXPROCS;
+	// runtime.max_procs, default 1). One slot is read by one walsender, a
+	// single PostgreSQL process; a daemon with one thread already outruns
+	// it several times over (see docs/configuration.md), and more threads
+	// only add scheduler and garbage collector work that competes with the
+	// servers when they share the host. The GOMAXPROCS environment variable,
+	// when set, wins.
+	MaxProcs int
 }
 
 // KeyError is an invalid configuration value. Error() reads like

@@ -63,6 +63,7 @@ func wantDefaults() *Config {
 		Replication: Replication{StatusInterval: 10 * time.Second, StandbyRetry: 5 * time.Second, LagWarnBytes: 1 << 30},
 		Heartbeat:   Heartbeat{Interval: 0},
 		Outbox:      Outbox{Retention: 0},
+		Runtime:     Runtime{MaxProcs: 1},
 	}
 }
 
@@ -121,6 +122,8 @@ heartbeat:
   interval: 15s
 outbox:
   retention: 168h
+runtime:
+  max_procs: 2
 `
 	fullWant := &Config{
 		Postgres: Postgres{URL: "host=db user=cdc dbname=app", Table: "outbox.events_v2", Publication: "pub_1", Slot: "slot_1"},
@@ -138,6 +141,7 @@ outbox:
 		Replication: Replication{StatusInterval: 3 * time.Second, StandbyRetry: 2 * time.Second, LagWarnBytes: 64 << 20},
 		Heartbeat:   Heartbeat{Interval: 15 * time.Second},
 		Outbox:      Outbox{Retention: 168 * time.Hour},
+		Runtime:     Runtime{MaxProcs: 2},
 	}
 
 	tests := []struct {
@@ -394,6 +398,8 @@ func TestValidationErrors(t *testing.T) {
 			`replication.standby_retry must be a duration like 500ms or 2s, got "1 minute" (from FILE line 2)`},
 		{"replication.lag_warn_bytes", map[string]string{"CDC_REPLICATION_LAG_WARN_BYTES": "lots"}, "",
 			`replication.lag_warn_bytes must be a positive number of bytes like 16777216 or 16MiB, got "lots" (from CDC_REPLICATION_LAG_WARN_BYTES)`},
+		{"runtime.max_procs", map[string]string{"CDC_RUNTIME_MAX_PROCS": "0"}, "",
+			`runtime.max_procs must be a positive integer, got "0" (from CDC_RUNTIME_MAX_PROCS)`},
 		{"heartbeat.interval", map[string]string{"CDC_HEARTBEAT_INTERVAL": "-1s"}, "",
 			`heartbeat.interval must be a duration of 0 (off) or more like 30s, got -1s (from CDC_HEARTBEAT_INTERVAL)`},
 		{"outbox.retention", map[string]string{"CDC_OUTBOX_RETENTION": "7d"}, "",

@@ -78,6 +78,8 @@ var specs = []spec{
 	{"heartbeat.interval", kindDuration, "0s", func(c *Config) any { return &c.Heartbeat.Interval }},
 
 	{"outbox.retention", kindDuration, "0s", func(c *Config) any { return &c.Outbox.Retention }},
+
+	{"runtime.max_procs", kindInt, "1", func(c *Config) any { return &c.Runtime.MaxProcs }},
 }
 
 // Default returns the built-in defaults. Postgres.URL is empty, so the

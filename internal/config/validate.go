@@ -180,7 +180,13 @@ func (c *Config) validateRest() error {
 	if err := notNegative("heartbeat.interval", c.Heartbeat.Interval); err != nil {
 		return err
 	}
-	return notNegative("outbox.retention", c.Outbox.Retention)
+	if err := notNegative("outbox.retention", c.Outbox.Retention); err != nil {
+		return err
+	}
+	if c.Runtime.MaxProcs <= 0 {
+		return keyErr("runtime.max_procs", "must be a positive integer, got %d", c.Runtime.MaxProcs)
+	}
+	return nil
 }
 
 func positive(key string, d time.Duration) error {

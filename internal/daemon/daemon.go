@@ -363,7 +363,7 @@ func (d *Daemon) backfill(stop, ctx context.Context, state backfill.State) error
 		return err
 	}
 	d.log.Info("backfill: delivering rows that predate the slot", "slot", slotName)
-	in := make(chan pipeline.Item, d.cfg.Batch.Size)
+	in := make(chan pipeline.Item, min(d.cfg.Batch.Size, 1024))
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pipe := startPipeline(pctx, d.newPipeline(w, checkpoint.NewTracker(0)), in)
@@ -457,7 +457,9 @@ func (d *Daemon) pump(stop, ctx context.Context, st *replication.Stream, tracker
 		d.metrics.Connected.Set(0)
 	}()
 
-	in := make(chan pipeline.Item, d.cfg.Batch.Size)
+	// A short input channel: the batcher drains it in bursts, and every
+	// item held here is a row kept in memory beyond the batches.
+	in := make(chan pipeline.Item, min(d.cfg.Batch.Size, 1024))
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pipe := startPipeline(pctx, d.newPipeline(d.sink, tracker), in)
