@@ -8,9 +8,10 @@
 // advances the tracker to it only after the batch is delivered, so a
 // transaction larger than a batch becomes durable with its last batch.
 //
-// Memory is bounded by the input channel, the batch being filled and
-// Options.Queue batches waiting: when ClickHouse is down the writer retries,
-// the queue fills, and the batcher stops taking input.
+// Memory is bounded by the input channel, the batch being filled,
+// Options.Queue batches waiting and the one being written: when ClickHouse
+// is down the writer retries, the queue fills, and the batcher stops taking
+// input.
 package pipeline
 
 import (
@@ -53,8 +54,11 @@ type Options struct {
 	Size          int
 	MaxBytes      int64
 	FlushInterval time.Duration
-	Queue         int
-	Retry         backoff.Policy
+	// Queue is how many cut batches may wait for the writer. With 0 a cut
+	// batch waits until the writer takes it: the next batch is still
+	// filled while one is written, with one batch less in memory.
+	Queue int
+	Retry backoff.Policy
 }
 
 // Pipeline delivers items from one source.
@@ -78,9 +82,7 @@ func New(opts Options, w Writer, mk Marker, t *checkpoint.Tracker, m *metrics.Me
 	if opts.FlushInterval <= 0 {
 		opts.FlushInterval = time.Second
 	}
-	if opts.Queue <= 0 {
-		opts.Queue = 2
-	}
+	opts.Queue = max(opts.Queue, 0)
 	if m == nil {
 		m = metrics.New()
 	}

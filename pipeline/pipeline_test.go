@@ -665,6 +665,8 @@ func TestCancel(t *testing.T) {
 			items: items(rows(1, 5), []pipeline.Item{commitItem(100)})},
 		{name: "batcher waiting on a full queue", queue: 1,
 			items: items(rows(1, 14), []pipeline.Item{commitItem(100)}, rows(15, 15))},
+		{name: "batcher waiting to hand a batch over", queue: 0,
+			items: items(rows(1, 9), []pipeline.Item{commitItem(100)}, rows(10, 10))},
 		{name: "rows buffered", queue: 2,
 			items: items(rows(1, 5), []pipeline.Item{commitItem(100)}, rows(6, 8))},
 	}
@@ -705,6 +707,7 @@ func TestBoundedMemory(t *testing.T) {
 	tests := []struct {
 		queue, chanCap int
 	}{
+		{queue: 0, chanCap: 0},
 		{queue: 1, chanCap: 0},
 		{queue: 2, chanCap: 0},
 		{queue: 4, chanCap: 0},

@@ -80,7 +80,7 @@ func main() {
 	flag.IntVar(&cfg.bigTxnRows, "bigtxn-rows", 1_000_000, "rows of the single big transaction (peak RSS)")
 	flag.IntVar(&cfg.pollBatch, "poll-batch", 1000, "batch size of the polling baseline (the seed's 1000)")
 	flag.IntVar(&cfg.batchSize, "batch-size", 20000, "cdc batch.size of the throughput, backlog and big-transaction runs")
-	flag.IntVar(&cfg.queue, "queue", 1, "cdc batch.queue")
+	flag.IntVar(&cfg.queue, "queue", 0, "cdc batch.queue")
 	flag.IntVar(&cfg.latencyBatchSize, "latency-batch-size", 1000, "cdc batch.size of the latency run")
 	flag.DurationVar(&cfg.flushInterval, "flush-interval", 500*time.Millisecond, "cdc batch.flush_interval")
 	flag.IntVar(&cfg.latencyRate, "latency-rate", 5000, "offered load of the latency run, rows/s")

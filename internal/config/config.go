@@ -93,7 +93,7 @@ type Batch struct {
 	// default 16 MiB; accepts plain bytes or KiB/MiB/GiB suffixes).
 	MaxBytes int64
 	// QueueBatches is how many cut batches may wait for the writer
-	// (batch.queue, default 2, at least 1).
+	// (batch.queue, default 2; 0: a cut batch waits until the writer takes it).
 	QueueBatches int
 }
 

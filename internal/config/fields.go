@@ -19,6 +19,7 @@ const (
 	kindSecret               // string kept verbatim and never echoed in errors
 	kindList                 // comma-separated string or YAML list of strings
 	kindInt                  // positive integer
+	kindCount                // integer, 0 or more
 	kindBytes                // positive integer of bytes, optional KiB/MiB/GiB suffix
 	kindBool                 // true/false
 	kindDuration             // Go duration such as 500ms, 2s, 1h30m
@@ -51,7 +52,7 @@ var specs = []spec{
 	{"batch.size", kindInt, "1000", func(c *Config) any { return &c.Batch.Size }},
 	{"batch.flush_interval", kindDuration, "1s", func(c *Config) any { return &c.Batch.FlushInterval }},
 	{"batch.max_bytes", kindBytes, "16777216", func(c *Config) any { return &c.Batch.MaxBytes }},
-	{"batch.queue", kindInt, "2", func(c *Config) any { return &c.Batch.QueueBatches }},
+	{"batch.queue", kindCount, "2", func(c *Config) any { return &c.Batch.QueueBatches }},
 
 	{"http.listen", kindString, "127.0.0.1:9187", func(c *Config) any { return &c.HTTP.Listen }},
 	{"http.pprof", kindBool, "false", func(c *Config) any { return &c.HTTP.Pprof }},
@@ -132,9 +133,9 @@ func (s spec) set(c *Config, raw any) error {
 			text = strings.ToLower(strings.TrimSpace(text))
 		}
 		*s.ptr(c).(*string) = text
-	case kindInt:
+	case kindInt, kindCount:
 		n, err := strconv.ParseInt(strings.TrimSpace(text), 10, strconv.IntSize)
-		if err != nil || n <= 0 {
+		if err != nil || n < 0 || (n == 0 && s.kind == kindInt) {
 			return keyErr(s.key, "must be %s, got %s", s.want(), got)
 		}
 		*s.ptr(c).(*int) = int(n)
@@ -167,6 +168,8 @@ func (s spec) want() string {
 	switch s.kind {
 	case kindInt:
 		return "a positive integer"
+	case kindCount:
+		return "an integer, 0 or more"
 	case kindBytes:
 		return "a positive number of bytes like 16777216 or 16MiB"
 	case kindBool:

@@ -127,8 +127,8 @@ func (c *Config) validateRest() error {
 	if c.Batch.MaxBytes <= 0 {
 		return keyErr("batch.max_bytes", "must be a positive number of bytes like 16777216 or 16MiB, got %d", c.Batch.MaxBytes)
 	}
-	if c.Batch.QueueBatches <= 0 {
-		return keyErr("batch.queue", "must be a positive integer, got %d", c.Batch.QueueBatches)
+	if c.Batch.QueueBatches < 0 {
+		return keyErr("batch.queue", "must be an integer, 0 or more, got %d", c.Batch.QueueBatches)
 	}
 
 	if host, port, err := net.SplitHostPort(c.HTTP.Listen); err != nil || strings.ContainsAny(host, " /") || !validPort(port, 0) {
