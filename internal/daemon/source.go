@@ -28,8 +28,17 @@ type source struct {
 	seq           uint64
 	lastCommitEnd pglogrepl.LSN // end of the last transaction handed on
 	idleEnd       pglogrepl.LSN // keepalive position seen outside a transaction
-	pending       *pipeline.Item
+
+	// pending is an item handle produced that the pipeline has not taken yet.
+	pending    pipeline.Item
+	hasPending bool
+	// rows hands out the rows of items, a chunk at a time: the pipeline
+	// copies each row into its batch, so a chunk is garbage once its rows
+	// are batched, and the stream costs no allocation per row.
+	rows []sink.Row
 }
+
+const rowChunk = 256
 
 func newSource(table string, m *metrics.Metrics) *source {
 	schema, name := checkpoint.SplitTable(table)
@@ -41,7 +50,7 @@ func newSource(table string, m *metrics.Metrics) *source {
 // keepalive's position is safe too (all commits before it were sent to us):
 // that keeps the slot moving while the outbox is idle but the database busy.
 func (s *source) confirmable(durable pglogrepl.LSN) pglogrepl.LSN {
-	if s.pending == nil && !s.inTxn && durable >= s.lastCommitEnd && s.idleEnd > durable {
+	if !s.hasPending && !s.inTxn && durable >= s.lastCommitEnd && s.idleEnd > durable {
 		return s.idleEnd
 	}
 	return durable
@@ -55,10 +64,10 @@ func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker
 		if err := st.UpdateStatus(ctx, s.confirmable(tracker.Durable())); err != nil {
 			return err
 		}
-		if s.pending != nil {
+		if s.hasPending {
 			select {
-			case in <- *s.pending:
-				s.pending = nil
+			case in <- s.pending:
+				s.hasPending = false
 			case <-time.After(200 * time.Millisecond):
 			case <-stop.Done():
 			case <-pipe.done:
@@ -89,10 +98,10 @@ func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker
 		if err := s.handle(msg); err != nil {
 			return err
 		}
-		if s.pending != nil {
+		if s.hasPending {
 			select {
-			case in <- *s.pending:
-				s.pending = nil
+			case in <- s.pending:
+				s.hasPending = false
 			default:
 			}
 		}
@@ -128,15 +137,16 @@ func (s *source) handle(msg replication.Message) error {
 		if !ok {
 			return fmt.Errorf("row at %s: id %v is not an integer", msg.WALStart, e.Values[idx])
 		}
-		s.pending = &pipeline.Item{
-			Row:  &sink.Row{Pos: sink.Position{LSN: uint64(s.txnLSN), Seq: s.seq}, ID: id, Relation: e.Relation, Values: e.Values},
-			Size: len(msg.Data),
+		if len(s.rows) == cap(s.rows) {
+			s.rows = make([]sink.Row, 0, rowChunk)
 		}
+		s.rows = append(s.rows, sink.Row{Pos: sink.Position{LSN: uint64(s.txnLSN), Seq: s.seq}, ID: id, Relation: e.Relation, Values: e.Values})
+		s.pending, s.hasPending = pipeline.Item{Row: &s.rows[len(s.rows)-1], Size: len(msg.Data)}, true
 		s.seq++
 	case *decoder.Commit:
 		s.inTxn = false
 		s.lastCommitEnd = e.EndLSN
-		s.pending = &pipeline.Item{CommitEnd: e.EndLSN}
+		s.pending, s.hasPending = pipeline.Item{CommitEnd: e.EndLSN}, true
 	case *decoder.Message:
 		if e.Prefix == replication.HeartbeatPrefix {
 			if sent, err := time.Parse(time.RFC3339Nano, string(e.Content)); err == nil {
