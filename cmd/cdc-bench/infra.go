@@ -285,6 +285,7 @@ func (b *bench) startCDC(ctx context.Context, e *env, tag string, extra ...strin
 		"CDC_BATCH_SIZE=" + strconv.Itoa(b.cfg.batchSize),
 		"CDC_BATCH_FLUSH_INTERVAL=" + b.cfg.flushInterval.String(),
 		"CDC_BATCH_QUEUE=" + strconv.Itoa(b.cfg.queue),
+		"CDC_RUNTIME_MAX_PROCS=" + strconv.Itoa(b.cfg.maxProcs),
 		"CDC_REPLICATION_STANDBY_RETRY=200ms",
 	}
 	vars = append(vars, b.cfg.cdcEnv...)

@@ -36,6 +36,7 @@ type config struct {
 	batchSize        int
 	latencyBatchSize int
 	queue            int
+	maxProcs         int
 	flushInterval    time.Duration
 	latencyRate      int
 	latencyTxnRows   int
@@ -81,6 +82,7 @@ func main() {
 	flag.IntVar(&cfg.pollBatch, "poll-batch", 1000, "batch size of the polling baseline (the seed's 1000)")
 	flag.IntVar(&cfg.batchSize, "batch-size", 20000, "cdc batch.size of the throughput, backlog and big-transaction runs")
 	flag.IntVar(&cfg.queue, "queue", 0, "cdc batch.queue")
+	flag.IntVar(&cfg.maxProcs, "max-procs", 1, "cdc runtime.max_procs (threads running Go code)")
 	flag.IntVar(&cfg.latencyBatchSize, "latency-batch-size", 1000, "cdc batch.size of the latency run")
 	flag.DurationVar(&cfg.flushInterval, "flush-interval", 500*time.Millisecond, "cdc batch.flush_interval")
 	flag.IntVar(&cfg.latencyRate, "latency-rate", 5000, "offered load of the latency run, rows/s")

@@ -26,6 +26,7 @@ type machine struct {
 type settings struct {
 	BatchSize      int      `json:"batch_size"`
 	Queue          int      `json:"batch_queue"`
+	MaxProcs       int      `json:"max_procs"`
 	LatencyBatch   int      `json:"latency_batch_size"`
 	FlushInterval  string   `json:"flush_interval"`
 	TxnRows        int      `json:"load_transaction_rows"`
@@ -159,7 +160,7 @@ func (b *bench) describeMachine(ctx context.Context) error {
 	if err == nil {
 		m.PostgreSQL = strings.TrimSpace(string(out))
 	}
-	b.res.Settings = settings{BatchSize: b.cfg.batchSize, Queue: b.cfg.queue, LatencyBatch: b.cfg.latencyBatchSize, FlushInterval: b.cfg.flushInterval.String(),
+	b.res.Settings = settings{BatchSize: b.cfg.batchSize, Queue: b.cfg.queue, MaxProcs: b.cfg.maxProcs, LatencyBatch: b.cfg.latencyBatchSize, FlushInterval: b.cfg.flushInterval.String(),
 		TxnRows: b.cfg.txnRows, PollBatch: b.cfg.pollBatch, ExtraCDCEnv: b.cfg.cdcEnv,
 		PollIntervalMs: float64(b.cfg.poll.Microseconds()) / 1000}
 	return nil
@@ -253,8 +254,8 @@ func (c check) result() string {
 
 func (b *bench) machineLine() string {
 	m := b.res.Machine
-	return fmt.Sprintf("%s, %d cores, %.1f GiB, Linux %s; PostgreSQL %s, ClickHouse %s, %s; cdc batch.size %d (latency run %d), batch.queue %d, flush_interval %s",
-		m.CPU, m.Cores, m.MemoryGiB, m.Kernel, m.PostgreSQL, m.ClickHouse, m.Go, b.cfg.batchSize, b.cfg.latencyBatchSize, b.cfg.queue, b.cfg.flushInterval)
+	return fmt.Sprintf("%s, %d cores, %.1f GiB, Linux %s; PostgreSQL %s, ClickHouse %s, %s; cdc batch.size %d (latency run %d), batch.queue %d, runtime.max_procs %d, flush_interval %s",
+		m.CPU, m.Cores, m.MemoryGiB, m.Kernel, m.PostgreSQL, m.ClickHouse, m.Go, b.cfg.batchSize, b.cfg.latencyBatchSize, b.cfg.queue, b.cfg.maxProcs, b.cfg.flushInterval)
 }
 
 func (b *bench) table() string {
