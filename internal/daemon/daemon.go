@@ -363,7 +363,7 @@ func (d *Daemon) backfill(stop, ctx context.Context, state backfill.State) error
 		return err
 	}
 	d.log.Info("backfill: delivering rows that predate the slot", "slot", slotName)
-	in := make(chan pipeline.Item, min(d.cfg.Batch.Size, 1024))
+	in := newInput(d.cfg.Batch.Size)
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pipe := startPipeline(pctx, d.newPipeline(w, checkpoint.NewTracker(0)), in)
@@ -457,9 +457,7 @@ func (d *Daemon) pump(stop, ctx context.Context, st *replication.Stream, tracker
 		d.metrics.Connected.Set(0)
 	}()
 
-	// A short input channel: the batcher drains it in bursts, and every
-	// item held here is a row kept in memory beyond the batches.
-	in := make(chan pipeline.Item, min(d.cfg.Batch.Size, 1024))
+	in := newInput(d.cfg.Batch.Size)
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pipe := startPipeline(pctx, d.newPipeline(d.sink, tracker), in)
@@ -535,4 +533,11 @@ func pipelineStopped(err error) error {
 		err = errors.New("pipeline stopped")
 	}
 	return err
+}
+
+// newInput is the channel a stream or backfill feeds its pipeline through.
+// It is short: the batcher drains it in bursts, and every item held here is
+// a row kept in memory beyond the batches.
+func newInput(batchSize int) chan pipeline.Item {
+	return make(chan pipeline.Item, min(batchSize, 1024))
 }
