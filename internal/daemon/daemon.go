@@ -97,7 +97,7 @@ func (d *Daemon) Run(stop, hard context.Context) error {
 			}
 			return nil
 		}
-		if errors.Is(err, replication.ErrSlotLost) {
+		if permanent(err) {
 			return err
 		}
 		if time.Since(started) > time.Minute {
@@ -235,6 +235,9 @@ func (d *Daemon) lead(stop, ctx context.Context) error {
 		if slot.Database != db {
 			return fmt.Errorf("postgres: replication slot %q belongs to database %q, not %q: choose another postgres.slot", slotName, slot.Database, db)
 		}
+		if err := d.ensureFailoverSlot(ctx); err != nil {
+			return err
+		}
 		if state, err = backfill.LoadState(ctx, d.pool, slotName); err != nil {
 			return err
 		}
@@ -276,7 +279,7 @@ func (d *Daemon) createSlot(ctx context.Context) (backfill.State, error) {
 		return backfill.State{}, err
 	}
 	defer conn.Close(context.Background())
-	created, err := replication.CreateSlot(ctx, conn, slotName)
+	created, err := d.createReplicationSlot(ctx, conn)
 	if err != nil {
 		return backfill.State{}, err
 	}
