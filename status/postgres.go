@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/outbox-cdc/outbox-cdc/replication"
 )
 
 // Server versions (server_version_num) that added the columns read here.
@@ -192,6 +194,17 @@ func gatherPostgres(ctx context.Context, o Options, r *Report) (Code, string) {
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			r.Warnings = append(r.Warnings, "pg_stat_replication_slots unavailable: "+oneLine(err))
 		}
+	}
+
+	// A consumer ahead of the synchronous standby is a warning, not a state:
+	// the exit code stays what the slot says.
+	qctx, cancel = queryCtx()
+	guard, err := replication.ReadStandbyGuard(qctx, conn)
+	cancel()
+	if err != nil {
+		r.Warnings = append(r.Warnings, "synchronous standby settings unavailable: "+oneLine(err))
+	} else if hazard := guard.Hazard(o.Slot, r.Failover); hazard != "" {
+		r.Warnings = append(r.Warnings, "consumer can get ahead of the synchronous standby: "+hazard)
 	}
 
 	if err := gatherOutbox(ctx, conn, o, r); err != nil {
