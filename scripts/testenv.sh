@@ -136,7 +136,7 @@ pg_bindir() {
 PG_BIN="$(pg_bindir)"
 if [ -n "${CDC_TESTENV_PG:-}" ] && [ -n "${CDC_TESTENV_PGBIN:-}" ] && [ -x "$PG_BIN/postgres" ]; then
 	got="$(pg_major_of "$PG_BIN")"
-	[ "$got" = "$PG_MAJOR" ] || die "CDC_TESTENV_PG=$PG_MAJOR but CDC_TESTENV_PGBIN=$PG_BIN holds PostgreSQL $got"
+	[ "$got" = "$PG_MAJOR" ] || die "CDC_TESTENV_PG=$PG_MAJOR but CDC_TESTENV_PGBIN=$PG_BIN holds PostgreSQL $got (unset CDC_TESTENV_PGBIN, e.g. left by an earlier eval of 'testenv.sh env')"
 fi
 
 # Client tools: the server's own when it has them, else the distribution's
