@@ -1574,7 +1574,8 @@ func TestDocs(t *testing.T) {
 	// What each document must cover (the issue that asked for them).
 	must := map[string][]string{
 		"operations.md": {"cdc status", "max_slot_wal_keep_size", "pg_drop_replication_slot('cdc_outbox')",
-			"cdc retry-failed", "failed.retry_interval", "failed.max_attempts", "cdc migrate", "Celery"},
+			"cdc retry-failed", "failed.retry_interval", "failed.max_attempts", "cdc migrate", "Celery",
+			"postgres.failover_slot", "sync_replication_slots", "synchronized_standby_slots", "hot_standby_feedback", "primary_slot_name"},
 		"producers.md":     {"pgx", "transaction.atomic", "BEGIN"},
 		"scaling.md":       {"postgres.slot", "postgres.publication", "ReplicatedMergeTree", "Distributed", "failover = true", "sync_replication_slots", "_lsn", "_seq"},
 		"security.md":      {"sslmode=verify-full", "REPLICATION", "UPDATE (status, updated_at, last_error, attempts)", "GRANT INSERT, SELECT"},

@@ -50,8 +50,8 @@ func (g StandbyGuard) Hazard(slot string, slotFailover *bool) string {
 	if g.InRecovery {
 		return ""
 	}
-	const consequence = "after a failover ClickHouse may hold rows the new primary never committed " +
-		"(cdc verify lists them as not_in_outbox); see docs/operations.md"
+	const consequence = "after a failover ClickHouse may hold rows the new primary never committed, " +
+		"and their ids may be reused; see docs/operations.md, PostgreSQL 17 failover slots"
 	if g.VersionNum >= PG17 && g.SynchronizedStandbySlots != "" {
 		if slotFailover != nil && !*slotFailover {
 			return fmt.Sprintf("slot %q is not a failover slot: synchronized_standby_slots (%s) does not hold its walsender back "+
