@@ -46,10 +46,14 @@ func (t *Tracker) Advance(lsn pglogrepl.LSN) {
 // Durable returns the LSN that may be confirmed to the slot.
 func (t *Tracker) Durable() pglogrepl.LSN { return pglogrepl.LSN(t.durable.Load()) }
 
-// Failure is a row ClickHouse rejected.
+// Failure is a row ClickHouse rejected, with its stream position (LSN 0
+// when it has none): a re-drive stores it there, where a re-sent
+// transaction looks for it.
 type Failure struct {
 	ID    int64
 	Error string
+	LSN   pglogrepl.LSN
+	Seq   uint64
 }
 
 // Store marks outbox rows.
@@ -149,20 +153,24 @@ func splitRuns(ids []int64) (lo, hi, rest []int64) {
 	return lo, hi, rest
 }
 
-// MarkFailed sets status 'failed', the error text and one more attempt on
-// rows ClickHouse rejected.
+// MarkFailed sets status 'failed', the error text, one more attempt and the
+// stream position (when it has one) on rows ClickHouse rejected.
 func (s *Store) MarkFailed(ctx context.Context, failures []Failure) error {
 	if len(failures) == 0 {
 		return nil
 	}
 	ids := make([]int64, len(failures))
 	msgs := make([]string, len(failures))
+	lsns := make([]string, len(failures))
+	seqs := make([]int64, len(failures))
 	for i, f := range failures {
-		ids[i], msgs[i] = f.ID, f.Error
+		ids[i], msgs[i], lsns[i], seqs[i] = f.ID, f.Error, f.LSN.String(), int64(f.Seq)
 	}
-	q := `UPDATE ` + s.table + ` AS o SET status = 'failed', last_error = f.err, attempts = o.attempts + 1, updated_at = now()
-	      FROM unnest($1::bigint[], $2::text[]) AS f(id, err) WHERE o.id = f.id`
-	if _, err := s.pool.Exec(ctx, q, ids, msgs); err != nil {
+	q := `UPDATE ` + s.table + ` AS o SET status = 'failed', last_error = f.err, attempts = o.attempts + 1, updated_at = now(),
+	        failed_lsn = CASE WHEN f.lsn = '0/0' THEN o.failed_lsn ELSE f.lsn END,
+	        failed_seq = CASE WHEN f.lsn = '0/0' THEN o.failed_seq ELSE f.seq END
+	      FROM unnest($1::bigint[], $2::text[], $3::pg_lsn[], $4::bigint[]) AS f(id, err, lsn, seq) WHERE o.id = f.id`
+	if _, err := s.pool.Exec(ctx, q, ids, msgs, lsns, seqs); err != nil {
 		return fmt.Errorf("postgres: mark %d rows failed in %s: %w", len(ids), s.table, err)
 	}
 	return nil

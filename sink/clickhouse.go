@@ -58,6 +58,7 @@ type Row struct {
 // refused, with the reason.
 type Rejected struct {
 	ID  int64
+	Pos Position
 	Err error
 }
 
@@ -422,7 +423,7 @@ func (c *ClickHouse) insertIsolating(ctx context.Context, rows []Row, res *Resul
 	for _, r := range rows {
 		p, err := c.plan(r.Relation)
 		if err != nil {
-			res.Rejected = append(res.Rejected, Rejected{ID: r.ID, Err: err})
+			res.Rejected = append(res.Rejected, Rejected{ID: r.ID, Pos: r.Pos, Err: err})
 			continue
 		}
 		if blk == nil || blk.plan != p {
@@ -430,10 +431,10 @@ func (c *ClickHouse) insertIsolating(ctx context.Context, rows []Row, res *Resul
 		}
 		idx, err := blk.add(r, c.digest)
 		if err != nil {
-			res.Rejected = append(res.Rejected, Rejected{ID: r.ID, Err: err})
+			res.Rejected = append(res.Rejected, Rejected{ID: r.ID, Pos: r.Pos, Err: err})
 			continue
 		}
-		good = append(good, convertedRow{id: r.ID, blk: blk, idx: idx})
+		good = append(good, convertedRow{id: r.ID, pos: r.Pos, blk: blk, idx: idx})
 	}
 	// Each block (a run of rows sharing a plan, normally the whole batch) is
 	// inserted and bisected on its own: a block the server rejects never
@@ -463,6 +464,7 @@ type block struct {
 // convertedRow is row idx of a block.
 type convertedRow struct {
 	id  int64
+	pos Position
 	blk *block
 	idx int
 }
@@ -545,7 +547,7 @@ func (c *ClickHouse) bisect(ctx context.Context, rows []convertedRow, res *Resul
 		return err
 	}
 	if len(rows) == 1 {
-		res.Rejected = append(res.Rejected, Rejected{ID: rows[0].id, Err: err})
+		res.Rejected = append(res.Rejected, Rejected{ID: rows[0].id, Pos: rows[0].pos, Err: err})
 		return nil
 	}
 	half := len(rows) / 2

@@ -349,16 +349,17 @@ func sinkOptions(cfg *config.Config, log *slog.Logger, checkEveryRow bool) sink.
 // that it is done. Stopping midway is safe: the list survives.
 func (d *Daemon) backfill(stop, ctx context.Context, state backfill.State) error {
 	slotName := d.cfg.Postgres.Slot
-	w := d.sink
-	if state.Recreated {
-		// The previous slot may have delivered rows it never marked.
-		s, err := sink.Open(ctx, sinkOptions(d.cfg, d.log, true))
-		if err != nil {
-			return err
-		}
-		defer s.Close()
-		w = s
+	// Every backfilled row is looked up (id and fingerprint) before it is
+	// inserted, not only those near a high-water mark: rows the list names
+	// may already be stored under positions unrelated to this slot's (a
+	// previous slot delivered them but died before marking them, a
+	// failover re-created the slot, or a re-drive stored them). The check
+	// costs a scan of ClickHouse's id column per batch, once per slot.
+	w, err := sink.Open(ctx, sinkOptions(d.cfg, d.log, true))
+	if err != nil {
+		return err
 	}
+	defer w.Close()
 	if err := w.Recover(ctx, backfill.Position(state.ConsistentLSN, 0).LSN); err != nil {
 		return err
 	}
