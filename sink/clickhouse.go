@@ -83,7 +83,10 @@ type Options struct {
 	// a re-created slot, whose rows may be stored under unrelated positions.
 	// It costs a scan of the id column per batch.
 	CheckEveryRow bool
-	Logger        *slog.Logger
+	// Fence, when set, is asked before every INSERT and every block of one:
+	// an error (a lost lease) stops the write, and nothing more is sent.
+	Fence  func() error
+	Logger *slog.Logger
 }
 
 // ClickHouse is the sink. It is used by one writer goroutine at a time.
@@ -591,6 +594,9 @@ var oneBlockInsert = clickhouse.Settings{
 // blocks already sent included, and are bisected as before.
 func (c *ClickHouse) insertRun(ctx context.Context, rows []convertedRow) error {
 	blk, lo, hi := rows[0].blk, rows[0].idx, rows[len(rows)-1].idx+1
+	if err := c.fence(); err != nil {
+		return err
+	}
 	if hi-lo > chunkRows {
 		ctx = clickhouse.Context(ctx, clickhouse.WithSettings(oneBlockInsert))
 	}
@@ -609,6 +615,9 @@ func (c *ClickHouse) insertRun(ctx context.Context, rows []convertedRow) error {
 	for start := lo; start < hi; start += chunkRows {
 		end := min(start+chunkRows, hi)
 		if start > lo {
+			if err := c.fence(); err != nil {
+				return err
+			}
 			if err := batch.Flush(); err != nil {
 				return fmt.Errorf("clickhouse %s: insert into %s: send rows: %w", c.addr(), c.table(), err)
 			}
@@ -628,6 +637,17 @@ func (c *ClickHouse) insertRun(ctx context.Context, rows []convertedRow) error {
 	sent = true // Send ends the INSERT or releases the connection itself
 	if err := batch.Send(); err != nil {
 		return fmt.Errorf("clickhouse %s: insert %d rows into %s: %w", c.addr(), len(rows), c.table(), err)
+	}
+	return nil
+}
+
+// fence asks Options.Fence whether this process may still write.
+func (c *ClickHouse) fence() error {
+	if c.opts.Fence == nil {
+		return nil
+	}
+	if err := c.opts.Fence(); err != nil {
+		return fmt.Errorf("clickhouse %s: insert into %s not sent: %w", c.addr(), c.table(), err)
 	}
 	return nil
 }

@@ -85,7 +85,7 @@ func TestRedrivenRowKeepsItsStreamPosition(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if res, err := RetryFailed(ctx, o.Config(), o.PG, log, metrics.New(), 0); err != nil || res.Read != 1 || res.StillFailed != 0 {
+	if res, err := RetryFailed(ctx, o.Config(), o.PG, log, metrics.New(), 0, nil); err != nil || res.Read != 1 || res.StillFailed != 0 {
 		t.Fatalf("retry-failed: %+v, %v; want the row delivered", res, err)
 	}
 	var lsn, seq uint64
@@ -106,7 +106,7 @@ func TestRedrivenRowKeepsItsStreamPosition(t *testing.T) {
 	if _, err := backfill.Failed(ctx, o.PG, cfg.Postgres.Table, 0, 10, func(r sink.Row) error { again = append(again, r); return nil }); err != nil || len(again) != 1 {
 		t.Fatalf("read the row back: %d rows, %v", len(again), err)
 	}
-	s, err := sink.Open(ctx, sinkOptions(cfg, log, false))
+	s, err := sink.Open(ctx, sinkOptions(cfg, log, false, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
