@@ -28,7 +28,7 @@ PACKAGES=(./cmd/cdc ./internal/daemon ./status ./replication)
 DEFAULT_RUN='^(TestConcurrentProducersWithRollbacks|TestTransactionLargerThanFiveBatches|TestStopFlushesAndRestartRepeatsNothing'
 DEFAULT_RUN+='|TestIdleOutboxOnBusyDatabaseKeepsSlotMoving|TestFailoverSlot|TestSignalsFlushAndExitZero|TestStandbyTakesOverWhenLeaderDies'
 DEFAULT_RUN+='|TestLostSlotIsRefusedAndRecovered|TestPrimaryFailover|TestStatus|TestGather|TestSlotQuery|TestClassifySlot'
-DEFAULT_RUN+='|TestReadStandbyGuard|TestStandbyGuard|TestWantFailoverSlot)'
+DEFAULT_RUN+='|TestReadStandbyGuard|TestStandbyGuard|TestWantFailoverSlot|TestStartWarns)'
 RUN="${PG_MATRIX_RUN:-$DEFAULT_RUN}"
 
 majors=("$@")

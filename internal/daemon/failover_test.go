@@ -1,15 +1,22 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
+	"github.com/outbox-cdc/outbox-cdc/migrations"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 )
 
@@ -132,5 +139,76 @@ func TestFailoverSlotCreated(t *testing.T) {
 	}
 	if want := srv.VersionNum >= replication.PG17; is != want {
 		t.Fatalf("slot created by cdc (failover_slot=auto) on PostgreSQL %s: failover = %v, want %v", srv.Version, is, want)
+	}
+}
+
+// syncBuffer is a log destination the daemon's goroutines and the test
+// share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// With a synchronous standby named and nothing holding logical decoding
+// back for it, the leader warns when its term starts. A private server:
+// synchronous_standby_names is server-wide (its commits do not wait for the
+// standby, which does not exist: the test servers run synchronous_commit = off).
+func TestStartWarnsWhenConsumerCanPassTheStandby(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s := testenv.StartPrivate(t, "daemon-guard")
+	conn, err := pgx.Connect(ctx, s.PGURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := migrations.ApplyPostgres(ctx, conn, migrations.Postgres{Table: "public.event_outbox", Publication: "cdc_outbox"}); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := clickhouse.Open(&clickhouse.Options{Addr: []string{s.CHAddr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	if _, err := migrations.ApplyClickHouse(ctx, ch, migrations.ClickHouse{Database: "default", Table: "events"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, sql := range []string{`ALTER SYSTEM SET synchronous_standby_names = 'standby1'`, `SELECT pg_reload_conf()`} {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	o := testenv.OpenOutbox(t, s.PGURL, s.CHAddr, "default")
+	o.Slot = "cdc_outbox"
+	cfg := o.Config()
+	var logs syncBuffer
+	d := New(cfg, slog.New(slog.NewJSONHandler(&logs, nil)), metrics.New())
+	stop, stopFn := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(stop, context.Background()) }()
+	defer func() {
+		stopFn()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("daemon did not stop within 30s")
+		}
+	}()
+	waitFor(t, "streaming", 30*time.Second, func() bool { return d.streaming.Load() })
+	if !strings.Contains(logs.String(), "consumer can get ahead of the synchronous standby: ") ||
+		!strings.Contains(logs.String(), "standby1") {
+		t.Fatalf("no standby-guard warning at the start of the term; log:\n%s", logs.String())
 	}
 }
