@@ -25,8 +25,9 @@ func (e *PublicationError) Error() string {
 
 // CheckPublication verifies that publication delivers the outbox table
 // (postgres.table, "[schema.]name") as `cdc migrate` sets it up: the
-// publication exists, publishes inserts, contains the table, with no row
-// filter or column list, and a partitioned outbox is published via its root
+// publication exists, publishes inserts, contains the table and no other
+// (a row of another table stops the stream), with no row filter or column
+// list, and a partitioned outbox is published via its root
 // (publish_via_partition_root), so its rows arrive under the outbox's name.
 // A problem is a *PublicationError naming the object and the fix.
 func CheckPublication(ctx context.Context, q Querier, publication, table string) error {
@@ -47,16 +48,19 @@ func CheckPublication(ctx context.Context, q Querier, publication, table string)
 		viaRoot = "p.pubviaroot"
 	}
 	var (
-		pubExists, tableExists, inserts, root, covered bool
-		relkind                                        string
+		pubExists, tableExists, inserts, root, covered, allTables bool
+		relkind                                                   string
+		others                                                    *string
 	)
 	err := q.QueryRow(ctx, `SELECT p.oid IS NOT NULL, c.oid IS NOT NULL, coalesce(p.pubinsert, false),
-	       coalesce(`+viaRoot+`, false), coalesce(c.relkind::text, ''),
-	       EXISTS (SELECT 1 FROM pg_publication_tables pt WHERE pt.pubname = $1 AND pt.schemaname = $3 AND pt.tablename = $4)
+	       coalesce(`+viaRoot+`, false), coalesce(p.puballtables, false), coalesce(c.relkind::text, ''),
+	       EXISTS (SELECT 1 FROM pg_publication_tables pt WHERE pt.pubname = $1 AND pt.schemaname = $3 AND pt.tablename = $4),
+	       (SELECT string_agg(format('%I.%I', pt.schemaname, pt.tablename), ', ' ORDER BY pt.schemaname, pt.tablename)
+	          FROM pg_publication_tables pt WHERE pt.pubname = $1 AND NOT (pt.schemaname = $3 AND pt.tablename = $4))
 	  FROM (SELECT 1) AS one
 	  LEFT JOIN pg_publication p ON p.pubname = $1
 	  LEFT JOIN pg_class c ON c.oid = to_regclass($2)`, publication, qualified, schema, name).
-		Scan(&pubExists, &tableExists, &inserts, &root, &relkind, &covered)
+		Scan(&pubExists, &tableExists, &inserts, &root, &allTables, &relkind, &covered, &others)
 	if err != nil {
 		return fmt.Errorf("postgres: check publication %q: %w", publication, err)
 	}
@@ -78,6 +82,14 @@ func CheckPublication(ctx context.Context, q Querier, publication, table string)
 	case !covered:
 		return fail(fmt.Sprintf("does not contain the outbox table %s", qualified),
 			fmt.Sprintf("run ALTER PUBLICATION %s ADD TABLE %s, or %s", qpub, qualified, migrate))
+	case others != nil && allTables:
+		// Any other table's row would stop the stream (the daemon refuses
+		// rows that are not the outbox's rather than skip them).
+		return fail(fmt.Sprintf("is FOR ALL TABLES: it publishes %s besides the outbox", *others),
+			"set postgres.publication to a publication FOR TABLE "+qualified+" alone (`cdc migrate` creates it when it does not exist)")
+	case others != nil:
+		return fail(fmt.Sprintf("publishes %s besides the outbox (their rows would stop the stream)", *others),
+			fmt.Sprintf("run ALTER PUBLICATION %s DROP TABLE %s, or set postgres.publication to a publication of the outbox alone", qpub, *others))
 	}
 	if version < pg15 {
 		return nil

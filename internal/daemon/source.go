@@ -174,11 +174,11 @@ func (s *source) idColumn(rel *decoder.Relation) (int, error) {
 	}
 	if idx < 0 {
 		return 0, fmt.Errorf("row of relation %s (OID %d), not of the outbox %s.%s: the slot is not confirmed past it. "+
-			"Check the publication (postgres.publication): it must contain only the outbox "+
-			"(SELECT * FROM pg_publication_tables WHERE pubname = '<publication>'; ALTER PUBLICATION ... DROP TABLE %s), "+
-			"a partitioned outbox must be published with publish_via_partition_root = true, "+
-			"and postgres.table must name the outbox if it was renamed",
-			rel.QualifiedName(), rel.ID, s.schema, s.table, rel.QualifiedName())
+			"Check that postgres.publication publishes the outbox alone (pg_publication_tables), a partitioned outbox "+
+			"via its root (publish_via_partition_root = true), and that postgres.table names the outbox (was it renamed?). "+
+			"A row written before the fix stays in the slot: then stop cdc, drop the slot (pg_drop_replication_slot) "+
+			"and start cdc, which re-creates it and backfills every pending row",
+			rel.QualifiedName(), rel.ID, s.schema, s.table)
 	}
 	return idx, nil
 }
