@@ -9,9 +9,11 @@
 // pg_stat_replication_slots' spill and stream counters and two_phase from 14,
 // conflicting from 16, inactive_since, invalidation_reason, failover and synced
 // from 17). ClickHouse is queried concurrently; when it cannot be reached the
-// report says so (clickhouse_error) without failing.
+// report says so (clickhouse_error) without failing. The publication is
+// checked as `cdc run` checks it (publication_error, a warning).
 //
-// The [Report] classifies the result into an exit [Code]: 0 healthy,
+// The [Report] classifies the result into an exit [Code] with the slot rule
+// `cdc run` follows too (replication.SlotHealth): 0 healthy,
 // 2 PostgreSQL unreachable, 3 slot missing, 4 slot lost, 1 any other error.
 // It marshals to JSON with snake_case keys, LSNs as "0/16B3748" strings and
 // byte counts as integers; a value the server cannot provide (an older
@@ -78,6 +80,9 @@ type Options struct {
 	Table string
 	// Slot is the logical replication slot's name (postgres.slot).
 	Slot string
+	// Publication is the publication the slot streams (postgres.publication);
+	// empty: not checked.
+	Publication string
 	// ClickHouse is the destination table's server.
 	ClickHouse ClickHouseOptions
 	// Timeout bounds connecting to each server and each statement (it is
@@ -104,6 +109,7 @@ func FromConfig(cfg *config.Config, timeout time.Duration) Options {
 		PostgresURL: cfg.Postgres.URL,
 		Table:       cfg.Postgres.Table,
 		Slot:        cfg.Postgres.Slot,
+		Publication: cfg.Postgres.Publication,
 		ClickHouse: ClickHouseOptions{
 			Addr:        cfg.ClickHouse.Addr,
 			Database:    cfg.ClickHouse.Database,
@@ -154,11 +160,13 @@ type Report struct {
 	// Reason is the one-line explanation of a non-zero ExitCode.
 	Reason *string `json:"reason"`
 	// Warnings are problems that do not change the exit code (ClickHouse
-	// unreachable, an inactive slot, WAL close to max_slot_wal_keep_size…).
+	// unreachable, an inactive slot, WAL close to max_slot_wal_keep_size, a
+	// publication that would not deliver the outbox…).
 	Warnings []string `json:"warnings"`
 
 	PostgresInfo
 	SlotInfo
+	PublicationInfo
 	OutboxInfo
 	ClickHouseInfo
 
@@ -227,6 +235,16 @@ type SlotInfo struct {
 	StatsReset  *time.Time `json:"stats_reset"`
 }
 
+// PublicationInfo is the check `cdc run` makes of the publication at the
+// start of each term (replication.CheckPublication).
+type PublicationInfo struct {
+	Publication string `json:"publication"`
+	// PublicationError is why the publication would not deliver every
+	// outbox row (with the fix); null when it does or was not checked. It
+	// is a warning: it does not change the exit code.
+	PublicationError *string `json:"publication_error"`
+}
+
 // OutboxInfo counts the outbox's rows.
 type OutboxInfo struct {
 	OutboxTable string `json:"outbox_table"`
@@ -293,6 +311,9 @@ func Gather(ctx context.Context, o Options) *Report {
 		Time:     time.Now().UTC(),
 		Warnings: []string{},
 		SlotInfo: SlotInfo{SlotName: o.Slot},
+		PublicationInfo: PublicationInfo{
+			Publication: o.Publication,
+		},
 		OutboxInfo: OutboxInfo{
 			OutboxTable: schema + "." + name,
 		},
@@ -393,6 +414,9 @@ func warnings(r *Report) []string {
 		if s.Active != nil && !*s.Active {
 			w = append(w, "no process is streaming from the slot (is `cdc run` running?)")
 		}
+	}
+	if r.PublicationError != nil {
+		w = append(w, *r.PublicationError)
 	}
 	if r.OutboxError != nil {
 		w = append(w, "outbox unavailable: "+*r.OutboxError)
