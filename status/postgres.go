@@ -207,6 +207,15 @@ func gatherPostgres(ctx context.Context, o Options, r *Report) (Code, string) {
 		r.Warnings = append(r.Warnings, "consumer can get ahead of the synchronous standby: "+hazard)
 	}
 
+	if o.Publication != "" {
+		qctx, cancel = queryCtx()
+		err = replication.CheckPublication(qctx, conn, o.Publication, o.Table)
+		cancel()
+		if err != nil {
+			r.PublicationError = ptr(strings.TrimPrefix(oneLine(err), "postgres: "))
+		}
+	}
+
 	if err := gatherOutbox(ctx, conn, o, r); err != nil {
 		r.OutboxError = ptr(oneLine(err))
 	}

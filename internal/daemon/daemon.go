@@ -238,6 +238,11 @@ func (d *Daemon) lead(stop, ctx context.Context) error {
 		d.sink = s
 		d.chReady.Store(s)
 	}
+	// Before the slot: a publication that leaves outbox rows out of the
+	// stream would let the slot move past them.
+	if err := replication.CheckPublication(ctx, d.pool, d.cfg.Postgres.Publication, d.cfg.Postgres.Table); err != nil {
+		return err
+	}
 	slotName := d.cfg.Postgres.Slot
 	slot, err := replication.LookupSlot(ctx, d.pool, slotName)
 	var state backfill.State
