@@ -23,12 +23,14 @@ PACKAGES=(./cmd/cdc ./internal/daemon ./status ./replication)
 # and the real binary: producers with rollbacks, a transaction of several
 # batches, SIGTERM and restart, a hot standby taking over, a lost slot),
 # failover slots and the standby guard, primary failover (TestPrimaryFailover,
-# cmd/cdc/failover_test.go, once it exists), and every status test (the
-# version-specific columns of pg_replication_slots).
+# cmd/cdc/failover_test.go, once it exists), a re-created slot's backfill,
+# the slot classifier and lookup and every status test (the version-specific
+# columns of pg_replication_slots), the publication check.
 DEFAULT_RUN='^(TestConcurrentProducersWithRollbacks|TestTransactionLargerThanFiveBatches|TestStopFlushesAndRestartRepeatsNothing'
 DEFAULT_RUN+='|TestIdleOutboxOnBusyDatabaseKeepsSlotMoving|TestFailoverSlot|TestSignalsFlushAndExitZero|TestStandbyTakesOverWhenLeaderDies'
 DEFAULT_RUN+='|TestLostSlotIsRefusedAndRecovered|TestPrimaryFailover|TestStatus|TestGather|TestSlotQuery|TestClassifySlot'
-DEFAULT_RUN+='|TestReadStandbyGuard|TestStandbyGuard|TestWantFailoverSlot|TestStartWarns)'
+DEFAULT_RUN+='|TestReadStandbyGuard|TestStandbyGuard|TestWantFailoverSlot|TestStartWarns|TestLookupSlot|TestSlotHealth'
+DEFAULT_RUN+='|TestServerInvalidatedSlotIsLost|TestCheckPublication|TestRunChecksThePublication|TestRecreatedSlotBackfill)'
 RUN="${PG_MATRIX_RUN:-$DEFAULT_RUN}"
 
 majors=("$@")
