@@ -538,7 +538,7 @@ status() {
 }
 
 usage() {
-	sed -n '2,27p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,26p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
