@@ -52,11 +52,11 @@ func TestLeaderChangeDuringBackfill(t *testing.T) {
 			// of the backfill are large.
 			waitUntil(t, "backfill under way", 60*time.Second, func() bool { n, _ := f.o.CHCount(); return n >= uint64(len(ids)/10) })
 
-			killed := f.killLeaderLock(a)
 			inCH, _ := f.o.CHCount()
 			if inCH >= uint64(len(ids)) || backfillDone(t, f.o) {
-				t.Fatalf("the backfill had finished when the lock was killed (%d of %d rows in ClickHouse): raise CDC_FENCE_ROWS", inCH, len(ids))
+				t.Fatalf("the backfill finished before the lock could be killed (%d of %d rows in ClickHouse): raise CDC_FENCE_ROWS", inCH, len(ids))
 			}
+			killed := f.killLeaderLock(a)
 			t.Logf("killed a's leader-lock session %v with %d of %d rows in ClickHouse", killed, inCH, len(ids))
 
 			f.waitProcessed(int64(len(ids)), 3*time.Minute)
@@ -141,11 +141,11 @@ func TestRetryFailedLockKill(t *testing.T) {
 					return len(f.lockHolders(f.retryKey())) == 1
 				})
 				waitUntil(t, "re-drive under way", 60*time.Second, func() bool { n, _ := f.o.CHCount(); return n > 0 })
-				killed := v.kill(f, r1)
 				inCH, _ := f.o.CHCount()
 				if inCH >= uint64(len(ids)) || !r1.running() {
-					t.Fatalf("the re-drive had finished when its sessions were killed (%d of %d rows in ClickHouse): raise CDC_FENCE_ROWS", inCH, len(ids))
+					t.Fatalf("the re-drive finished before its sessions could be killed (%d of %d rows in ClickHouse): raise CDC_FENCE_ROWS", inCH, len(ids))
 				}
+				killed := v.kill(f, r1)
 				t.Logf("killed %v of r1 with %d of %d rows in ClickHouse", killed, inCH, len(ids))
 				r2 := f.startCmd("r2", "retry-failed")
 
@@ -171,6 +171,74 @@ func TestRetryFailedLockKill(t *testing.T) {
 				f.report()
 			})
 		}
+	}
+}
+
+// The leader's periodic re-drive of failed rows (failed.retry_interval) is
+// under way when a pooler takes its locks away; the standby takes over and
+// re-drives too. The failed rows are made as a poison episode leaves them:
+// delivered once, gone from ClickHouse, marked failed in the outbox.
+func TestLeaderChangeDuringRedrive(t *testing.T) {
+	bin := cdcBinary(t)
+	rows := envInt("CDC_FENCE_ROWS", 150000)
+	variants := []struct {
+		name string
+		kill func(f *fenceCase, p *fenceProc) []int32
+	}{
+		{"lock session", func(f *fenceCase, p *fenceProc) []int32 { return f.killLeaderLock(p) }},
+		{"all regular sessions", func(f *fenceCase, p *fenceProc) []int32 { return f.killClientSessions(p) }},
+	}
+	for run := 1; run <= envInt("CDC_FENCE_RUNS", 1); run++ {
+		for _, v := range variants {
+			t.Run(fmt.Sprintf("%s/run%d", v.name, run), func(t *testing.T) {
+				f := newFenceCase(t, bin)
+				f.env = append(f.env, "CDC_FAILED_RETRY_INTERVAL=500ms")
+				a := f.start("a")
+				waitUntil(t, "a streaming", 30*time.Second, func() bool { c, _ := httpGet(a.url("/readyz")); return c == 200 })
+				b := f.start("b")
+				f.waitStandby(b)
+
+				ids := f.pendingRows(rows, "pending")
+				f.waitProcessed(int64(len(ids)), 3*time.Minute)
+				f.failDelivered()
+				waitUntil(t, "re-drive under way", 60*time.Second, func() bool { n, _ := f.o.CHCount(); return n >= uint64(len(ids)/10) })
+				inCH, _ := f.o.CHCount()
+				if inCH >= uint64(len(ids)) {
+					t.Fatalf("the re-drive finished before the locks could be killed (%d of %d rows in ClickHouse): raise CDC_FENCE_ROWS", inCH, len(ids))
+				}
+				killed := v.kill(f, a)
+				t.Logf("killed %v of a with %d of %d rows re-driven", killed, inCH, len(ids))
+
+				f.waitProcessed(int64(len(ids)), 3*time.Minute)
+				f.waitOneLeader(a, b)
+				f.stopAll()
+				f.o.AssertExactlyOnce(ids, nil)
+				f.report()
+				for _, p := range []*fenceProc{a, b} {
+					t.Logf("%s: %d re-drives logged", p.name, strings.Count(readFile(p.log), "re-drove failed rows"))
+				}
+			})
+		}
+	}
+}
+
+func readFile(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
+
+// failDelivered turns every delivered row into a failed one that is not in
+// ClickHouse: the rows leave ClickHouse first (a mutation, awaited), and only
+// then become failed, so no re-drive can find them there.
+func (f *fenceCase) failDelivered() {
+	f.t.Helper()
+	ctx := context.Background()
+	if err := f.o.CH.Exec(ctx, fmt.Sprintf("ALTER TABLE `%s`.events DELETE WHERE 1 = 1", f.o.CHDB)); err != nil {
+		f.t.Fatalf("clear ClickHouse: %v", err)
+	}
+	waitUntil(f.t, "ClickHouse empty", 60*time.Second, func() bool { n, _ := f.o.CHCount(); return n == 0 })
+	if _, err := f.o.PG.Exec(ctx, `UPDATE event_outbox SET status = 'failed', attempts = 1, last_error = 'rejected before'`); err != nil {
+		f.t.Fatalf("mark rows failed: %v", err)
 	}
 }
 
