@@ -215,42 +215,8 @@ func Holder(ctx context.Context, q Querier, pid int32) string {
 	return fmt.Sprintf("pid %d (%s from %s, connected %s)", pid, app, addr, started.UTC().Format(time.RFC3339))
 }
 
-// Leadership is a session advisory lock that makes one daemon per slot the
-// leader: only the leader creates the slot, backfills and streams. It is
-// released when its connection closes, including when the process dies.
-type Leadership struct {
-	conn *pgx.Conn
-	key  string
-}
-
-// TryLead tries to take the lock for slot. It returns nil, nil when another
-// session holds it.
-func TryLead(ctx context.Context, url, slot string) (*Leadership, error) {
-	cfg, err := pgx.ParseConfig(url)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: parse postgres.url: %w", err)
-	}
-	if cfg.RuntimeParams["application_name"] == "" {
-		cfg.RuntimeParams["application_name"] = "outbox-cdc"
-	}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("postgres %s:%d: connect: %w", cfg.Host, cfg.Port, err)
-	}
-	key := "outbox-cdc:" + slot
-	var got bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext($1))`, key).Scan(&got); err != nil {
-		conn.Close(ctx)
-		return nil, fmt.Errorf("postgres %s:%d: take leader lock: %w", cfg.Host, cfg.Port, err)
-	}
-	if !got {
-		conn.Close(ctx)
-		return nil, nil
-	}
-	return &Leadership{conn: conn, key: key}, nil
-}
-
-// LeaderHolder describes the session holding the leader lock for slot.
+// LeaderHolder describes the session holding the leader lock for slot (the
+// advisory lock of the daemon's leader lease, internal/lease).
 func LeaderHolder(ctx context.Context, q Querier, slot string) string {
 	var pid int32
 	// Advisory locks are per database: the same key held in another
@@ -267,19 +233,6 @@ func LeaderHolder(ctx context.Context, q Querier, slot string) string {
 		return "another instance"
 	}
 	return Holder(ctx, q, pid)
-}
-
-// Check verifies the lock's connection is alive (the lock with it).
-func (l *Leadership) Check(ctx context.Context) error {
-	if err := l.conn.Ping(ctx); err != nil {
-		return fmt.Errorf("postgres: leader lock connection lost: %w", err)
-	}
-	return nil
-}
-
-// Release gives up leadership.
-func (l *Leadership) Release(ctx context.Context) {
-	_ = l.conn.Close(ctx)
 }
 
 // IsConnError reports whether err means the server could not be reached or

@@ -132,12 +132,8 @@ func TestLeaderHolderFiltersByDatabase(t *testing.T) {
 	connA, urlA, slot := connectDB(t)
 	connB, urlB, _ := connectDB(t)
 
-	leadA, err := TryLead(ctx, urlA, slot)
-	if err != nil || leadA == nil {
-		t.Fatalf("lead in A: %v %v", leadA, err)
-	}
-	defer leadA.Release(context.Background())
-	pidA := leadA.conn.PgConn().PID()
+	leadA := takeLeaderLock(ctx, t, urlA, slot)
+	pidA := leadA.PgConn().PID()
 	wantA := "pid " + strconv.Itoa(int(pidA)) + " "
 
 	if got := LeaderHolder(ctx, connA, slot); !strings.HasPrefix(got, wantA) {
@@ -148,16 +144,28 @@ func TestLeaderHolderFiltersByDatabase(t *testing.T) {
 	}
 
 	// B can lead its own outbox meanwhile, and is then reported there only.
-	leadB, err := TryLead(ctx, urlB, slot)
-	if err != nil || leadB == nil {
-		t.Fatalf("lead in B while A leads: %v %v", leadB, err)
-	}
-	defer leadB.Release(context.Background())
-	wantB := "pid " + strconv.Itoa(int(leadB.conn.PgConn().PID())) + " "
+	leadB := takeLeaderLock(ctx, t, urlB, slot)
+	wantB := "pid " + strconv.Itoa(int(leadB.PgConn().PID())) + " "
 	if got := LeaderHolder(ctx, connB, slot); !strings.HasPrefix(got, wantB) {
 		t.Errorf("holder in B = %q, want %q", got, wantB)
 	}
 	if got := LeaderHolder(ctx, connA, slot); !strings.HasPrefix(got, wantA) {
 		t.Errorf("holder in A = %q, want %q", got, wantA)
 	}
+}
+
+// takeLeaderLock takes the leader lease's advisory lock for slot on a
+// connection of its own, as internal/lease does.
+func takeLeaderLock(ctx context.Context, t *testing.T, url, slot string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	var got bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext($1))`, "outbox-cdc:"+slot).Scan(&got); err != nil || !got {
+		t.Fatalf("take the leader lock of %s: %v %v", slot, got, err)
+	}
+	return conn
 }
