@@ -32,8 +32,9 @@ testenv:
 testenv-down:
 	scripts/testenv.sh down
 
-# Every test: unit and integration against the real servers, then the
-# modern-ClickHouse checks (test-modern).
+# Every test: unit and integration against the real servers (PostgreSQL 15),
+# then the modern-ClickHouse checks (test-modern) and the version-dependent
+# tests on PostgreSQL 14, 16, 17 and 18 (test-pg-matrix).
 test: testenv
 	eval "$$(scripts/testenv.sh env)" && $(GO) test $(GOTESTFLAGS) ./...
 	$(MAKE) test-modern
