@@ -30,7 +30,7 @@ DEFAULT_RUN='^(TestConcurrentProducersWithRollbacks|TestTransactionLargerThanFiv
 DEFAULT_RUN+='|TestIdleOutboxOnBusyDatabaseKeepsSlotMoving|TestFailoverSlot|TestSignalsFlushAndExitZero|TestStandbyTakesOverWhenLeaderDies'
 DEFAULT_RUN+='|TestLostSlotIsRefusedAndRecovered|TestPrimaryFailover|TestStatus|TestGather|TestSlotQuery|TestClassifySlot'
 DEFAULT_RUN+='|TestReadStandbyGuard|TestStandbyGuard|TestWantFailoverSlot|TestStartWarns|TestLookupSlot|TestSlotHealth'
-DEFAULT_RUN+='|TestServerInvalidatedSlotIsLost|TestCheckPublication|TestRunChecksThePublication|TestRecreatedSlotBackfill)'
+DEFAULT_RUN+='|TestServerInvalidatedSlotIsLost|TestCheckPublication|TestRunChecksThePublication|TestRecreatedSlotBackfill|TestInterrupted)'
 RUN="${PG_MATRIX_RUN:-$DEFAULT_RUN}"
 
 majors=("$@")
