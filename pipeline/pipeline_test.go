@@ -276,10 +276,15 @@ func TestCut(t *testing.T) {
 			items: rows(1, 3), before: []int{1, 1, 1}, after: []int{1, 1, 1}},
 		{name: "byte cap", opts: pipeline.Options{Size: 1000, MaxBytes: 100, FlushInterval: hour},
 			items:  []pipeline.Item{sizedRow(1, 30), sizedRow(2, 30), sizedRow(3, 30), sizedRow(4, 30), sizedRow(5, 30), sizedRow(6, 30), sizedRow(7, 30), sizedRow(8, 30), sizedRow(9, 30)},
-			before: []int{4, 4}, after: []int{4, 4, 1}},
-		{name: "byte cap, one row over it", opts: pipeline.Options{Size: 1000, MaxBytes: 100, FlushInterval: hour},
-			items:  []pipeline.Item{sizedRow(1, 10), sizedRow(2, 500), sizedRow(3, 10)},
+			// Cut before the row that would take a batch past the cap.
+			before: []int{3, 3}, after: []int{3, 3, 3}},
+		{name: "byte cap, exactly full", opts: pipeline.Options{Size: 1000, MaxBytes: 100, FlushInterval: hour},
+			items:  []pipeline.Item{sizedRow(1, 50), sizedRow(2, 50), sizedRow(3, 50)},
 			before: []int{2}, after: []int{2, 1}},
+		{name: "byte cap, one row over it", opts: pipeline.Options{Size: 1000, MaxBytes: 100, FlushInterval: hour},
+			// The big row goes alone: the batch before it is cut first.
+			items:  []pipeline.Item{sizedRow(1, 10), sizedRow(2, 500), sizedRow(3, 10)},
+			before: []int{1, 1}, after: []int{1, 1, 1}},
 		{name: "flush interval", opts: pipeline.Options{Size: 1000, FlushInterval: 20 * time.Millisecond},
 			items: rows(1, 3), before: []int{3}, after: []int{3}},
 		{name: "close flushes the partial batch", opts: pipeline.Options{Size: 10, FlushInterval: hour},
