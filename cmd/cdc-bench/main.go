@@ -54,6 +54,7 @@ type config struct {
 	memPayload       int
 	memMaxBytes      int64
 	memOutage        time.Duration
+	memPaths         map[string]bool
 }
 
 type bench struct {
@@ -107,7 +108,15 @@ func main() {
 	flag.IntVar(&cfg.memPayload, "memory-payload", 64<<10, "bytes of each row's event_context in the memory scenario")
 	flag.Int64Var(&cfg.memMaxBytes, "memory-max-bytes", 16<<20, "cdc batch.max_bytes of the memory scenario (the default); the bound is 2 × this + 64 MiB")
 	flag.DurationVar(&cfg.memOutage, "memory-outage", 10*time.Second, "how long ClickHouse stays down after the memory scenario's outage rows are committed")
+	var memPaths string
+	flag.StringVar(&memPaths, "memory-paths", "", "paths of the memory scenario to run, by first word: backfill,stream,one,clickhouse,re-drive (default: all)")
 	flag.Parse()
+	cfg.memPaths = map[string]bool{}
+	for _, p := range strings.Split(memPaths, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			cfg.memPaths[p] = true
+		}
+	}
 	cfg.cdcEnv = cdcEnv
 	cfg.scenarios = map[string]bool{}
 	for _, s := range strings.Split(scenarios, ",") {

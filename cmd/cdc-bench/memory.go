@@ -88,6 +88,9 @@ func (b *bench) memory(ctx context.Context) error {
 		{"re-drive (retry-failed)", b.memRedrive},
 	}
 	for _, p := range paths {
+		if len(b.cfg.memPaths) > 0 && !b.cfg.memPaths[strings.Fields(p.name)[0]] {
+			continue
+		}
 		log.Printf("memory: %s", p.name)
 		m, err := p.run(ctx)
 		if err != nil {
@@ -124,7 +127,10 @@ func (b *bench) memDeliver(ctx context.Context, e *env, tag string, waitReady bo
 			return m, err
 		}
 	}
-	if _, err := e.waitDelivered(ctx, b.cfg.memRows, 20*time.Minute, p.alive); err != nil {
+	stopHeap := b.heapProfiles(p, "memory-"+tag)
+	_, err = e.waitDelivered(ctx, b.cfg.memRows, 20*time.Minute, p.alive)
+	stopHeap()
+	if err != nil {
 		_ = p.stop(30 * time.Second)
 		return m, err
 	}

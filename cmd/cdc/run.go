@@ -131,11 +131,12 @@ func setMemoryLimit(maxBytes int64) int64 {
 }
 
 // memoryLimit is the garbage collector's soft limit for batch.max_bytes:
-// the bound less 16 MiB for what the limit does not count (the binary's
-// code and data, memory the runtime has freed but the kernel not yet
-// taken back).
+// the bound less 24 MiB for what the limit does not count (the binary's
+// code and data resident in memory) and a margin. What is live stays well
+// under it: the rows (at most 2 × batch.max_bytes), the driver's buffers
+// (sink.chunkBytes) and the runtime's own, some 8 MiB.
 func memoryLimit(maxBytes int64) int64 {
-	return 2*maxBytes + 48<<20
+	return 2*maxBytes + 40<<20
 }
 
 // setMaxProcs applies runtime.max_procs unless the GOMAXPROCS environment
