@@ -275,7 +275,7 @@ func TestCut(t *testing.T) {
 		{name: "size 1", opts: pipeline.Options{Size: 1, FlushInterval: hour},
 			items: rows(1, 3), before: []int{1, 1, 1}, after: []int{1, 1, 1}},
 		{name: "byte cap", opts: pipeline.Options{Size: 1000, MaxBytes: 100, FlushInterval: hour},
-			items:  []pipeline.Item{sizedRow(1, 30), sizedRow(2, 30), sizedRow(3, 30), sizedRow(4, 30), sizedRow(5, 30), sizedRow(6, 30), sizedRow(7, 30), sizedRow(8, 30), sizedRow(9, 30)},
+			items: []pipeline.Item{sizedRow(1, 30), sizedRow(2, 30), sizedRow(3, 30), sizedRow(4, 30), sizedRow(5, 30), sizedRow(6, 30), sizedRow(7, 30), sizedRow(8, 30), sizedRow(9, 30)},
 			// Cut before the row that would take a batch past the cap.
 			before: []int{3, 3}, after: []int{3, 3, 3}},
 		{name: "byte cap, exactly full", opts: pipeline.Options{Size: 1000, MaxBytes: 100, FlushInterval: hour},
