@@ -1,0 +1,134 @@
+package testenv
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TestCluster fails over twice (the second time to a standby re-made by
+// AddStandby) and checks that every acknowledged commit survives, that the
+// multi-host URL follows the primary and that the promoted node takes
+// writes at once. Both ways of making a standby are run: pg_basebackup and,
+// through a bin dir without it (like the npm-packaged servers), a cold copy.
+func TestCluster(t *testing.T) {
+	pgbin := mustEnv(t, EnvPGBin)
+	for _, tc := range []struct {
+		name   string
+		binDir func(t *testing.T) string
+	}{
+		{"basebackup", func(t *testing.T) string { return pgbin }},
+		{"coldcopy", func(t *testing.T) string { return binDirWithout(t, pgbin, "pg_basebackup") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := StartCluster(t, "clustertest", ClusterOptions{BinDir: tc.binDir(t)})
+			if c.Major() < 10 {
+				t.Fatalf("major %d", c.Major())
+			}
+			conn := connectURL(t, c.URL())
+			mustExec(t, conn, `CREATE TABLE t (id int PRIMARY KEY)`)
+			mustExec(t, conn, `INSERT INTO t SELECT generate_series(1, 100)`)
+			var syncNames string
+			if err := conn.QueryRow(context.Background(), `SHOW synchronous_standby_names`).Scan(&syncNames); err != nil || syncNames != "*" {
+				t.Fatalf("synchronous_standby_names = %q, %v", syncNames, err)
+			}
+			conn.Close(context.Background())
+
+			for round, wantRows := range []int{100, 200} {
+				first := c.PrimaryURL()
+				c.Failover(t)
+				if c.PrimaryURL() == first {
+					t.Fatalf("round %d: primary did not change", round)
+				}
+				if c.StandbyURL() != "" {
+					t.Fatalf("round %d: a standby after Failover: %s", round, c.StandbyURL())
+				}
+				conn := connectURL(t, c.URL())
+				var inRecovery bool
+				var port, rows int
+				err := conn.QueryRow(context.Background(), `SELECT pg_is_in_recovery(), current_setting('port')::int, (SELECT count(*) FROM t)`).Scan(&inRecovery, &port, &rows)
+				if err != nil || inRecovery || rows != wantRows || c.PrimaryURL() != c.nodeURL(&pgNode{port: port}, ClusterDB) {
+					t.Fatalf("round %d: through URL: in recovery %v, port %d, %d rows (want %d), err %v; primary is %s",
+						round, inRecovery, port, rows, wantRows, err, c.PrimaryURL())
+				}
+				// No synchronous standby is left to wait for: this must not hang.
+				mustExec(t, conn, `INSERT INTO t SELECT generate_series($1::int + 1, $1::int + 100)`, wantRows)
+				conn.Close(context.Background())
+				c.AddStandby(t)
+			}
+			c.RestartPrimary(t)
+			conn = connectURL(t, c.URL())
+			defer conn.Close(context.Background())
+			var rows int
+			if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM t`).Scan(&rows); err != nil || rows != 300 {
+				t.Fatalf("after restart: %d rows, %v", rows, err)
+			}
+			standby := connectURL(t, c.StandbyURL())
+			defer standby.Close(context.Background())
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				if err := standby.QueryRow(context.Background(), `SELECT count(*) FROM t`).Scan(&rows); err == nil && rows == 300 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("standby has %d rows, want 300", rows)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		})
+	}
+}
+
+// binDirWithout is a bin dir of symlinks to pgbin's tools, except the
+// named ones.
+func binDirWithout(t *testing.T, pgbin string, without ...string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "outbox-cdc-pgbin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil { // the postgres user runs them
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(pgbin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	skip := map[string]bool{}
+	for _, w := range without {
+		skip[w] = true
+	}
+	for _, e := range entries {
+		if !skip[e.Name()] {
+			if err := os.Symlink(filepath.Join(pgbin, e.Name()), filepath.Join(dir, e.Name())); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return dir
+}
+
+func connectURL(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatalf("connect %s: %v", url, err)
+	}
+	return conn
+}
+
+func mustExec(t *testing.T, conn *pgx.Conn, sql string, args ...any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := conn.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
