@@ -179,7 +179,8 @@ func primaryFailoverRun(t *testing.T, bin string) (res failoverResult) {
 	count, uniq := o.CHCount()
 	res.duplicates = int(count - uniq)
 	if count != uniq || count != uint64(len(want)) {
-		t.Errorf("ClickHouse count()=%d uniqExact(id)=%d, committed rows to deliver=%d (%d duplicates)", count, uniq, len(want), count-uniq)
+		t.Errorf("ClickHouse count()=%d uniqExact(id)=%d, committed rows to deliver=%d (%d duplicates)%s",
+			count, uniq, len(want), count-uniq, duplicateSample(o))
 	}
 	have := map[int64]bool{}
 	for _, id := range o.CHIDs() {
@@ -198,6 +199,29 @@ func primaryFailoverRun(t *testing.T, bin string) (res failoverResult) {
 		t.Errorf("outbox statuses %v, want all %d processed", st, len(want)+len(preProcessed))
 	}
 	return res
+}
+
+// duplicateSample describes a few duplicated ids: the stream position
+// (_lsn, _seq) of each copy tells which path wrote it (a backfill writes at
+// its slot's consistent point minus one).
+func duplicateSample(o *testenv.Outbox) string {
+	rows, err := o.CH.Query(context.Background(), fmt.Sprintf(
+		"SELECT id, groupArray(_lsn), groupArray(_seq) FROM `%s`.events GROUP BY id HAVING count() > 1 ORDER BY id LIMIT 5", o.CHDB))
+	if err != nil {
+		return fmt.Sprintf("; sample: %v", err)
+	}
+	defer rows.Close()
+	var b strings.Builder
+	b.WriteString("; e.g. id [_lsn] [_seq]:")
+	for rows.Next() {
+		var id int64
+		var lsns, seqs []uint64
+		if err := rows.Scan(&id, &lsns, &seqs); err != nil {
+			return fmt.Sprintf("; sample: %v", err)
+		}
+		fmt.Fprintf(&b, " %d %v %v;", id, lsns, seqs)
+	}
+	return b.String()
 }
 
 // assertReconnected checks, on the new primary, that cdc re-created its slot
