@@ -3,7 +3,10 @@ package testenv
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -131,4 +134,69 @@ func mustExec(t *testing.T, conn *pgx.Conn, sql string, args ...any) {
 	if _, err := conn.Exec(ctx, sql, args...); err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
+}
+
+// TestClusterFailoverSlots checks the PostgreSQL 17+ failover-slot set-up:
+// a logical slot created with failover = true on the primary is synced to
+// the standby and usable on it once promoted. On an older CDC_TEST_PGBIN
+// there is nothing to check (the test matrix runs it on 17 and 18).
+func TestClusterFailoverSlots(t *testing.T) {
+	pgbin := mustEnv(t, EnvPGBin)
+	major := binMajor(t, pgbin)
+	if major < 17 {
+		t.Logf("failover slots need PostgreSQL 17+, %s is %d: nothing to check", pgbin, major)
+		return
+	}
+	c := StartCluster(t, "failoverslots", ClusterOptions{BinDir: pgbin, FailoverSlots: true})
+	ctx := context.Background()
+	primary := connectURL(t, c.URL())
+	mustExec(t, primary, `SELECT pg_create_logical_replication_slot('fs', 'pgoutput', false, false, true)`)
+	mustExec(t, primary, `CREATE TABLE t (id int PRIMARY KEY)`)
+	mustExec(t, primary, `INSERT INTO t SELECT generate_series(1, 10)`)
+	standby := connectURL(t, c.StandbyURL())
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		// The standby creates its copy only once the primary's slot needs
+		// no older catalog rows than the standby keeps: a consumer (cdc,
+		// in real use) must move the slot on. A running-xacts record lets
+		// the copy reach a consistent point before the next checkpoint.
+		mustExec(t, primary, `SELECT pg_replication_slot_advance('fs', pg_current_wal_lsn())`)
+		mustExec(t, primary, `SELECT pg_log_standby_snapshot()`)
+		var synced bool
+		err := standby.QueryRow(ctx, `SELECT synced AND NOT temporary FROM pg_replication_slots WHERE slot_name = 'fs'`).Scan(&synced)
+		if err == nil && synced {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("slot fs not synced to the standby after 60s (err %v)", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	standby.Close(ctx)
+	primary.Close(ctx)
+	c.Failover(t)
+	conn := connectURL(t, c.URL())
+	defer conn.Close(ctx)
+	var reason string
+	if err := conn.QueryRow(ctx, `SELECT coalesce(invalidation_reason, '') FROM pg_replication_slots WHERE slot_name = 'fs'`).Scan(&reason); err != nil || reason != "" {
+		t.Fatalf("slot fs on the promoted standby: invalidation %q, err %v", reason, err)
+	}
+	mustExec(t, conn, `SELECT pg_replication_slot_advance('fs', pg_current_wal_lsn())`)
+	c.AddStandby(t) // a new physical slot on the new primary
+}
+
+// binMajor is the major version of pgbin's postgres.
+func binMajor(t *testing.T, pgbin string) int {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(pgbin, "postgres"), "--version").Output()
+	if err != nil {
+		t.Fatalf("%s/postgres --version: %v", pgbin, err)
+	}
+	// "postgres (PostgreSQL) 17.10"
+	f := strings.Fields(string(out))
+	major, err := strconv.Atoi(strings.SplitN(f[len(f)-1], ".", 2)[0])
+	if err != nil {
+		t.Fatalf("postgres --version: %q", out)
+	}
+	return major
 }
