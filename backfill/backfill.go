@@ -6,7 +6,9 @@
 // the list of ids to deliver is written to cdc_backfill inside that snapshot
 // and committed before streaming starts. A daemon killed mid-backfill resumes
 // from the list; rows it had already delivered are `processed` (skipped) or
-// recognised by the sink. Backfilled rows are versioned at the slot's
+// recognised by the sink, which looks every backfilled row up by id and
+// fingerprint: the list may name rows an earlier slot delivered but never
+// marked (a lost or dropped slot, a failover that did not carry the slot). Backfilled rows are versioned at the slot's
 // consistent point minus one, below every streamed transaction.
 package backfill
 
@@ -29,8 +31,6 @@ type State struct {
 	Exists        bool
 	ConsistentLSN pglogrepl.LSN
 	Done          bool
-	// Recreated is true when the outbox had a slot before this one.
-	Recreated bool
 }
 
 // LoadState reads the slot's state; Exists is false when the slot was never
@@ -38,7 +38,7 @@ type State struct {
 func LoadState(ctx context.Context, pool *pgxpool.Pool, slot string) (State, error) {
 	var st State
 	var lsn string
-	err := pool.QueryRow(ctx, `SELECT consistent_lsn::text, backfill_done, recreated FROM cdc_slot_state WHERE slot = $1`, slot).Scan(&lsn, &st.Done, &st.Recreated)
+	err := pool.QueryRow(ctx, `SELECT consistent_lsn::text, backfill_done FROM cdc_slot_state WHERE slot = $1`, slot).Scan(&lsn, &st.Done)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return State{}, nil
 	}
@@ -98,25 +98,47 @@ func Position(consistent pglogrepl.LSN, id int64) sink.Position {
 func Run(ctx context.Context, pool *pgxpool.Pool, slot, table string, consistent pglogrepl.LSN, chunk int, emit func(sink.Row) error) (int64, error) {
 	q := `SELECT o.* FROM ` + checkpoint.QuoteTable(table) + ` o JOIN cdc_backfill b ON b.id = o.id AND b.slot = $2
 	      WHERE o.status IS DISTINCT FROM 'processed' AND o.id > $1 ORDER BY o.id LIMIT $3`
-	return scan(ctx, pool, table, chunk, q, []any{slot}, func(id int64) sink.Position { return Position(consistent, id) }, emit)
+	return scan(ctx, pool, table, chunk, q, []any{slot}, func(_ *decoder.Relation, id int64, _ []any) sink.Position { return Position(consistent, id) }, emit)
 }
 
 // Failed emits rows with status 'failed' (and fewer than maxAttempts
 // attempts, when maxAttempts > 0), in id order. A failed row has at least
 // one attempt (MarkFailed counts them; migration 0005 counted the original
 // worker's): attempts > 0 lets the partial index on failed rows serve the
-// query. They are versioned at LSN 0:
-// outside every stream position, so the sink must check them by id
-// (sink.Options.CheckEveryRow).
+// query.
+//
+// Each row keeps the stream position it was rejected at (failed_lsn,
+// failed_seq), so that a transaction the stream sends again finds it there;
+// rows that never had one (failed under the original polling worker) are
+// versioned at LSN 0, outside every stream position. Either way the sink
+// must check them by id everywhere (sink.Options.CheckEveryRow).
 func Failed(ctx context.Context, pool *pgxpool.Pool, table string, maxAttempts, chunk int, emit func(sink.Row) error) (int64, error) {
 	q := `SELECT o.* FROM ` + checkpoint.QuoteTable(table) + ` o
 	      WHERE o.attempts > 0 AND o.status = 'failed' AND ($2 <= 0 OR o.attempts < $2) AND o.id > $1 ORDER BY o.id LIMIT $3`
-	return scan(ctx, pool, table, chunk, q, []any{maxAttempts}, func(id int64) sink.Position { return sink.Position{LSN: 0, Seq: uint64(id)} }, emit)
+	return scan(ctx, pool, table, chunk, q, []any{maxAttempts}, FailedPosition, emit)
+}
+
+// FailedPosition is where a failed row (values of rel, read as the backfill
+// reads them) is stored when it is re-driven: its recorded stream position,
+// or (0, id).
+func FailedPosition(rel *decoder.Relation, id int64, vals []any) sink.Position {
+	li, si := rel.ColumnIndex("failed_lsn"), rel.ColumnIndex("failed_seq")
+	if li < 0 || si < 0 {
+		return sink.Position{LSN: 0, Seq: uint64(id)}
+	}
+	text, ok1 := vals[li].(string)
+	seq, ok2 := vals[si].(int64)
+	lsn, err := pglogrepl.ParseLSN(text)
+	if !ok1 || !ok2 || err != nil || lsn == 0 {
+		return sink.Position{LSN: 0, Seq: uint64(id)}
+	}
+	return sink.Position{LSN: uint64(lsn), Seq: uint64(seq)}
 }
 
 // scan pages through q (keyset on id: $1 is the last id seen, the last
 // parameter the page size) and emits each row.
-func scan(ctx context.Context, pool *pgxpool.Pool, table string, chunk int, q string, args []any, pos func(int64) sink.Position, emit func(sink.Row) error) (int64, error) {
+func scan(ctx context.Context, pool *pgxpool.Pool, table string, chunk int, q string, args []any,
+	pos func(rel *decoder.Relation, id int64, vals []any) sink.Position, emit func(sink.Row) error) (int64, error) {
 	values := decoder.NewValueDecoder()
 	schema, name := checkpoint.SplitTable(table)
 	var rel *decoder.Relation
@@ -153,7 +175,7 @@ func scan(ctx context.Context, pool *pgxpool.Pool, table string, chunk int, q st
 				rows.Close()
 				return sent, fmt.Errorf("postgres: %s.id is not an integer", table)
 			}
-			if err := emit(sink.Row{Pos: pos(id), ID: id, Relation: rel, Values: vals}); err != nil {
+			if err := emit(sink.Row{Pos: pos(rel, id, vals), ID: id, Relation: rel, Values: vals}); err != nil {
 				rows.Close()
 				return sent, err
 			}

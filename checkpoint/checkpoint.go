@@ -46,21 +46,81 @@ func (t *Tracker) Advance(lsn pglogrepl.LSN) {
 // Durable returns the LSN that may be confirmed to the slot.
 func (t *Tracker) Durable() pglogrepl.LSN { return pglogrepl.LSN(t.durable.Load()) }
 
-// Failure is a row ClickHouse rejected.
+// Failure is a row ClickHouse rejected, with its stream position (LSN 0
+// when it has none): a re-drive stores it there, where a re-sent
+// transaction looks for it.
 type Failure struct {
 	ID    int64
 	Error string
+	LSN   pglogrepl.LSN
+	Seq   uint64
 }
 
 // Store marks outbox rows.
 type Store struct {
 	pool  *pgxpool.Pool
 	table string // quoted, schema-qualified
+	fence []Term
 }
+
+// Term is a lease (a row of cdc_lease) and the term its holder was given.
+type Term struct {
+	Lease string
+	Term  int64
+}
+
+// ErrFenced means a marking was refused because a successor holds one of
+// the store's leases: this process must write nothing more.
+var ErrFenced error = fencedError("marking refused: a successor holds the lease")
+
+type fencedError string
+
+func (e fencedError) Error() string { return string(e) }
+
+// Permanent tells retry loops to give up at once.
+func (fencedError) Permanent() bool { return true }
 
 // NewStore marks rows of table ("schema.name" or "name") through pool.
 func NewStore(pool *pgxpool.Pool, table string) *Store {
 	return &Store{pool: pool, table: QuoteTable(table)}
+}
+
+// Fenced returns a store whose markings happen only while every given
+// lease still has the given term: a holder whose lease was taken over marks
+// nothing more, whatever its clock says (ErrFenced).
+func (s *Store) Fenced(terms ...Term) *Store {
+	f := *s
+	f.fence = append(slices.Clone(s.fence), terms...)
+	return &f
+}
+
+// exec runs a marking statement, inside the fence when there is one: the
+// check and the update are one statement, so a term taken over before it
+// started refuses it.
+func (s *Store) exec(ctx context.Context, q string, args ...any) error {
+	if len(s.fence) == 0 {
+		_, err := s.pool.Exec(ctx, q, args...)
+		return err
+	}
+	names := make([]string, len(s.fence))
+	terms := make([]int64, len(s.fence))
+	for i, t := range s.fence {
+		names[i], terms[i] = t.Lease, t.Term
+	}
+	n := len(args)
+	args = append(args, names, terms)
+	fenced := fmt.Sprintf(`WITH fence AS (SELECT count(*) = %d AS ok FROM cdc_lease l
+	    JOIN unnest($%d::text[], $%d::bigint[]) AS f(name, term) ON l.name = f.name AND l.term = f.term),
+	  marked AS (%s AND (SELECT ok FROM fence) RETURNING 1)
+	SELECT ok FROM fence`, len(s.fence), n+1, n+2, q)
+	var ok bool
+	if err := s.pool.QueryRow(ctx, fenced, args...).Scan(&ok); err != nil {
+		return err
+	}
+	if !ok {
+		return ErrFenced
+	}
+	return nil
 }
 
 // MarkProcessed sets status 'processed' on the given rows in one statement.
@@ -72,7 +132,7 @@ func (s *Store) MarkProcessed(ctx context.Context, ids []int64) error {
 		return nil
 	}
 	q, args := markProcessedQuery(s.table, ids)
-	if _, err := s.pool.Exec(ctx, q, args...); err != nil {
+	if err := s.exec(ctx, q, args...); err != nil {
 		return fmt.Errorf("postgres: mark %d rows processed in %s: %w", len(ids), s.table, err)
 	}
 	return nil
@@ -149,20 +209,24 @@ func splitRuns(ids []int64) (lo, hi, rest []int64) {
 	return lo, hi, rest
 }
 
-// MarkFailed sets status 'failed', the error text and one more attempt on
-// rows ClickHouse rejected.
+// MarkFailed sets status 'failed', the error text, one more attempt and the
+// stream position (when it has one) on rows ClickHouse rejected.
 func (s *Store) MarkFailed(ctx context.Context, failures []Failure) error {
 	if len(failures) == 0 {
 		return nil
 	}
 	ids := make([]int64, len(failures))
 	msgs := make([]string, len(failures))
+	lsns := make([]string, len(failures))
+	seqs := make([]int64, len(failures))
 	for i, f := range failures {
-		ids[i], msgs[i] = f.ID, f.Error
+		ids[i], msgs[i], lsns[i], seqs[i] = f.ID, f.Error, f.LSN.String(), int64(f.Seq)
 	}
-	q := `UPDATE ` + s.table + ` AS o SET status = 'failed', last_error = f.err, attempts = o.attempts + 1, updated_at = now()
-	      FROM unnest($1::bigint[], $2::text[]) AS f(id, err) WHERE o.id = f.id`
-	if _, err := s.pool.Exec(ctx, q, ids, msgs); err != nil {
+	q := `UPDATE ` + s.table + ` AS o SET status = 'failed', last_error = f.err, attempts = o.attempts + 1, updated_at = now(),
+	        failed_lsn = CASE WHEN f.lsn = '0/0' THEN o.failed_lsn ELSE f.lsn END,
+	        failed_seq = CASE WHEN f.lsn = '0/0' THEN o.failed_seq ELSE f.seq END
+	      FROM unnest($1::bigint[], $2::text[], $3::pg_lsn[], $4::bigint[]) AS f(id, err, lsn, seq) WHERE o.id = f.id`
+	if err := s.exec(ctx, q, ids, msgs, lsns, seqs); err != nil {
 		return fmt.Errorf("postgres: mark %d rows failed in %s: %w", len(ids), s.table, err)
 	}
 	return nil

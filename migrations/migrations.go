@@ -262,10 +262,43 @@ func ApplyClickHouse(ctx context.Context, conn driver.Conn, c ClickHouse) (appli
 		}
 		applied = append(applied, "clickhouse/"+names[i])
 	}
+	// Columns added after a table was created (or adopted): ClickHouse 18
+	// has no ADD COLUMN IF NOT EXISTS, so look first.
+	for _, col := range addedColumns {
+		added, err := ensureColumn(ctx, conn, c, col.name, col.typ)
+		if err != nil {
+			return nil, err
+		}
+		if added {
+			applied = append(applied, "clickhouse/add column "+col.name)
+		}
+	}
 	if err := recordClickHouse(ctx, conn, c.Database, names); err != nil {
 		return nil, err
 	}
 	return applied, nil
+}
+
+// addedColumns are the daemon's columns that tables made by earlier
+// versions lack; existing rows get the type's default (0: "no fingerprint",
+// recognised by id alone).
+var addedColumns = []struct{ name, typ string }{
+	{"_fingerprint", "UInt64"},
+}
+
+func ensureColumn(ctx context.Context, conn driver.Conn, c ClickHouse, name, typ string) (bool, error) {
+	var n uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?",
+		c.Database, c.Table, name).Scan(&n); err != nil {
+		return false, fmt.Errorf("clickhouse: read columns of %s.%s: %w", c.Database, c.Table, err)
+	}
+	if n > 0 {
+		return false, nil
+	}
+	if err := conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s.%s ADD COLUMN %s %s", quoteCH(c.Database), quoteCH(c.Table), quoteCH(name), typ)); err != nil {
+		return false, fmt.Errorf("clickhouse: add column %s to %s.%s: %w", name, c.Database, c.Table, err)
+	}
+	return true, nil
 }
 
 func recordClickHouse(ctx context.Context, conn driver.Conn, db string, names []string) error {

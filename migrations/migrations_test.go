@@ -186,3 +186,33 @@ func TestClickHouseStatementsByVersion(t *testing.T) {
 		}
 	}
 }
+
+// A table made before fingerprints existed (or adopted) gets the column; its
+// rows read 0, which the sink recognises by id alone.
+func TestClickHouseAddsFingerprintToOlderTable(t *testing.T) {
+	ctx := context.Background()
+	addr, db := testenv.ClickHouseAddr(t), testenv.NewClickHouseDB(t)
+	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.Exec(ctx, "CREATE TABLE `"+db+"`.events (id Int64, event_type String, event_date_time DateTime, environment String, "+
+		"event_context String, metadata_version Int64, created_at DateTime, _lsn UInt64, _seq UInt64) ENGINE = MergeTree ORDER BY id"); err != nil {
+		t.Fatal(err)
+	}
+	for run := 1; run <= 2; run++ {
+		applied, err := migrations.ApplyClickHouse(ctx, conn, migrations.ClickHouse{Database: db, Table: "events"})
+		if err != nil {
+			t.Fatalf("run %d: %v", run, err)
+		}
+		added := slices.Contains(applied, "clickhouse/add column _fingerprint")
+		if added != (run == 1) {
+			t.Errorf("run %d: applied %v; want the column added on the first run only", run, applied)
+		}
+	}
+	var typ string
+	if err := conn.QueryRow(ctx, "SELECT type FROM system.columns WHERE database = ? AND table = 'events' AND name = '_fingerprint'", db).Scan(&typ); err != nil || typ != "UInt64" {
+		t.Errorf("_fingerprint column: type %q, %v; want UInt64", typ, err)
+	}
+}

@@ -340,7 +340,7 @@ func (p *Pipeline) insert(ctx context.Context, b *batch) (ids []int64, start tim
 	rejected := make(map[int64]bool, len(res.Rejected))
 	failures := make([]checkpoint.Failure, len(res.Rejected))
 	for i, r := range res.Rejected {
-		failures[i] = checkpoint.Failure{ID: r.ID, Error: r.Err.Error()}
+		failures[i] = checkpoint.Failure{ID: r.ID, Error: r.Err.Error(), LSN: pglogrepl.LSN(r.Pos.LSN), Seq: r.Pos.Seq}
 		rejected[r.ID] = true
 		p.log.Error("row rejected by ClickHouse, marked failed", "id", r.ID, "err", r.Err)
 	}

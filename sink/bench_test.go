@@ -78,19 +78,19 @@ func (b *encodingBatch) Send() error { return b.Flush() }
 
 // benchColumns are the events table's columns as `cdc migrate` creates them
 // on ClickHouse 18 (the sink sends all but _inserted_at).
-var benchColumns = []string{"id", "event_type", "event_date_time", "environment", "event_context", "metadata_version", "created_at", "_lsn", "_seq"}
+var benchColumns = []string{"id", "event_type", "event_date_time", "environment", "event_context", "metadata_version", "created_at", "_lsn", "_seq", "_fingerprint"}
 
 var benchTypes = map[string]string{
 	"id": "Int64", "event_type": "String", "event_date_time": "DateTime", "environment": "String",
 	"event_context": "String", "metadata_version": "Int64", "created_at": "DateTime",
-	"_lsn": "UInt64", "_seq": "UInt64", "_inserted_at": "DateTime",
+	"_lsn": "UInt64", "_seq": "UInt64", "_fingerprint": "UInt64", "_inserted_at": "DateTime",
 }
 
 // benchSink is a sink on an encodingConn, with the table's columns as
 // loadColumns would read them.
 func benchSink(b *testing.B, types map[string]string) (*ClickHouse, *encodingConn) {
 	conn := &encodingConn{types: types, lz4: compress.NewWriter(compress.LevelZero, compress.LZ4)}
-	c := &ClickHouse{conn: conn, opts: Options{Addr: []string{"bench"}, Database: "bench", Table: "events"}, plans: map[*decoder.Relation]*insertPlan{}}
+	c := &ClickHouse{conn: conn, opts: Options{Addr: []string{"bench"}, Database: "bench", Table: "events"}, plans: map[uint32]*insertPlan{}}
 	for _, name := range append(benchColumns, "_inserted_at") {
 		col := tableColumn{name: name, typ: types[name]}
 		if name == "_inserted_at" {

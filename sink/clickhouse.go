@@ -24,6 +24,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/column"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/cespare/xxhash/v2"
 
 	"github.com/outbox-cdc/outbox-cdc/decoder"
 )
@@ -57,6 +58,7 @@ type Row struct {
 // refused, with the reason.
 type Rejected struct {
 	ID  int64
+	Pos Position
 	Err error
 }
 
@@ -81,7 +83,10 @@ type Options struct {
 	// a re-created slot, whose rows may be stored under unrelated positions.
 	// It costs a scan of the id column per batch.
 	CheckEveryRow bool
-	Logger        *slog.Logger
+	// Fence, when set, is asked before every INSERT and every block of one:
+	// an error (a lost lease) stops the write, and nothing more is sent.
+	Fence  func() error
+	Logger *slog.Logger
 }
 
 // ClickHouse is the sink. It is used by one writer goroutine at a time.
@@ -90,9 +95,13 @@ type ClickHouse struct {
 	opts    Options
 	log     *slog.Logger
 	columns []tableColumn
-	plans   map[*decoder.Relation]*insertPlan
+	// plans is keyed by relation OID: PostgreSQL re-sends a Relation message
+	// (a new *decoder.Relation) after every autovacuum or ANALYZE, and a map
+	// keyed by pointer would grow with each.
+	plans map[uint32]*insertPlan
 
 	// Buffers of the batch being converted, reused by the next one.
+	digest      *xxhash.Digest
 	good        []convertedRow
 	busy, spare []*block
 
@@ -115,17 +124,21 @@ type tableColumn struct {
 }
 
 type insertPlan struct {
+	rel     *decoder.Relation // the relation it was made for
 	sql     string
-	sources []int // index into Row.Values, or srcLSN / srcSeq
-	convs   []converter
-	names   []string // the columns, in the INSERT's order
-	types   []string
+	sources []int // index into Row.Values, or srcLSN / srcSeq / srcFingerprint
+	// identity are the positions in Row.Values of the identity columns.
+	identity []int
+	convs    []converter
+	names    []string // the columns, in the INSERT's order
+	types    []string
 }
 
 // Sources of bookkeeping values in insertPlan.sources (-1 means absent).
 const (
-	srcLSN = -2
-	srcSeq = -3
+	srcLSN         = -2
+	srcSeq         = -3
+	srcFingerprint = -4
 )
 
 // Open connects to ClickHouse and reads the target table's columns.
@@ -146,7 +159,7 @@ func Open(ctx context.Context, opts Options) (*ClickHouse, error) {
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse %s: open: %w", strings.Join(opts.Addr, ","), err)
 	}
-	c := &ClickHouse{conn: conn, opts: opts, log: opts.Logger}
+	c := &ClickHouse{conn: conn, opts: opts, log: opts.Logger, digest: xxhash.New()}
 	if err := c.loadColumns(ctx); err != nil {
 		conn.Close()
 		return nil, err
@@ -193,15 +206,16 @@ func (c *ClickHouse) loadColumns(ctx context.Context) error {
 	}
 	found := 0
 	for i := range cols {
-		if cols[i].name == ColumnLSN || cols[i].name == ColumnSeq {
+		if cols[i].name == ColumnLSN || cols[i].name == ColumnSeq || cols[i].name == ColumnFingerprint {
 			found++
 		}
 	}
-	if found != 2 {
-		return fmt.Errorf("clickhouse %s: table %s lacks the %s and %s columns deduplication needs (run `cdc migrate`)", c.addr(), c.table(), ColumnLSN, ColumnSeq)
+	if found != 3 {
+		return fmt.Errorf("clickhouse %s: table %s lacks the %s, %s and %s columns deduplication needs (run `cdc migrate`)",
+			c.addr(), c.table(), ColumnLSN, ColumnSeq, ColumnFingerprint)
 	}
 	c.columns = cols
-	c.plans = make(map[*decoder.Relation]*insertPlan)
+	c.plans = make(map[uint32]*insertPlan)
 	return nil
 }
 
@@ -209,10 +223,10 @@ func (c *ClickHouse) loadColumns(ctx context.Context) error {
 // the outbox also has, plus _lsn and _seq. Columns computed by ClickHouse
 // (MATERIALIZED, ALIAS) are never sent.
 func (c *ClickHouse) plan(rel *decoder.Relation) (*insertPlan, error) {
-	if p, ok := c.plans[rel]; ok {
+	if p, ok := c.plans[rel.ID]; ok && (p.rel == rel || sameRelation(p.rel, rel)) {
 		return p, nil
 	}
-	p := &insertPlan{}
+	p := &insertPlan{rel: rel, identity: identityIndexes(rel)}
 	var names []string
 	for _, col := range c.columns {
 		if col.defaultKind == "MATERIALIZED" || col.defaultKind == "ALIAS" {
@@ -224,6 +238,8 @@ func (c *ClickHouse) plan(rel *decoder.Relation) (*insertPlan, error) {
 			src = srcLSN
 		case ColumnSeq:
 			src = srcSeq
+		case ColumnFingerprint:
+			src = srcFingerprint
 		}
 		if src == -1 {
 			continue // ClickHouse fills its default
@@ -242,8 +258,23 @@ func (c *ClickHouse) plan(rel *decoder.Relation) (*insertPlan, error) {
 		p.types = append(p.types, col.typ)
 	}
 	p.sql = "INSERT INTO " + c.table() + " (" + strings.Join(names, ", ") + ")"
-	c.plans[rel] = p
+	c.plans[rel.ID] = p
 	return p, nil
+}
+
+// sameRelation reports whether two Relation messages describe the same
+// columns (a re-sent Relation after ANALYZE, or the backfill's and the
+// stream's view of one table).
+func sameRelation(a, b *decoder.Relation) bool {
+	if len(a.Columns) != len(b.Columns) {
+		return false
+	}
+	for i := range a.Columns {
+		if a.Columns[i].Name != b.Columns[i].Name || a.Columns[i].TypeOID != b.Columns[i].TypeOID {
+			return false
+		}
+	}
+	return true
 }
 
 // Recover reloads the table's columns and finds the highest stored position
@@ -302,9 +333,9 @@ func (c *ClickHouse) Write(ctx context.Context, rows []Row) (Result, error) {
 			return res, err
 		}
 		if len(present) > 0 {
-			todo = make([]Row, 0, len(rows)-len(present))
+			todo = make([]Row, 0, len(rows))
 			for _, r := range rows {
-				if _, ok := present[r.ID]; !ok {
+				if !c.stored(present, r) {
 					todo = append(todo, r)
 				}
 			}
@@ -324,9 +355,10 @@ func (c *ClickHouse) Write(ctx context.Context, rows []Row) (Result, error) {
 	return res, nil
 }
 
-// present returns the ids of rows that are already stored. Normally only
-// the rows' own positions need looking at; CheckEveryRow looks everywhere.
-func (c *ClickHouse) present(ctx context.Context, rows []Row) (map[int64]struct{}, error) {
+// present returns, for each id of rows already in ClickHouse, the
+// fingerprints stored with it. Normally only the rows' own positions need
+// looking at; CheckEveryRow looks everywhere.
+func (c *ClickHouse) present(ctx context.Context, rows []Row) (map[int64][]uint64, error) {
 	lo, hi := rows[0].Pos.LSN, rows[0].Pos.LSN
 	var b strings.Builder
 	for i, r := range rows {
@@ -336,28 +368,50 @@ func (c *ClickHouse) present(ctx context.Context, rows []Row) (map[int64]struct{
 		}
 		b.WriteString(strconv.FormatInt(r.ID, 10))
 	}
-	q := fmt.Sprintf("SELECT id FROM %s WHERE %s >= %d AND %s <= %d AND id IN (%s)",
-		c.table(), ColumnLSN, lo, ColumnLSN, hi, b.String())
+	q := fmt.Sprintf("SELECT id, %s FROM %s WHERE %s >= %d AND %s <= %d AND id IN (%s)",
+		ColumnFingerprint, c.table(), ColumnLSN, lo, ColumnLSN, hi, b.String())
 	if c.opts.CheckEveryRow {
-		q = fmt.Sprintf("SELECT id FROM %s WHERE id IN (%s)", c.table(), b.String())
+		q = fmt.Sprintf("SELECT id, %s FROM %s WHERE id IN (%s)", ColumnFingerprint, c.table(), b.String())
 	}
 	res, err := c.conn.Query(ctx, q)
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse %s: check stored ids: %w", c.addr(), err)
 	}
 	defer res.Close()
-	present := make(map[int64]struct{})
+	present := make(map[int64][]uint64)
 	for res.Next() {
 		var id int64
-		if err := res.Scan(&id); err != nil {
+		var fp uint64
+		if err := res.Scan(&id, &fp); err != nil {
 			return nil, fmt.Errorf("clickhouse %s: check stored ids: %w", c.addr(), err)
 		}
-		present[id] = struct{}{}
+		present[id] = append(present[id], fp)
 	}
 	if err := res.Err(); err != nil {
 		return nil, fmt.Errorf("clickhouse %s: check stored ids: %w", c.addr(), err)
 	}
 	return present, nil
+}
+
+// stored reports whether r is among the rows present found: a stored row
+// with its id and its fingerprint, or with its id and no fingerprint (stored
+// before fingerprints existed).
+func (c *ClickHouse) stored(present map[int64][]uint64, r Row) bool {
+	fps, ok := present[r.ID]
+	if !ok {
+		return false
+	}
+	idx := identityIndexes(r.Relation)
+	if p, err := c.plan(r.Relation); err == nil {
+		idx = p.identity
+	}
+	want := fingerprint(c.digest, r.Values, idx)
+	for _, fp := range fps {
+		if fp == want || fp == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // insertIsolating converts and inserts rows; when the server rejects the
@@ -372,18 +426,18 @@ func (c *ClickHouse) insertIsolating(ctx context.Context, rows []Row, res *Resul
 	for _, r := range rows {
 		p, err := c.plan(r.Relation)
 		if err != nil {
-			res.Rejected = append(res.Rejected, Rejected{ID: r.ID, Err: err})
+			res.Rejected = append(res.Rejected, Rejected{ID: r.ID, Pos: r.Pos, Err: err})
 			continue
 		}
 		if blk == nil || blk.plan != p {
 			blk = c.newBlock(p)
 		}
-		idx, err := blk.add(r)
+		idx, err := blk.add(r, c.digest)
 		if err != nil {
-			res.Rejected = append(res.Rejected, Rejected{ID: r.ID, Err: err})
+			res.Rejected = append(res.Rejected, Rejected{ID: r.ID, Pos: r.Pos, Err: err})
 			continue
 		}
-		good = append(good, convertedRow{id: r.ID, blk: blk, idx: idx})
+		good = append(good, convertedRow{id: r.ID, pos: r.Pos, blk: blk, idx: idx})
 	}
 	// Each block (a run of rows sharing a plan, normally the whole batch) is
 	// inserted and bisected on its own: a block the server rejects never
@@ -413,6 +467,7 @@ type block struct {
 // convertedRow is row idx of a block.
 type convertedRow struct {
 	id  int64
+	pos Position
 	blk *block
 	idx int
 }
@@ -459,7 +514,7 @@ func (c *ClickHouse) releaseBlocks() {
 
 // add converts r into the block and returns its index; a value that does
 // not fit its column leaves the block as it was.
-func (b *block) add(r Row) (int, error) {
+func (b *block) add(r Row, digest *xxhash.Digest) (int, error) {
 	p := b.plan
 	for i, src := range p.sources {
 		switch src {
@@ -467,6 +522,8 @@ func (b *block) add(r Row) (int, error) {
 			b.cols[i].addUint(r.Pos.LSN)
 		case srcSeq:
 			b.cols[i].addUint(r.Pos.Seq)
+		case srcFingerprint:
+			b.cols[i].addUint(fingerprint(digest, r.Values, p.identity))
 		default:
 			if err := b.cols[i].add(r.Values[src]); err != nil {
 				for _, col := range b.cols[:i+1] {
@@ -493,7 +550,7 @@ func (c *ClickHouse) bisect(ctx context.Context, rows []convertedRow, res *Resul
 		return err
 	}
 	if len(rows) == 1 {
-		res.Rejected = append(res.Rejected, Rejected{ID: rows[0].id, Err: err})
+		res.Rejected = append(res.Rejected, Rejected{ID: rows[0].id, Pos: rows[0].pos, Err: err})
 		return nil
 	}
 	half := len(rows) / 2
@@ -537,6 +594,9 @@ var oneBlockInsert = clickhouse.Settings{
 // blocks already sent included, and are bisected as before.
 func (c *ClickHouse) insertRun(ctx context.Context, rows []convertedRow) error {
 	blk, lo, hi := rows[0].blk, rows[0].idx, rows[len(rows)-1].idx+1
+	if err := c.fence(); err != nil {
+		return err
+	}
 	if hi-lo > chunkRows {
 		ctx = clickhouse.Context(ctx, clickhouse.WithSettings(oneBlockInsert))
 	}
@@ -555,6 +615,9 @@ func (c *ClickHouse) insertRun(ctx context.Context, rows []convertedRow) error {
 	for start := lo; start < hi; start += chunkRows {
 		end := min(start+chunkRows, hi)
 		if start > lo {
+			if err := c.fence(); err != nil {
+				return err
+			}
 			if err := batch.Flush(); err != nil {
 				return fmt.Errorf("clickhouse %s: insert into %s: send rows: %w", c.addr(), c.table(), err)
 			}
@@ -574,6 +637,17 @@ func (c *ClickHouse) insertRun(ctx context.Context, rows []convertedRow) error {
 	sent = true // Send ends the INSERT or releases the connection itself
 	if err := batch.Send(); err != nil {
 		return fmt.Errorf("clickhouse %s: insert %d rows into %s: %w", c.addr(), len(rows), c.table(), err)
+	}
+	return nil
+}
+
+// fence asks Options.Fence whether this process may still write.
+func (c *ClickHouse) fence() error {
+	if c.opts.Fence == nil {
+		return nil
+	}
+	if err := c.opts.Fence(); err != nil {
+		return fmt.Errorf("clickhouse %s: insert into %s not sent: %w", c.addr(), c.table(), err)
 	}
 	return nil
 }

@@ -76,6 +76,7 @@ func TestMigratedTableModern(t *testing.T) {
 		{"created_at", "DateTime64(6, 'UTC')", ""},
 		{"_lsn", "UInt64", ""},
 		{"_seq", "UInt64", ""},
+		{"_fingerprint", "UInt64", ""},
 		{"_inserted_at", "DateTime64(6, 'UTC')", "DEFAULT now64(6)"},
 	})
 }

@@ -98,6 +98,7 @@ func TestMigratedTableClickHouse18(t *testing.T) {
 		{"created_at", "DateTime", ""},
 		{"_lsn", "UInt64", ""},
 		{"_seq", "UInt64", ""},
+		{"_fingerprint", "UInt64", ""},
 		{"_inserted_at", "DateTime", "DEFAULT now()"},
 	})
 }
@@ -278,7 +279,7 @@ func runCells(t *testing.T, e *testEngine, rows []Row) {
 			if c.col == "id" {
 				cols = "id " + c.typ
 			}
-			if err := e.conn.Exec(ctx, fmt.Sprintf("CREATE TABLE %s.%s (%s, _lsn UInt64, _seq UInt64) ENGINE = MergeTree ORDER BY (_lsn, _seq)",
+			if err := e.conn.Exec(ctx, fmt.Sprintf("CREATE TABLE %s.%s (%s, _lsn UInt64, _seq UInt64, _fingerprint UInt64) ENGINE = MergeTree ORDER BY (_lsn, _seq)",
 				quoteIdent(e.db), table, cols)); err != nil {
 				t.Fatalf("create table: %v", err)
 			}
@@ -297,7 +298,7 @@ func runLaterRunRejected(t *testing.T, e *testEngine, rows []Row) {
 	if last.Relation == rows[0].Relation {
 		t.Fatal("the capture's last row should come with a second relation")
 	}
-	if err := e.conn.Exec(ctx, fmt.Sprintf("CREATE TABLE %s.later (id Int64, c_text String, _lsn UInt64, _seq UInt64, "+
+	if err := e.conn.Exec(ctx, fmt.Sprintf("CREATE TABLE %s.later (id Int64, c_text String, _lsn UInt64, _seq UInt64, _fingerprint UInt64, "+
 		"_guard UInt8 MATERIALIZED throwIf(id = %d)) ENGINE = MergeTree ORDER BY (_lsn, _seq)", quoteIdent(e.db), last.ID)); err != nil {
 		t.Fatal(err)
 	}

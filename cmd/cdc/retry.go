@@ -35,7 +35,7 @@ again (also after a crash) never inserts a row twice. It can run while
 				return err
 			}
 			defer pool.Close()
-			res, err := daemon.RetryFailed(ctx, cfg, pool, log, metrics.New(), maxAttempts)
+			res, err := daemon.RetryFailed(ctx, cfg, pool, log, metrics.New(), maxAttempts, nil)
 			if err != nil {
 				return err
 			}

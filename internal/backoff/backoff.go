@@ -4,6 +4,7 @@ package backoff
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"time"
@@ -32,7 +33,8 @@ func (p Policy) Delay(n int) time.Duration {
 
 // Retry calls fn until it succeeds or ctx ends, waiting between attempts.
 // op names the operation in the log line; fn's error should name the server.
-// It returns ctx's error if ctx ends first.
+// It returns ctx's error if ctx ends first, and a permanent error (one with
+// a Permanent() bool method that returns true, such as a lost lease) at once.
 func Retry(ctx context.Context, p Policy, log *slog.Logger, op string, fn func(context.Context) error) error {
 	for attempt := 1; ; attempt++ {
 		err := fn(ctx)
@@ -44,6 +46,9 @@ func Retry(ctx context.Context, p Policy, log *slog.Logger, op string, fn func(c
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if IsPermanent(err) {
+			return err
 		}
 		wait := p.Delay(attempt)
 		log.Warn("operation failed, retrying", "op", op, "attempt", attempt, "retry_in", wait.Round(time.Millisecond), "err", err)
@@ -63,4 +68,11 @@ func Sleep(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// IsPermanent reports whether err (or an error it wraps) says that retrying
+// cannot help.
+func IsPermanent(err error) bool {
+	var p interface{ Permanent() bool }
+	return errors.As(err, &p) && p.Permanent()
 }

@@ -153,6 +153,11 @@ type Replication struct {
 	// StandbyRetry is how often a standby retries a slot held by another
 	// process (replication.standby_retry, default 5s).
 	StandbyRetry time.Duration
+	// LeaderLease is how long a leader that stops renewing its lease may
+	// still be writing; a successor waits it out before its first write
+	// unless the old leader is known to be gone (replication.leader_lease,
+	// default 10s).
+	LeaderLease time.Duration
 	// LagWarnBytes logs a warning (and sets cdc_slot_lag_warning) while the
 	// slot's lag exceeds this many bytes (replication.lag_warn_bytes,
 	// default 1 GiB).

@@ -74,6 +74,7 @@ var specs = []spec{
 
 	{"replication.status_interval", kindDuration, "10s", func(c *Config) any { return &c.Replication.StatusInterval }},
 	{"replication.standby_retry", kindDuration, "5s", func(c *Config) any { return &c.Replication.StandbyRetry }},
+	{"replication.leader_lease", kindDuration, "10s", func(c *Config) any { return &c.Replication.LeaderLease }},
 	{"replication.lag_warn_bytes", kindBytes, "1073741824", func(c *Config) any { return &c.Replication.LagWarnBytes }},
 
 	{"heartbeat.interval", kindDuration, "0s", func(c *Config) any { return &c.Heartbeat.Interval }},

@@ -177,6 +177,9 @@ func (c *Config) validateRest() error {
 	if err := positive("replication.standby_retry", c.Replication.StandbyRetry); err != nil {
 		return err
 	}
+	if c.Replication.LeaderLease < time.Second {
+		return keyErr("replication.leader_lease", "must be at least 1s, got %s", c.Replication.LeaderLease)
+	}
 	if err := notNegative("heartbeat.interval", c.Heartbeat.Interval); err != nil {
 		return err
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/internal/backoff"
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
+	"github.com/outbox-cdc/outbox-cdc/internal/lease"
 	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/pipeline"
 	"github.com/outbox-cdc/outbox-cdc/replication"
@@ -42,6 +43,10 @@ type Daemon struct {
 	store *checkpoint.Store
 
 	streaming atomic.Bool
+	// lease is the current term's leader lease: every write of the term is
+	// fenced by it (the sink asks it before each insert, markings check its
+	// term). Nil between terms.
+	lease atomic.Pointer[lease.Lease]
 	// chReady is the sink for readiness checks from the HTTP goroutine;
 	// only the session goroutine uses sink itself.
 	chReady atomic.Pointer[sink.ClickHouse]
@@ -150,29 +155,25 @@ func (d *Daemon) session(stop, hard context.Context) error {
 	if err != nil || lead == nil {
 		return err
 	}
+	// Released last, once nothing of this term writes any more: a successor
+	// then need not wait the lease out.
 	defer lead.Release(context.Background())
+	d.lease.Store(lead)
+	defer d.lease.Store(nil)
 	d.metrics.Leader.Set(1)
 	defer d.metrics.Leader.Set(0)
 
-	// Losing the lock's connection ends the term: another instance may
-	// take over, and must not find us still backfilling.
+	// A lease that cannot be renewed ends the term: another instance may
+	// take over, and must not find us still writing. The sink and the
+	// markings check the lease themselves, so nothing is written after it
+	// ran out even before this cancellation lands.
 	ctx, cancel := context.WithCancelCause(hard)
 	var wg sync.WaitGroup
-	defer wg.Wait() // before Release: the checker uses the lock's connection
+	defer wg.Wait() // before Release: the renewals use the lease's connection
 	defer cancel(nil)
 	wg.Go(func() {
-		t := time.NewTicker(5 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if err := lead.Check(ctx); err != nil && ctx.Err() == nil {
-					cancel(err)
-					return
-				}
-			}
+		if err := lead.Keep(ctx); err != nil {
+			cancel(err)
 		}
 	})
 	err = d.lead(stop, ctx)
@@ -182,18 +183,35 @@ func (d *Daemon) session(stop, hard context.Context) error {
 	return err
 }
 
-// becomeLeader takes the slot's leader lock, waiting as a standby while
+// fence is the sink's check before each insert: the current term's lease.
+func (d *Daemon) fence() error {
+	l := d.lease.Load()
+	if l == nil {
+		return fmt.Errorf("%w: not the leader", lease.ErrLost)
+	}
+	return l.Check()
+}
+
+// fencedStore marks rows only while this term's lease is not taken over.
+func (d *Daemon) fencedStore() *checkpoint.Store {
+	if l := d.lease.Load(); l != nil {
+		return d.store.Fenced(checkpoint.Term{Lease: l.Name(), Term: l.Term()})
+	}
+	return d.store.Fenced(checkpoint.Term{Lease: "", Term: -1}) // never matches
+}
+
+// becomeLeader takes the slot's leader lease, waiting as a standby while
 // another instance holds it. It returns nil, nil when stop ends the wait.
-func (d *Daemon) becomeLeader(stop, ctx context.Context) (*replication.Leadership, error) {
+func (d *Daemon) becomeLeader(stop, ctx context.Context) (*lease.Lease, error) {
 	slot := d.cfg.Postgres.Slot
 	for waited := false; ; waited = true {
-		lead, err := replication.TryLead(ctx, d.cfg.Postgres.URL, slot)
+		lead, err := lease.TryAcquire(ctx, d.cfg.Postgres.URL, leaderLease(slot, d.cfg.Replication.LeaderLease, d.log))
 		if err != nil {
 			return nil, err
 		}
 		if lead != nil {
 			if waited {
-				d.log.Info("took over as leader", "slot", slot)
+				d.log.Info("took over as leader", "slot", slot, "term", lead.Term())
 			}
 			return lead, nil
 		}
@@ -205,9 +223,15 @@ func (d *Daemon) becomeLeader(stop, ctx context.Context) (*replication.Leadershi
 	}
 }
 
+// leaderLease describes the slot's leader lease. Its lock key is the one
+// replication.LeaderHolder looks for.
+func leaderLease(slot string, ttl time.Duration, log *slog.Logger) lease.Options {
+	return lease.Options{Name: "leader:" + slot, LockKey: "outbox-cdc:" + slot, TTL: ttl, Logger: log}
+}
+
 func (d *Daemon) lead(stop, ctx context.Context) error {
 	if d.sink == nil {
-		s, err := sink.Open(ctx, sinkOptions(d.cfg, d.log, false))
+		s, err := sink.Open(ctx, d.sinkOptions(false))
 		if err != nil {
 			return err
 		}
@@ -296,7 +320,7 @@ func (d *Daemon) newPipeline(w pipeline.Writer, tracker *checkpoint.Tracker) *pi
 	return pipeline.New(pipeline.Options{
 		Size: d.cfg.Batch.Size, MaxBytes: d.cfg.Batch.MaxBytes, FlushInterval: d.cfg.Batch.FlushInterval,
 		Queue: d.cfg.Batch.QueueBatches, Retry: d.retry,
-	}, w, &reportingMarker{Marker: d.store, d: d}, tracker, d.metrics, d.log)
+	}, w, &reportingMarker{Marker: d.fencedStore(), d: d}, tracker, d.metrics, d.log)
 }
 
 // report sends err to Sentry (a no-op without sentry.dsn) with the slot,
@@ -337,28 +361,34 @@ func (m *reportingMarker) MarkFailed(ctx context.Context, f []checkpoint.Failure
 	return nil
 }
 
-func sinkOptions(cfg *config.Config, log *slog.Logger, checkEveryRow bool) sink.Options {
+func sinkOptions(cfg *config.Config, log *slog.Logger, checkEveryRow bool, fence func() error) sink.Options {
 	c := cfg.ClickHouse
 	return sink.Options{
 		Addr: c.Addr, Database: c.Database, Table: c.Table, Username: c.Username, Password: c.Password,
-		DialTimeout: c.DialTimeout, Compression: c.Compression == "lz4", CheckEveryRow: checkEveryRow, Logger: log,
+		DialTimeout: c.DialTimeout, Compression: c.Compression == "lz4", CheckEveryRow: checkEveryRow, Fence: fence, Logger: log,
 	}
+}
+
+// sinkOptions are the options of a sink fenced by the leader lease.
+func (d *Daemon) sinkOptions(checkEveryRow bool) sink.Options {
+	return sinkOptions(d.cfg, d.log, checkEveryRow, d.fence)
 }
 
 // backfill delivers the rows listed when the slot was created, then records
 // that it is done. Stopping midway is safe: the list survives.
 func (d *Daemon) backfill(stop, ctx context.Context, state backfill.State) error {
 	slotName := d.cfg.Postgres.Slot
-	w := d.sink
-	if state.Recreated {
-		// The previous slot may have delivered rows it never marked.
-		s, err := sink.Open(ctx, sinkOptions(d.cfg, d.log, true))
-		if err != nil {
-			return err
-		}
-		defer s.Close()
-		w = s
+	// Every backfilled row is looked up (id and fingerprint) before it is
+	// inserted, not only those near a high-water mark: rows the list names
+	// may already be stored under positions unrelated to this slot's (a
+	// previous slot delivered them but died before marking them, a
+	// failover re-created the slot, or a re-drive stored them). The check
+	// costs a scan of ClickHouse's id column per batch, once per slot.
+	w, err := sink.Open(ctx, d.sinkOptions(true))
+	if err != nil {
+		return err
 	}
+	defer w.Close()
 	if err := w.Recover(ctx, backfill.Position(state.ConsistentLSN, 0).LSN); err != nil {
 		return err
 	}

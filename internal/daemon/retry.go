@@ -3,8 +3,8 @@ package daemon
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -13,6 +13,7 @@ import (
 	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/internal/backoff"
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
+	"github.com/outbox-cdc/outbox-cdc/internal/lease"
 	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/pipeline"
 	"github.com/outbox-cdc/outbox-cdc/sink"
@@ -30,41 +31,71 @@ type RetryResult struct {
 // RetryFailed re-sends rows marked failed (with fewer than maxAttempts
 // attempts when maxAttempts > 0) through the normal pipeline: rows
 // ClickHouse accepts become processed, the others stay failed with the new
-// error and one more attempt. Every row is looked up by id in ClickHouse
-// before it is inserted, and re-drives of one outbox are serialised by an
-// advisory lock, so running it again after a crash inserts nothing twice.
-func RetryFailed(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger, m *metrics.Metrics, maxAttempts int) (RetryResult, error) {
+// error and one more attempt. Every row is looked up by id and fingerprint
+// in ClickHouse before it is inserted, and re-drives of one outbox hold a
+// lease (internal/lease), so running it again after a crash, or while a
+// re-drive whose lock session was killed is still running, inserts nothing
+// twice. leader, when set (the daemon's periodic re-drive), fences it too.
+func RetryFailed(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger, m *metrics.Metrics, maxAttempts int, leader *lease.Lease) (RetryResult, error) {
 	var res RetryResult
-	conn, err := pool.Acquire(ctx)
+	own, err := lease.TryAcquire(ctx, cfg.Postgres.URL, lease.Options{
+		Name: "retry:" + cfg.Postgres.Table, LockKey: "outbox-cdc:retry:" + cfg.Postgres.Table,
+		TTL: cfg.Replication.LeaderLease, Logger: log,
+	})
 	if err != nil {
-		return res, fmt.Errorf("postgres: connect: %w", err)
+		return res, err
 	}
-	defer conn.Release()
-	key := "outbox-cdc:retry:" + cfg.Postgres.Table
-	var got bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext($1))`, key).Scan(&got); err != nil {
-		return res, fmt.Errorf("postgres: take retry lock: %w", err)
-	}
-	if !got {
+	if own == nil {
 		return res, ErrRetryBusy
 	}
-	defer conn.Exec(context.Background(), `SELECT pg_advisory_unlock(hashtext($1))`, key)
+	ctx, cancel := context.WithCancelCause(ctx)
+	var keeper sync.WaitGroup
+	defer func() {
+		cancel(nil)
+		keeper.Wait()
+		own.Release(context.Background())
+	}()
+	keeper.Go(func() {
+		if err := own.Keep(ctx); err != nil {
+			cancel(err)
+		}
+	})
+	leases := []*lease.Lease{own}
+	if leader != nil {
+		leases = append(leases, leader)
+	}
+	fence := func() error {
+		for _, l := range leases {
+			if err := l.Check(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	terms := make([]checkpoint.Term, len(leases))
+	for i, l := range leases {
+		terms[i] = checkpoint.Term{Lease: l.Name(), Term: l.Term()}
+	}
 
-	s, err := sink.Open(ctx, sinkOptions(cfg, log, true))
+	s, err := sink.Open(ctx, sinkOptions(cfg, log, true, fence))
 	if err != nil {
 		return res, err
 	}
 	defer s.Close()
+	// Inserts of a re-drive that lost its lease may still be running.
+	if err := s.Recover(ctx, 0); err != nil {
+		return res, err
+	}
 
-	counting := &countingMarker{Marker: checkpoint.NewStore(pool, cfg.Postgres.Table)}
+	counting := &countingMarker{Marker: checkpoint.NewStore(pool, cfg.Postgres.Table).Fenced(terms...)}
 	p := pipeline.New(pipeline.Options{
 		Size: cfg.Batch.Size, MaxBytes: cfg.Batch.MaxBytes, FlushInterval: cfg.Batch.FlushInterval, Queue: cfg.Batch.QueueBatches,
 		Retry: backoff.Policy{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff},
 	}, s, counting, checkpoint.NewTracker(0), m, log)
 
 	in := make(chan pipeline.Item, cfg.Batch.Size)
-	pctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	pctx, stopPipe := context.WithCancel(ctx)
+	defer stopPipe()
 	pipe := startPipeline(pctx, p, in)
 	res.Read, err = backfill.Failed(ctx, pool, cfg.Postgres.Table, maxAttempts, cfg.Batch.Size, func(r sink.Row) error {
 		select {
@@ -78,11 +109,14 @@ func RetryFailed(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, lo
 	})
 	close(in)
 	if err != nil {
-		cancel()
+		stopPipe()
 		<-pipe.done
 		return res, err
 	}
 	if err := pipe.wait(); err != nil {
+		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			return res, cause
+		}
 		return res, err
 	}
 	res.StillFailed = counting.failed
@@ -117,7 +151,7 @@ func (d *Daemon) retryLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		res, err := RetryFailed(ctx, d.cfg, d.pool, d.log, d.metrics, maxAttempts)
+		res, err := RetryFailed(ctx, d.cfg, d.pool, d.log, d.metrics, maxAttempts, d.lease.Load())
 		switch {
 		case err != nil && ctx.Err() == nil:
 			d.log.Warn("periodic retry of failed rows", "err", err)

@@ -1,0 +1,125 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/outbox-cdc/outbox-cdc/backfill"
+	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
+	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
+	"github.com/outbox-cdc/outbox-cdc/replication"
+	"github.com/outbox-cdc/outbox-cdc/sink"
+)
+
+// A slot created again for an outbox that had one (a lost or dropped slot,
+// or a PostgreSQL failover that did not carry the slot) must recognise the
+// rows the old slot delivered but never marked, on its first backfill.
+func TestRecreatedSlotBackfillRecognisesDeliveredRows(t *testing.T) {
+	o := testenv.NewOutbox(t)
+	ctx := context.Background()
+	cfg := o.Config()
+	r := start(t, cfg)
+	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	ids := o.MustInsert(500, true)
+	o.WaitCH(500, 60*time.Second)
+	waitFor(t, "rows marked", 30*time.Second, func() bool { return o.StatusCounts()["processed"] == 500 })
+	if err := r.shutdown(t); err != nil {
+		t.Fatal(err)
+	}
+	// As if the old slot's daemon died after inserting the last 200 rows
+	// but before marking them, and the slot was then lost.
+	if _, err := o.PG.Exec(ctx, `UPDATE event_outbox SET status = 'pending' WHERE id > $1`, ids[299]); err != nil {
+		t.Fatal(err)
+	}
+	if err := replication.DropSlot(ctx, o.PG, cfg.Postgres.Slot); err != nil {
+		t.Fatal(err)
+	}
+	more := o.MustInsert(100, true) // pending too, not yet delivered
+	r2 := start(t, o.Config())
+	o.WaitCH(600, 60*time.Second)
+	waitFor(t, "every row processed", 60*time.Second, func() bool { return o.StatusCounts()["processed"] == 600 })
+	after := o.MustInsert(10, true)
+	waitFor(t, "streamed rows processed", 60*time.Second, func() bool { return o.StatusCounts()["processed"] == 610 })
+	if err := r2.shutdown(t); err != nil {
+		t.Fatal(err)
+	}
+	o.AssertExactlyOnce(append(append(ids, more...), after...), nil)
+}
+
+// A re-driven row is stored at the stream position it was rejected at: if
+// the stream sends its transaction again (a restart before the slot
+// confirmed it, a PostgreSQL crash that forgot the confirmation), the check
+// of that position finds it. Stored at position 0, it went in twice.
+func TestRedrivenRowKeepsItsStreamPosition(t *testing.T) {
+	o := testenv.NewOutbox(t)
+	ctx := context.Background()
+	if err := o.CH.Exec(ctx, fmt.Sprintf("ALTER TABLE `%s`.events ADD COLUMN _guard UInt8 MATERIALIZED throwIf(event_type = 'poison')", o.CHDB)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := o.Config()
+	r := start(t, cfg)
+	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	good := o.MustInsert(20, true)
+	var poison int64
+	if err := o.PG.QueryRow(ctx, `INSERT INTO event_outbox (event_type, event_date_time, environment, event_context, metadata_version)
+	  VALUES ('poison', now(), 'test', '{}', 1) RETURNING id`).Scan(&poison); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "poison row failed", 60*time.Second, func() bool { return o.StatusCounts()["failed"] == 1 })
+	if err := r.shutdown(t); err != nil {
+		t.Fatal(err)
+	}
+	var failedLSN string
+	var failedSeq int64
+	if err := o.PG.QueryRow(ctx, `SELECT failed_lsn::text, failed_seq FROM event_outbox WHERE id = $1`, poison).Scan(&failedLSN, &failedSeq); err != nil {
+		t.Fatalf("failed row's recorded position: %v", err)
+	}
+
+	if err := o.CH.Exec(ctx, fmt.Sprintf("ALTER TABLE `%s`.events DROP COLUMN _guard", o.CHDB)); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if res, err := RetryFailed(ctx, o.Config(), o.PG, log, metrics.New(), 0, nil); err != nil || res.Read != 1 || res.StillFailed != 0 {
+		t.Fatalf("retry-failed: %+v, %v; want the row delivered", res, err)
+	}
+	var lsn, seq uint64
+	if err := o.CH.QueryRow(ctx, fmt.Sprintf("SELECT _lsn, _seq FROM `%s`.events WHERE id = %d", o.CHDB, poison)).Scan(&lsn, &seq); err != nil {
+		t.Fatal(err)
+	}
+	want, err := pglogrepl.ParseLSN(failedLSN)
+	if err != nil || lsn != uint64(want) || seq != uint64(failedSeq) || lsn == 0 {
+		t.Fatalf("re-driven row stored at (%X, %d), want its stream position (%s, %d)", lsn, seq, failedLSN, failedSeq)
+	}
+
+	// The stream sends the row's transaction again, from a slot position
+	// below it: the row is found, not inserted a second time.
+	if _, err := o.PG.Exec(ctx, `UPDATE event_outbox SET status = 'failed' WHERE id = $1`, poison); err != nil {
+		t.Fatal(err)
+	}
+	var again []sink.Row
+	if _, err := backfill.Failed(ctx, o.PG, cfg.Postgres.Table, 0, 10, func(r sink.Row) error { again = append(again, r); return nil }); err != nil || len(again) != 1 {
+		t.Fatalf("read the row back: %d rows, %v", len(again), err)
+	}
+	s, err := sink.Open(ctx, sinkOptions(cfg, log, false, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Recover(ctx, uint64(want)-1); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Write(ctx, again)
+	if err != nil || res.Inserted != 0 || res.Skipped != 1 {
+		t.Errorf("re-sent transaction: %+v, %v; want the row recognised", res, err)
+	}
+	if _, err := o.PG.Exec(ctx, `UPDATE event_outbox SET status = 'processed' WHERE id = $1`, poison); err != nil {
+		t.Fatal(err)
+	}
+	o.AssertExactlyOnce(append(good, poison), nil)
+}
