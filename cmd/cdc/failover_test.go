@@ -374,3 +374,49 @@ func readFile(path string) string {
 	b, _ := os.ReadFile(path)
 	return string(b)
 }
+
+// A slot that is created again (on a promoted standby, or after the lost-slot
+// runbook dropped it) by a daemon that dies before it records the new slot's
+// backfill list. Unlike a first creation (TestInterruptedSlotCreationIsRedone),
+// cdc_slot_state still holds the previous slot's row, backfill done, which a
+// promoted standby got by replication. The next daemon must still see an
+// interrupted creation: the rows that were not `processed` when the slot was
+// created are delivered, none skipped. (Found by TestTorture's failover step:
+// 213,294 rows stayed `pending` forever.)
+func TestInterruptedSlotRecreationIsRedone(t *testing.T) {
+	bin := cdcBinary(t)
+	o := testenv.NewOutbox(t)
+	env := append(o.Env(), "CDC_HTTP_LISTEN=127.0.0.1:0")
+	dir := keptDir(t, "recreation")
+	ctx := context.Background()
+	first := o.MustInsert(100, true)
+	p := startDaemon(t, bin, env, dir, "first")
+	waitUntil(t, "first rows processed", 60*time.Second, func() bool { return o.StatusCounts()["processed"] == 100 })
+	if code := p.terminate(t, 30*time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if !backfillDone(t, o) {
+		t.Fatal("the first slot's state is not recorded as done")
+	}
+	// The slot goes away; rows committed meanwhile wait as `pending`.
+	if _, err := o.PG.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, o.Slot); err != nil {
+		t.Fatal(err)
+	}
+	second := o.MustInsert(100, true)
+	// A daemon creates the slot again and dies before recording its
+	// backfill list: the slot exists, the state row is the old one.
+	if _, err := o.PG.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, o.Slot); err != nil {
+		t.Fatal(err)
+	}
+	p2 := startDaemon(t, bin, env, dir, "second")
+	waitUntil(t, "second daemon streaming", 60*time.Second, func() bool { return logContains(p2.log, `"msg":"streaming"`) })
+	third := o.MustInsert(50, true)
+	deadline := time.Now().Add(30 * time.Second)
+	for o.StatusCounts()["processed"] < 250 && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if code := p2.terminate(t, 30*time.Second); code != 0 {
+		t.Errorf("exit %d", code)
+	}
+	o.AssertExactlyOnce(append(append(first, second...), third...), nil)
+}
