@@ -59,7 +59,7 @@ func TestPrimaryFailover(t *testing.T) {
 	failed := 0
 	for i := 1; i <= runs; i++ {
 		var res failoverResult
-		ok := t.Run(fmt.Sprintf("run%d", i), func(t *testing.T) { res = primaryFailoverRun(t, bin) })
+		ok := t.Run(fmt.Sprintf("run%d", i), func(t *testing.T) { primaryFailoverRun(t, bin, &res) })
 		if !ok {
 			failed++
 		}
@@ -74,7 +74,9 @@ type failoverResult struct {
 	reconnect                 time.Duration // failover → cdc streaming from its slot on the new primary (backfill included)
 }
 
-func primaryFailoverRun(t *testing.T, bin string) (res failoverResult) {
+// primaryFailoverRun fills res as it goes, so a run that stops with Fatal
+// still reports what it measured.
+func primaryFailoverRun(t *testing.T, bin string, res *failoverResult) {
 	c := testenv.StartCluster(t, "failover", testenv.ClusterOptions{})
 	chAddr, chDB := testenv.ClickHouseAddr(t), testenv.NewClickHouseDB(t)
 	const slot = "cdc_failover"
@@ -165,8 +167,8 @@ func primaryFailoverRun(t *testing.T, bin string) (res failoverResult) {
 			t.Fatalf("cdc exited: %v\n%s", p.err, tail(p.log, 30))
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("not caught up 2 minutes after the producers stopped: ClickHouse %d rows, want %d; statuses %v\n%s",
-				n, len(want), st, tail(p.log, 30))
+			t.Fatalf("not caught up 2 minutes after the producers stopped: ClickHouse %d rows, want %d; statuses %v%s\n%s",
+				n, len(want), st, notProcessedSample(o), tail(p.log, 30))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -198,7 +200,34 @@ func primaryFailoverRun(t *testing.T, bin string) (res failoverResult) {
 	if st := o.StatusCounts(); len(st) != 1 || st["processed"] != int64(len(want)+len(preProcessed)) {
 		t.Errorf("outbox statuses %v, want all %d processed", st, len(want)+len(preProcessed))
 	}
-	return res
+}
+
+// notProcessedSample describes a few rows that are not `processed`: whether
+// ClickHouse has them, and at which stream position (_lsn, _seq).
+func notProcessedSample(o *testenv.Outbox) string {
+	rows, err := o.PG.Query(context.Background(), `SELECT id, status, xmin::text FROM event_outbox WHERE status IS DISTINCT FROM 'processed' ORDER BY id LIMIT 10`)
+	if err != nil {
+		return fmt.Sprintf("; sample: %v", err)
+	}
+	type row struct {
+		id           int64
+		status, xmin string
+	}
+	sample, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
+		var x row
+		return x, r.Scan(&x.id, &x.status, &x.xmin)
+	})
+	if err != nil {
+		return fmt.Sprintf("; sample: %v", err)
+	}
+	var b strings.Builder
+	b.WriteString("; not processed, e.g. (id status xmin: clickhouse [_lsn] [_seq]):")
+	for _, r := range sample {
+		var lsns, seqs []uint64
+		err := o.CH.QueryRow(context.Background(), fmt.Sprintf("SELECT groupArray(_lsn), groupArray(_seq) FROM `%s`.events WHERE id = ?", o.CHDB), r.id).Scan(&lsns, &seqs)
+		fmt.Fprintf(&b, " %d %s %s: %v %v (err %v);", r.id, r.status, r.xmin, lsns, seqs, err)
+	}
+	return b.String()
 }
 
 // duplicateSample describes a few duplicated ids: the stream position

@@ -311,7 +311,7 @@ func TestTorture(t *testing.T) {
 			for _, p := range procs {
 				t.Logf("--- %s\n%s", p.name, tail(p.log, 15))
 			}
-			t.Fatalf("not caught up after the schedule: clickhouse %d rows, want %d; statuses %v", c, len(want), st)
+			t.Fatalf("not caught up after the schedule: clickhouse %d rows, want %d; statuses %v%s", c, len(want), st, notProcessedSample(o))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
