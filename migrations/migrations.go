@@ -140,6 +140,12 @@ func ensurePublication(ctx context.Context, tx pgx.Tx, pub, schema, name string)
 		}
 		return nil
 	}
+	// Options first: without publish_via_partition_root, pg_publication_tables
+	// lists a partitioned outbox's partitions instead of the outbox, and ADD
+	// TABLE of a table already in the publication fails.
+	if _, err := tx.Exec(ctx, `ALTER PUBLICATION `+qpub+` SET (`+opts+`)`); err != nil {
+		return fmt.Errorf("postgres: set options of publication %s: %w", pub, err)
+	}
 	var covered bool
 	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`,
 		pub, schema, name).Scan(&covered); err != nil {
@@ -149,9 +155,6 @@ func ensurePublication(ctx context.Context, tx pgx.Tx, pub, schema, name string)
 		if _, err := tx.Exec(ctx, `ALTER PUBLICATION `+qpub+` ADD TABLE `+qtable); err != nil {
 			return fmt.Errorf("postgres: add %s.%s to publication %s: %w", schema, name, pub, err)
 		}
-	}
-	if _, err := tx.Exec(ctx, `ALTER PUBLICATION `+qpub+` SET (`+opts+`)`); err != nil {
-		return fmt.Errorf("postgres: set options of publication %s: %w", pub, err)
 	}
 	return nil
 }

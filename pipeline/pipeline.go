@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -240,7 +241,9 @@ func (p *Pipeline) batch(ctx context.Context, in <-chan Item, queue chan<- *batc
 func (p *Pipeline) write(ctx context.Context, queue <-chan *batch) error {
 	var (
 		marking chan error // the batch being marked, if any
-		safe    pglogrepl.LSN
+		// safe is the position that becomes durable with the marking in
+		// flight: its batch's, or a later one riding on it.
+		safe atomic.Uint64
 	)
 	// marked takes the outcome of the batch being marked: durable unless
 	// the marking failed.
@@ -249,7 +252,7 @@ func (p *Pipeline) write(ctx context.Context, queue <-chan *batch) error {
 		if err != nil {
 			return err
 		}
-		p.advance(safe)
+		p.advance(pglogrepl.LSN(safe.Load()))
 		return nil
 	}
 	// settle waits for the batch being marked, if any.
@@ -283,7 +286,7 @@ func (p *Pipeline) write(ctx context.Context, queue <-chan *batch) error {
 			// are, so it rides on the marking in flight. Waiting for that
 			// marking here would hold the next insert back behind it.
 			if marking != nil {
-				safe = b.safe
+				safe.Store(uint64(b.safe))
 			} else {
 				p.advance(b.safe)
 			}
@@ -298,11 +301,20 @@ func (p *Pipeline) write(ctx context.Context, queue <-chan *batch) error {
 			return err
 		}
 		// The marking holds only ids: the batch's rows can be freed while
-		// the next batch is filled and inserted.
-		marking, safe = make(chan error, 1), b.safe
-		go func(n int, safe pglogrepl.LSN, done chan<- error) {
-			done <- p.mark(ctx, n, safe, ids, start)
-		}(len(b.rows), b.safe, marking)
+		// the next batch is filled and inserted. The batch is durable the
+		// moment it is marked, not when the writer next looks (that may be
+		// after the next insert, which can take an outage long): markings
+		// run one at a time and each starts after the one before settled,
+		// so positions still advance in order.
+		marking = make(chan error, 1)
+		safe.Store(uint64(b.safe))
+		go func(n int, done chan<- error) {
+			err := p.mark(ctx, n, b.safe, ids, start)
+			if err == nil {
+				p.advance(pglogrepl.LSN(safe.Load()))
+			}
+			done <- err
+		}(len(b.rows), marking)
 	}
 }
 

@@ -398,8 +398,7 @@ func TestDurableOnlyAfterWholeTransaction(t *testing.T) {
 				}
 				highest = d
 			}
-			var h *harness
-			h = newHarness(t, pipeline.Options{Size: 10, FlushInterval: time.Hour, Queue: 2}, start, 0, func(f *fakeDest) {
+			h := newHarness(t, pipeline.Options{Size: 10, FlushInterval: time.Hour, Queue: 2}, start, 0, func(f *fakeDest) {
 				f.write = func(_ context.Context, ids []int64) (sink.Result, error) {
 					check(f.tracker, fmt.Sprintf("write %v", ids))
 					return sink.Result{Inserted: len(ids)}, nil
@@ -814,4 +813,35 @@ func TestPositionBatchDoesNotWaitForMarking(t *testing.T) {
 	if got := h.dest.processed(); !slices.Equal(got, ids(1, 10)) {
 		t.Errorf("processed %v, want 1..10", got)
 	}
+}
+
+// A batch is durable as soon as it is marked, not when the next insert
+// succeeds: during a ClickHouse outage the slot must not keep the WAL of a
+// batch that is already delivered.
+func TestDurableWhenMarkedWhileNextInsertWaits(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	var started atomic.Int32
+	h := newHarness(t, pipeline.Options{Size: 5, FlushInterval: time.Hour, Queue: 1}, 1, 0, func(f *fakeDest) {
+		first := true
+		block := blockingWrite(release, &started)
+		f.write = func(ctx context.Context, ids []int64) (sink.Result, error) {
+			if first {
+				first = false
+				return sink.Result{Inserted: len(ids)}, nil
+			}
+			return block(ctx, ids) // ClickHouse goes away after the first batch
+		}
+		// The marking ends after the writer has taken the next batch.
+		f.markProcessed = func(ctx context.Context, ids []int64) error {
+			time.Sleep(100 * time.Millisecond)
+			return nil
+		}
+	})
+	h.send(rows(1, 5)...)
+	h.send(commitItem(100))
+	h.send(rows(6, 10)...)
+	h.send(commitItem(200))
+	waitFor(t, "the second insert under way", func() bool { return started.Load() == 1 })
+	waitFor(t, "the first batch durable while the second insert waits", func() bool { return h.tracker.Durable() == 100 })
 }

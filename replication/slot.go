@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -18,7 +19,12 @@ type Querier interface {
 
 // SlotInfo is a row of pg_replication_slots.
 type SlotInfo struct {
-	Name           string
+	Name string
+	// Exists is false for a slot of that name that does not exist (LookupSlot
+	// returns ErrSlotNotFound instead; `cdc status` classifies it).
+	Exists bool
+	// SlotType is logical or physical.
+	SlotType       string
 	Plugin         string
 	Database       string
 	Active         bool
@@ -30,6 +36,19 @@ type SlotInfo struct {
 	// LagBytes is pg_current_wal_lsn() - confirmed_flush_lsn; RetainedBytes
 	// is pg_current_wal_lsn() - restart_lsn, the WAL the slot keeps.
 	LagBytes, RetainedBytes int64
+
+	// CurrentDatabase is the database of the connection that looked the
+	// slot up (postgres.url's): a slot of another database is not ours.
+	CurrentDatabase string
+	// ServerVersionNum is server_version_num of the server read.
+	ServerVersionNum int
+
+	// Columns newer servers have; nil where the server has not.
+	Conflicting        *bool      // 16+: invalidated by a conflict with recovery
+	InvalidationReason *string    // 17+: wal_removed, rows_removed, wal_level_insufficient, idle_timeout (18)
+	InactiveSince      *time.Time // 17+: when the slot last stopped being streamed
+	Failover           *bool      // 17+: synced to standbys (failover slot)
+	Synced             *bool      // 17+: a standby's copy of a primary's failover slot
 }
 
 // ErrSlotNotFound is returned by LookupSlot when the slot does not exist.
@@ -39,58 +58,113 @@ var ErrSlotNotFound = errors.New("replication slot does not exist")
 // in that gap are gone from the stream, so streaming must not resume.
 var ErrSlotLost = errors.New("replication slot has lost required WAL")
 
-// LookupSlot reads the slot's state.
+// Server versions (server_version_num) that added the slot columns read.
+const (
+	pg13 = 130000 // wal_status; pg_publication.pubviaroot
+	pg15 = 150000 // row filters and column lists of publications
+	pg16 = 160000 // conflicting
+	pg17 = 170000 // inactive_since, invalidation_reason, failover, synced
+)
+
+// slotColumn is one column LookupSlot reads, from the server version on
+// that has it.
+type slotColumn struct {
+	since int
+	expr  string
+	dest  func(*slotRow) any
+}
+
+// slotRow receives LookupSlot's query; pointers take SQL nulls.
+type slotRow struct {
+	name, slotType                string
+	plugin, db, walStatus         *string
+	active                        bool
+	pid                           *int32
+	confirmed, restart            *string
+	lag, retained                 *int64
+	conflicting, failover, synced *bool
+	invalidationReason            *string
+	inactiveSince                 *time.Time
+}
+
+var slotColumns = []slotColumn{
+	{0, "slot_name", func(r *slotRow) any { return &r.name }},
+	{0, "slot_type", func(r *slotRow) any { return &r.slotType }},
+	{0, "plugin::text", func(r *slotRow) any { return &r.plugin }},
+	{0, "database::text", func(r *slotRow) any { return &r.db }},
+	{0, "active", func(r *slotRow) any { return &r.active }},
+	{0, "active_pid", func(r *slotRow) any { return &r.pid }},
+	{0, "confirmed_flush_lsn::text", func(r *slotRow) any { return &r.confirmed }},
+	{0, "restart_lsn::text", func(r *slotRow) any { return &r.restart }},
+	{0, "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint", func(r *slotRow) any { return &r.lag }},
+	{0, "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint", func(r *slotRow) any { return &r.retained }},
+	{pg13, "wal_status", func(r *slotRow) any { return &r.walStatus }},
+	{pg16, "conflicting", func(r *slotRow) any { return &r.conflicting }},
+	{pg17, "invalidation_reason", func(r *slotRow) any { return &r.invalidationReason }},
+	{pg17, "inactive_since", func(r *slotRow) any { return &r.inactiveSince }},
+	{pg17, "failover", func(r *slotRow) any { return &r.failover }},
+	{pg17, "synced", func(r *slotRow) any { return &r.synced }},
+}
+
+// lookupSlotQuery returns the slot query ($1 = slot name) with the columns
+// a server of versionNum has, and where to scan them.
+func lookupSlotQuery(versionNum int, row *slotRow) (string, []any) {
+	var exprs []string
+	var dests []any
+	for _, c := range slotColumns {
+		if versionNum >= c.since {
+			exprs = append(exprs, c.expr)
+			dests = append(dests, c.dest(row))
+		}
+	}
+	return "SELECT " + strings.Join(exprs, ", ") + " FROM pg_replication_slots WHERE slot_name = $1", dests
+}
+
+// LookupSlot reads the slot's state, with the columns the server's version
+// has (see SlotInfo), and the database postgres.url connects to.
 func LookupSlot(ctx context.Context, q Querier, slot string) (SlotInfo, error) {
-	var (
-		info                SlotInfo
-		plugin, db, status  *string
-		pid                 *int32
-		confirmed, restartL *string
-		lag, retained       *int64
-	)
-	err := q.QueryRow(ctx, `SELECT slot_name, plugin, database, active, active_pid,
-	       confirmed_flush_lsn::text, restart_lsn::text, wal_status,
-	       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
-	       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
-	  FROM pg_replication_slots WHERE slot_name = $1`, slot).
-		Scan(&info.Name, &plugin, &db, &info.Active, &pid, &confirmed, &restartL, &status, &lag, &retained)
+	info := SlotInfo{Name: slot}
+	if err := q.QueryRow(ctx, `SELECT current_setting('server_version_num')::int, current_database()`).
+		Scan(&info.ServerVersionNum, &info.CurrentDatabase); err != nil {
+		return SlotInfo{}, fmt.Errorf("postgres: look up slot %q: server version: %w", slot, err)
+	}
+	var row slotRow
+	query, dests := lookupSlotQuery(info.ServerVersionNum, &row)
+	err := q.QueryRow(ctx, query, slot).Scan(dests...)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return SlotInfo{}, fmt.Errorf("%w: %q", ErrSlotNotFound, slot)
 	}
 	if err != nil {
 		return SlotInfo{}, fmt.Errorf("postgres: look up slot %q: %w", slot, err)
 	}
-	info.Plugin, info.Database, info.WALStatus = deref(plugin), deref(db), deref(status)
-	if pid != nil {
-		info.ActivePID = *pid
+	info.Exists, info.Name, info.SlotType, info.Active = true, row.name, row.slotType, row.active
+	info.Plugin, info.Database, info.WALStatus = deref(row.plugin), deref(row.db), deref(row.walStatus)
+	if row.pid != nil {
+		info.ActivePID = *row.pid
 	}
-	if lag != nil {
-		info.LagBytes = *lag
+	if row.lag != nil {
+		info.LagBytes = *row.lag
 	}
-	if retained != nil {
-		info.RetainedBytes = *retained
+	if row.retained != nil {
+		info.RetainedBytes = *row.retained
 	}
-	if confirmed != nil {
-		info.ConfirmedFlush, _ = pglogrepl.ParseLSN(*confirmed)
+	if row.confirmed != nil {
+		info.ConfirmedFlush, _ = pglogrepl.ParseLSN(*row.confirmed)
 	}
-	if restartL != nil {
-		info.RestartLSN, _ = pglogrepl.ParseLSN(*restartL)
+	if row.restart != nil {
+		info.RestartLSN, _ = pglogrepl.ParseLSN(*row.restart)
 	}
+	info.Conflicting, info.InvalidationReason, info.InactiveSince = row.conflicting, row.invalidationReason, row.inactiveSince
+	info.Failover, info.Synced = row.failover, row.synced
 	return info, nil
 }
 
-// CheckUsable returns ErrSlotLost (with the recovery to follow) when the
-// slot can no longer stream every change.
+// CheckUsable returns the slot's problem when cdc cannot stream every change
+// from it (see SlotHealth): ErrSlotLost (with the recovery to follow) when it
+// was invalidated, ErrSlotUnusable when it is not a pgoutput slot of this
+// database.
 func (s SlotInfo) CheckUsable() error {
-	if s.WALStatus == "lost" || (s.RestartLSN == 0 && s.WALStatus != "") {
-		return fmt.Errorf("%w: slot %q has wal_status %q; rows committed while it was behind are no longer in WAL. "+
-			"Recover: stop every cdc instance, drop the slot (SELECT pg_drop_replication_slot('%s')), and start cdc again: "+
-			"it re-creates the slot and backfills every pending and failed row", ErrSlotLost, s.Name, s.WALStatus, s.Name)
-	}
-	if s.Plugin != "" && s.Plugin != "pgoutput" {
-		return fmt.Errorf("postgres: slot %q uses plugin %q, not pgoutput", s.Name, s.Plugin)
-	}
-	return nil
+	return s.Health().Err()
 }
 
 func deref(s *string) string {
@@ -141,64 +215,24 @@ func Holder(ctx context.Context, q Querier, pid int32) string {
 	return fmt.Sprintf("pid %d (%s from %s, connected %s)", pid, app, addr, started.UTC().Format(time.RFC3339))
 }
 
-// Leadership is a session advisory lock that makes one daemon per slot the
-// leader: only the leader creates the slot, backfills and streams. It is
-// released when its connection closes, including when the process dies.
-type Leadership struct {
-	conn *pgx.Conn
-	key  string
-}
-
-// TryLead tries to take the lock for slot. It returns nil, nil when another
-// session holds it.
-func TryLead(ctx context.Context, url, slot string) (*Leadership, error) {
-	cfg, err := pgx.ParseConfig(url)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: parse postgres.url: %w", err)
-	}
-	if cfg.RuntimeParams["application_name"] == "" {
-		cfg.RuntimeParams["application_name"] = "outbox-cdc"
-	}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("postgres %s:%d: connect: %w", cfg.Host, cfg.Port, err)
-	}
-	key := "outbox-cdc:" + slot
-	var got bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext($1))`, key).Scan(&got); err != nil {
-		conn.Close(ctx)
-		return nil, fmt.Errorf("postgres %s:%d: take leader lock: %w", cfg.Host, cfg.Port, err)
-	}
-	if !got {
-		conn.Close(ctx)
-		return nil, nil
-	}
-	return &Leadership{conn: conn, key: key}, nil
-}
-
-// LeaderHolder describes the session holding the leader lock for slot.
+// LeaderHolder describes the session holding the leader lock for slot (the
+// advisory lock of the daemon's leader lease, internal/lease).
 func LeaderHolder(ctx context.Context, q Querier, slot string) string {
 	var pid int32
+	// Advisory locks are per database: the same key held in another
+	// database (another outbox with the same slot name) is not our leader.
+	// pg_try_advisory_lock(bigint) shows its key split in classid (high 32
+	// bits) and objid (low 32 bits), with objsubid 1.
 	err := q.QueryRow(ctx, `SELECT l.pid FROM pg_locks l
-	  WHERE l.locktype = 'advisory' AND l.granted AND l.objid = (hashtext($1)::bigint & 4294967295)::oid LIMIT 1`,
+	  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+	    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+	    AND l.classid = ((hashtext($1)::bigint >> 32) & 4294967295)::oid
+	    AND l.objid = (hashtext($1)::bigint & 4294967295)::oid LIMIT 1`,
 		"outbox-cdc:"+slot).Scan(&pid)
 	if err != nil {
 		return "another instance"
 	}
 	return Holder(ctx, q, pid)
-}
-
-// Check verifies the lock's connection is alive (the lock with it).
-func (l *Leadership) Check(ctx context.Context) error {
-	if err := l.conn.Ping(ctx); err != nil {
-		return fmt.Errorf("postgres: leader lock connection lost: %w", err)
-	}
-	return nil
-}
-
-// Release gives up leadership.
-func (l *Leadership) Release(ctx context.Context) {
-	_ = l.conn.Close(ctx)
 }
 
 // IsConnError reports whether err means the server could not be reached or

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -129,9 +130,11 @@ type insertPlan struct {
 	sources []int // index into Row.Values, or srcLSN / srcSeq / srcFingerprint
 	// identity are the positions in Row.Values of the identity columns.
 	identity []int
-	convs    []converter
-	names    []string // the columns, in the INSERT's order
-	types    []string
+	// fpCol is the index of the _fingerprint column in sources.
+	fpCol int
+	convs []converter
+	names []string // the columns, in the INSERT's order
+	types []string
 }
 
 // Sources of bookkeeping values in insertPlan.sources (-1 means absent).
@@ -240,6 +243,7 @@ func (c *ClickHouse) plan(rel *decoder.Relation) (*insertPlan, error) {
 			src = srcSeq
 		case ColumnFingerprint:
 			src = srcFingerprint
+			p.fpCol = len(p.sources)
 		}
 		if src == -1 {
 			continue // ClickHouse fills its default
@@ -359,6 +363,22 @@ func (c *ClickHouse) Write(ctx context.Context, rows []Row) (Result, error) {
 // fingerprints stored with it. Normally only the rows' own positions need
 // looking at; CheckEveryRow looks everywhere.
 func (c *ClickHouse) present(ctx context.Context, rows []Row) (map[int64][]uint64, error) {
+	present := make(map[int64][]uint64)
+	// Ids go in chunks: one IN list of a whole big batch would pass the
+	// server's max_query_size (256 KiB) at about 24k ids, and fail on
+	// every retry.
+	for start := 0; start < len(rows); start += presentChunk {
+		if err := c.presentChunk(ctx, rows[start:min(start+presentChunk, len(rows))], present); err != nil {
+			return nil, err
+		}
+	}
+	return present, nil
+}
+
+// presentChunk is how many ids one lookup query names (about 80 KB of SQL).
+const presentChunk = 8192
+
+func (c *ClickHouse) presentChunk(ctx context.Context, rows []Row, present map[int64][]uint64) error {
 	lo, hi := rows[0].Pos.LSN, rows[0].Pos.LSN
 	var b strings.Builder
 	for i, r := range rows {
@@ -375,22 +395,21 @@ func (c *ClickHouse) present(ctx context.Context, rows []Row) (map[int64][]uint6
 	}
 	res, err := c.conn.Query(ctx, q)
 	if err != nil {
-		return nil, fmt.Errorf("clickhouse %s: check stored ids: %w", c.addr(), err)
+		return fmt.Errorf("clickhouse %s: check stored ids: %w", c.addr(), err)
 	}
 	defer res.Close()
-	present := make(map[int64][]uint64)
 	for res.Next() {
 		var id int64
 		var fp uint64
 		if err := res.Scan(&id, &fp); err != nil {
-			return nil, fmt.Errorf("clickhouse %s: check stored ids: %w", c.addr(), err)
+			return fmt.Errorf("clickhouse %s: check stored ids: %w", c.addr(), err)
 		}
 		present[id] = append(present[id], fp)
 	}
 	if err := res.Err(); err != nil {
-		return nil, fmt.Errorf("clickhouse %s: check stored ids: %w", c.addr(), err)
+		return fmt.Errorf("clickhouse %s: check stored ids: %w", c.addr(), err)
 	}
-	return present, nil
+	return nil
 }
 
 // stored reports whether r is among the rows present found: a stored row
@@ -537,6 +556,10 @@ func (b *block) add(r Row, digest *xxhash.Digest) (int, error) {
 	return b.rows - 1, nil
 }
 
+// bisect inserts rows; when the server rejects them for their data it
+// splits them until the offending rows are alone, and reports those. Errors
+// that say nothing about the rows are returned for the caller to retry the
+// whole batch (Classify).
 func (c *ClickHouse) bisect(ctx context.Context, rows []convertedRow, res *Result) error {
 	if len(rows) == 0 {
 		return nil
@@ -546,18 +569,69 @@ func (c *ClickHouse) bisect(ctx context.Context, rows []convertedRow, res *Resul
 		res.Inserted += len(rows)
 		return nil
 	}
-	if !isDataError(err) {
+	class := Classify(err)
+	if class == Retry {
 		return err
 	}
+	var ex *clickhouse.Exception
+	if errors.As(err, &ex) {
+		// The server failed the INSERT, but it may have stored part of it
+		// first (a materialized view that throws runs after the table's
+		// own part was written): look before sending any row again.
+		var lookErr error
+		if rows, lookErr = c.withoutStored(ctx, rows, res); lookErr != nil {
+			return lookErr
+		}
+		if len(rows) == 0 {
+			return nil
+		}
+	}
 	if len(rows) == 1 {
-		res.Rejected = append(res.Rejected, Rejected{ID: rows[0].id, Pos: rows[0].pos, Err: err})
-		return nil
+		if class == RowData {
+			res.Rejected = append(res.Rejected, Rejected{ID: rows[0].id, Pos: rows[0].pos, Err: err})
+			return nil
+		}
+		return err
+	}
+	if class == TooManyPartitions {
+		c.log.Warn("batch spans too many partitions for one INSERT; splitting it", "rows", len(rows), "err", err)
 	}
 	half := len(rows) / 2
 	if err := c.bisect(ctx, rows[:half], res); err != nil {
 		return err
 	}
 	return c.bisect(ctx, rows[half:], res)
+}
+
+// withoutStored returns the rows that are not in ClickHouse (by id and
+// fingerprint), and counts the others as inserted: a failed INSERT stored
+// them.
+func (c *ClickHouse) withoutStored(ctx context.Context, rows []convertedRow, res *Result) ([]convertedRow, error) {
+	probe := make([]Row, len(rows))
+	for i, r := range rows {
+		probe[i] = Row{Pos: r.pos, ID: r.id}
+	}
+	present, err := c.present(ctx, probe)
+	if err != nil {
+		return nil, err
+	}
+	if len(present) == 0 {
+		return rows, nil
+	}
+	fps := rows[0].blk.cols[rows[0].blk.plan.fpCol].uints
+	out := make([]convertedRow, 0, len(rows))
+	for _, r := range rows {
+		if slices.ContainsFunc(present[r.id], func(fp uint64) bool { return fp == fps[r.idx] || fp == 0 }) {
+			res.Inserted++
+			continue
+		}
+		out = append(out, r)
+	}
+	if n := len(rows) - len(out); n > 0 {
+		c.log.Warn("a failed INSERT stored some of its rows (a materialized view failing after the table's part was written?); they are not sent again",
+			"table", c.opts.Table, "stored", n, "of", len(rows))
+	}
+	return out, nil
 }
 
 // chunkRows is how many rows go into one data block of an INSERT. The server
@@ -698,27 +772,6 @@ type dataError struct{ err error }
 
 func (e *dataError) Error() string { return e.err.Error() }
 func (e *dataError) Unwrap() error { return e.err }
-
-// transientCodes are server exceptions that say nothing about the rows: the
-// batch is retried as a whole instead of being bisected into "poison".
-var transientCodes = map[int32]bool{
-	3: true, 16: true, 47: true, 60: true, 81: true, 159: true, 164: true, 202: true, 203: true,
-	209: true, 210: true, 225: true, 236: true, 241: true, 242: true, 243: true, 252: true,
-	279: true, 285: true, 319: true, 341: true, 372: true, 373: true, 394: true, 497: true,
-	516: true, 999: true,
-}
-
-func isDataError(err error) bool {
-	var de *dataError
-	if errors.As(err, &de) {
-		return true
-	}
-	var ex *clickhouse.Exception
-	if errors.As(err, &ex) {
-		return !transientCodes[ex.Code]
-	}
-	return false
-}
 
 func quoteIdent(s string) string {
 	return "`" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "`", "\\`") + "`"

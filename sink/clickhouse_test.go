@@ -255,7 +255,7 @@ func TestFailedInsertAfterAFlushIsRetriedByID(t *testing.T) {
 	n := int64(3*chunkRows + 1)
 	rows := rowsAt(100, seqIDs(1, n)...)
 	res, err := s.Write(ctx, rows)
-	if err == nil || isDataError(err) {
+	if err == nil || Classify(err) != Retry {
 		t.Fatalf("write after an injected failure: %+v, %v; want an error that is not bisected", res, err)
 	}
 	s.afterFlush = nil

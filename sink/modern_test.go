@@ -12,8 +12,10 @@ import (
 	"context"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/outbox-cdc/outbox-cdc/internal/chdb"
+	"github.com/outbox-cdc/outbox-cdc/migrations"
 )
 
 func TestMain(m *testing.M) {
@@ -79,4 +81,43 @@ func TestMigratedTableModern(t *testing.T) {
 		{"_fingerprint", "UInt64", ""},
 		{"_inserted_at", "DateTime64(6, 'UTC')", "DEFAULT now64(6)"},
 	})
+}
+
+// A batch whose rows fall into more partitions than one INSERT may take
+// (max_partitions_per_insert_block; ClickHouse 18 has no such limit) is split
+// until each part fits: neither rejected nor retried forever.
+func TestBatchOverTooManyPartitionsIsSplitModern(t *testing.T) {
+	e := modernEngine(t)
+	ctx := context.Background()
+	if _, err := migrations.ApplyClickHouse(ctx, e.conn, migrations.ClickHouse{Database: e.db, Table: "events"}); err != nil {
+		t.Fatal(err)
+	}
+	// The embedded engine is one session: the setting holds for the
+	// sink's INSERTs until it is set back.
+	if err := e.conn.Exec(ctx, "SET max_partitions_per_insert_block = 4"); err != nil {
+		t.Fatal(err)
+	}
+	defer e.conn.Exec(ctx, "SET max_partitions_per_insert_block = 100")
+	s := e.open(t, "events")
+	res, err := s.Write(ctx, spreadOverMonths(rowsAt(100, seqIDs(1, 12)...)))
+	if err != nil || res.Inserted != 12 || len(res.Rejected) != 0 {
+		t.Fatalf("write over 12 partitions, at most 4 per INSERT: %+v, %v; want all 12 inserted", res, err)
+	}
+	var n, u uint64
+	if err := e.conn.QueryRow(ctx, "SELECT count(), uniqExact(id) FROM `"+e.db+"`.events").Scan(&n, &u); err != nil {
+		t.Fatal(err)
+	}
+	if n != 12 || u != 12 {
+		t.Errorf("count %d uniq %d, want 12", n, u)
+	}
+}
+
+// spreadOverMonths gives row i an event_date_time in month i+1: one
+// partition each in the migrated table (PARTITION BY toYYYYMM).
+func spreadOverMonths(rows []Row) []Row {
+	for i := range rows {
+		rows[i].Values = append([]any(nil), rows[i].Values...)
+		rows[i].Values[2] = time.Date(2026, time.Month(1+i%12), 1, 0, 0, 0, 0, time.UTC)
+	}
+	return rows
 }

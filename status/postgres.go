@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/outbox-cdc/outbox-cdc/replication"
 )
 
 // Server versions (server_version_num) that added the columns read here.
@@ -191,6 +193,15 @@ func gatherPostgres(ctx context.Context, o Options, r *Report) (Code, string) {
 		cancel()
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			r.Warnings = append(r.Warnings, "pg_stat_replication_slots unavailable: "+oneLine(err))
+		}
+	}
+
+	if o.Publication != "" {
+		qctx, cancel = queryCtx()
+		err = replication.CheckPublication(qctx, conn, o.Publication, o.Table)
+		cancel()
+		if err != nil {
+			r.PublicationError = ptr(strings.TrimPrefix(oneLine(err), "postgres: "))
 		}
 	}
 

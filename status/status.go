@@ -9,9 +9,11 @@
 // pg_stat_replication_slots' spill and stream counters and two_phase from 14,
 // conflicting from 16, inactive_since, invalidation_reason, failover and synced
 // from 17). ClickHouse is queried concurrently; when it cannot be reached the
-// report says so (clickhouse_error) without failing.
+// report says so (clickhouse_error) without failing. The publication is
+// checked as `cdc run` checks it (publication_error, a warning).
 //
-// The [Report] classifies the result into an exit [Code]: 0 healthy,
+// The [Report] classifies the result into an exit [Code] with the slot rule
+// `cdc run` follows too (replication.SlotHealth): 0 healthy,
 // 2 PostgreSQL unreachable, 3 slot missing, 4 slot lost, 1 any other error.
 // It marshals to JSON with snake_case keys, LSNs as "0/16B3748" strings and
 // byte counts as integers; a value the server cannot provide (an older
@@ -78,6 +80,9 @@ type Options struct {
 	Table string
 	// Slot is the logical replication slot's name (postgres.slot).
 	Slot string
+	// Publication is the publication the slot streams (postgres.publication);
+	// empty: not checked.
+	Publication string
 	// ClickHouse is the destination table's server.
 	ClickHouse ClickHouseOptions
 	// Timeout bounds connecting to each server and each statement (it is
@@ -104,6 +109,7 @@ func FromConfig(cfg *config.Config, timeout time.Duration) Options {
 		PostgresURL: cfg.Postgres.URL,
 		Table:       cfg.Postgres.Table,
 		Slot:        cfg.Postgres.Slot,
+		Publication: cfg.Postgres.Publication,
 		ClickHouse: ClickHouseOptions{
 			Addr:        cfg.ClickHouse.Addr,
 			Database:    cfg.ClickHouse.Database,
@@ -154,11 +160,13 @@ type Report struct {
 	// Reason is the one-line explanation of a non-zero ExitCode.
 	Reason *string `json:"reason"`
 	// Warnings are problems that do not change the exit code (ClickHouse
-	// unreachable, an inactive slot, WAL close to max_slot_wal_keep_size…).
+	// unreachable, an inactive slot, WAL close to max_slot_wal_keep_size, a
+	// publication that would not deliver the outbox…).
 	Warnings []string `json:"warnings"`
 
 	PostgresInfo
 	SlotInfo
+	PublicationInfo
 	OutboxInfo
 	ClickHouseInfo
 
@@ -227,6 +235,16 @@ type SlotInfo struct {
 	StatsReset  *time.Time `json:"stats_reset"`
 }
 
+// PublicationInfo is the check `cdc run` makes of the publication at the
+// start of each term (replication.CheckPublication).
+type PublicationInfo struct {
+	Publication string `json:"publication"`
+	// PublicationError is why the publication would not deliver every
+	// outbox row (with the fix); null when it does or was not checked. It
+	// is a warning: it does not change the exit code.
+	PublicationError *string `json:"publication_error"`
+}
+
 // OutboxInfo counts the outbox's rows.
 type OutboxInfo struct {
 	OutboxTable string `json:"outbox_table"`
@@ -293,6 +311,9 @@ func Gather(ctx context.Context, o Options) *Report {
 		Time:     time.Now().UTC(),
 		Warnings: []string{},
 		SlotInfo: SlotInfo{SlotName: o.Slot},
+		PublicationInfo: PublicationInfo{
+			Publication: o.Publication,
+		},
 		OutboxInfo: OutboxInfo{
 			OutboxTable: schema + "." + name,
 		},
@@ -342,59 +363,60 @@ func (r *Report) setCode(code Code, reason string) {
 }
 
 // ClassifySlot decides the exit code from the slot's state, given the
-// database postgres.url connects to ("" when unknown): SlotMissing when the
-// slot does not exist; SlotLost when it was invalidated (wal_status 'lost',
-// or on 16+/17+ conflicting or an invalidation_reason); Error when it exists
-// but cdc cannot stream from it (a physical slot, another plugin, another
-// database: slot names are unique in the whole cluster); OK otherwise.
-// 'unreserved' is still OK: the slot can catch up before the next checkpoint
-// (it is reported as a warning).
+// database postgres.url connects to ("" when unknown). The rule is
+// replication's SlotHealth, the one `cdc run` follows too: SlotMissing when
+// the slot does not exist; SlotLost when it was invalidated (wal_status
+// 'lost', conflicting on 16+, an invalidation_reason on 17+); Error when it
+// exists but cdc cannot stream from it (a physical slot, another plugin,
+// another database: slot names are unique in the whole cluster); OK
+// otherwise, 'extended' and 'unreserved' included (they are warnings).
 func ClassifySlot(s SlotInfo, database string) (Code, string) {
-	if !s.SlotExists {
-		return SlotMissing, fmt.Sprintf("slot missing: replication slot %q does not exist "+
-			"(`cdc run` creates it and backfills pending and failed rows)", s.SlotName)
+	h := s.replication(database).Health()
+	switch h.Class {
+	case replication.SlotUsable:
+		return OK, ""
+	case replication.SlotMissing:
+		return SlotMissing, "slot missing: " + h.Reason
+	case replication.SlotLost:
+		return SlotLost, "slot lost: " + h.Reason
+	default:
+		return Error, "slot unusable: " + h.Reason
 	}
-	lost := str(s.WALStatus) == "lost" || str(s.InvalidationReason) != "" || (s.Conflicting != nil && *s.Conflicting)
-	if lost {
-		detail := "wal_status " + orNull(s.WALStatus)
-		if s.InvalidationReason != nil {
-			detail += ", invalidation_reason " + *s.InvalidationReason
-		}
-		if s.Conflicting != nil && *s.Conflicting {
-			detail += ", conflicting with recovery"
-		}
-		return SlotLost, fmt.Sprintf("slot lost: replication slot %q was invalidated (%s): rows committed while it was behind "+
-			"are no longer in WAL; stop every cdc instance, run SELECT pg_drop_replication_slot('%s') and start cdc again "+
-			"to re-create the slot and backfill pending and failed rows", s.SlotName, detail, s.SlotName)
+}
+
+// replication returns the slot as the classifier reads it.
+func (s SlotInfo) replication(database string) replication.SlotInfo {
+	r := replication.SlotInfo{
+		Name: s.SlotName, Exists: s.SlotExists, SlotType: str(s.SlotType), Plugin: str(s.Plugin),
+		Database: str(s.SlotDatabase), WALStatus: str(s.WALStatus), CurrentDatabase: database,
+		Conflicting: s.Conflicting, InvalidationReason: s.InvalidationReason,
+		InactiveSince: s.InactiveSince, Failover: s.Failover, Synced: s.Synced,
 	}
-	switch {
-	case s.SlotType != nil && *s.SlotType != "logical":
-		return Error, fmt.Sprintf("slot unusable: replication slot %q is a %s slot, not a logical one (choose another postgres.slot)",
-			s.SlotName, *s.SlotType)
-	case s.Plugin != nil && *s.Plugin != "pgoutput":
-		return Error, fmt.Sprintf("slot unusable: replication slot %q uses plugin %q, not pgoutput (choose another postgres.slot)",
-			s.SlotName, *s.Plugin)
-	case s.SlotDatabase != nil && database != "" && *s.SlotDatabase != database:
-		return Error, fmt.Sprintf("slot unusable: replication slot %q belongs to database %q, not %q of postgres.url "+
-			"(slot names are unique in the cluster: choose another postgres.slot)", s.SlotName, *s.SlotDatabase, database)
+	if s.Active != nil {
+		r.Active = *s.Active
 	}
-	return OK, ""
+	if s.RestartLSN != nil {
+		r.RestartLSN = pglogrepl.LSN(*s.RestartLSN)
+	}
+	if s.ConfirmedFlushLSN != nil {
+		r.ConfirmedFlush = pglogrepl.LSN(*s.ConfirmedFlushLSN)
+	}
+	return r
 }
 
 func warnings(r *Report) []string {
 	var w []string
 	s := r.SlotInfo
 	if s.SlotExists && r.ExitCode == OK {
-		switch str(s.WALStatus) {
-		case "unreserved":
-			w = append(w, "wal_status is unreserved: the slot needs more WAL than max_slot_wal_keep_size keeps; "+
-				"it is lost at the next checkpoint unless the consumer catches up")
-		case "extended":
-			w = append(w, "wal_status is extended: the slot retains more WAL than max_wal_size")
+		if h := s.replication(str(r.PostgresDatabase)).Health(); h.Warning != "" {
+			w = append(w, h.Warning)
 		}
 		if s.Active != nil && !*s.Active {
 			w = append(w, "no process is streaming from the slot (is `cdc run` running?)")
 		}
+	}
+	if r.PublicationError != nil {
+		w = append(w, *r.PublicationError)
 	}
 	if r.OutboxError != nil {
 		w = append(w, "outbox unavailable: "+*r.OutboxError)
@@ -425,13 +447,6 @@ func oneLine(err error) string {
 func str(p *string) string {
 	if p == nil {
 		return ""
-	}
-	return *p
-}
-
-func orNull(p *string) string {
-	if p == nil {
-		return "null"
 	}
 	return *p
 }

@@ -24,10 +24,18 @@ const statusLong = `Show the replication slot's state and lag, the outbox's coun
 the age of its oldest pending row, and the ClickHouse table's row count and
 newest event.
 
-The columns read depend on the server's version (PostgreSQL 13 to 17):
+The columns read depend on the server's version (PostgreSQL 13 to 18):
 wal_status and safe_wal_size from 13, the spill and stream counters of
-pg_stat_replication_slots from 14, inactive_since and invalidation_reason
-from 17. What a server does not have is shown as n/a (null in JSON).
+pg_stat_replication_slots from 14, conflicting from 16, inactive_since,
+invalidation_reason, failover and synced from 17. What a server does not
+have is shown as n/a (null in JSON). Whether a slot is lost or unusable is
+decided by the same rule ` + "`cdc run`" + ` follows.
+
+The publication (postgres.publication) is checked as ` + "`cdc run`" + ` checks it at
+the start of each term: it must exist, publish inserts and publish the
+outbox alone (a partitioned one via its root). A problem is shown with its
+fix (publication_error in JSON) and as a warning; it does not change the
+exit code.
 
 Output is a table; --json prints one JSON object with snake_case keys (LSNs
 as strings such as "0/16B3748", byte counts as integers, unavailable values
@@ -45,8 +53,9 @@ Exit codes (one line on stderr explains any non-zero code):
   2  PostgreSQL unreachable: cannot connect (refused, timed out,
      authentication failed, no such database)
   3  replication slot missing
-  4  replication slot lost (wal_status = 'lost': invalidated, it can never
-     stream again; drop it and restart cdc to re-create and backfill)
+  4  replication slot lost (invalidated: wal_status = 'lost', conflicting
+     on 16+ or an invalidation_reason on 17+; it can never stream again:
+     drop it and restart cdc to re-create and backfill)
 With --watch, the exit code is that of the last report shown.`
 
 func statusCmd(configFile *string) *cobra.Command {
@@ -200,6 +209,13 @@ func renderStatusTable(w io.Writer, r *status.Report, showReason bool) error {
 	}
 	row("PostgreSQL", "%s (%s), database %s", *r.PostgresVersion, role, stDeref(r.PostgresDatabase))
 	row("  current_wal_lsn", "%s", stLSN(r.CurrentWALLSN))
+	if r.Publication != "" {
+		pub := r.Publication + ": publishes the outbox"
+		if r.PublicationError != nil {
+			pub = *r.PublicationError
+		}
+		row("  publication", "%s", pub)
+	}
 
 	gap()
 	s := r.SlotInfo
@@ -221,6 +237,9 @@ func renderStatusTable(w io.Writer, r *status.Report, showReason bool) error {
 		if s.InvalidationReason != nil {
 			row("  invalidation_reason", "%s", *s.InvalidationReason)
 		}
+		row("  conflicting", "%s", stSince(vnum, 160000, s.Conflicting != nil, func() string { return stYesNo(*s.Conflicting) }, "-"))
+		row("  failover / synced", "%s", stSince(vnum, 170000, s.Failover != nil && s.Synced != nil,
+			func() string { return stYesNo(*s.Failover) + " / " + stYesNo(*s.Synced) }, "-"))
 		row("  confirmed_flush_lsn", "%s", stLSN(s.ConfirmedFlushLSN))
 		row("  restart_lsn", "%s", stLSN(s.RestartLSN))
 		row("  lag", "%s", stBytesPtr(s.LagBytes))
@@ -294,7 +313,8 @@ func renderStatusTable(w io.Writer, r *status.Report, showReason bool) error {
 	for _, w := range r.Warnings {
 		// Errors already shown in their section are not repeated.
 		if (r.ClickHouseError != nil && strings.HasPrefix(w, "clickhouse unavailable")) ||
-			(r.OutboxError != nil && strings.HasPrefix(w, "outbox unavailable")) {
+			(r.OutboxError != nil && strings.HasPrefix(w, "outbox unavailable")) ||
+			(r.PublicationError != nil && w == *r.PublicationError) {
 			continue
 		}
 		warns = append(warns, w)
@@ -387,6 +407,13 @@ func stDeref[T any](p *T) T {
 		return zero
 	}
 	return *p
+}
+
+func stYesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }
 
 func stOrDash(p *string) string {

@@ -350,6 +350,8 @@ func TestValidationErrors(t *testing.T) {
 			`batch.size must be a positive integer, got "banana" (from CDC_BATCH_SIZE)`},
 		{"batch.size", nil, "batch:\n  size: 0\n",
 			`batch.size must be a positive integer, got "0" (from FILE line 2)`},
+		{"batch.size", nil, "batch:\n  size: 1000001\n",
+			`batch.size must be at most 1000000, got 1000001 (from FILE line 2)`},
 		{"batch.size", nil, "batch:\n  size: 1.5\n",
 			`batch.size must be a positive integer, got "1.5" (from FILE line 2)`},
 		{"batch.size", nil, "batch:\n  size: [1]\n",

@@ -117,9 +117,16 @@ func (ch ClickHouse) validate() error {
 	return nil
 }
 
+// MaxBatchSize is the largest batch.size: what a restart was tested to
+// recover (the sink's lookup of a re-sent batch goes in chunks of ids).
+const MaxBatchSize = 1_000_000
+
 func (c *Config) validateRest() error {
 	if c.Batch.Size <= 0 {
 		return keyErr("batch.size", "must be a positive integer, got %d", c.Batch.Size)
+	}
+	if c.Batch.Size > MaxBatchSize {
+		return keyErr("batch.size", "must be at most %d, got %d", MaxBatchSize, c.Batch.Size)
 	}
 	if err := positive("batch.flush_interval", c.Batch.FlushInterval); err != nil {
 		return err

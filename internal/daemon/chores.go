@@ -39,7 +39,7 @@ func (d *Daemon) monitorSlot(ctx context.Context) {
 		d.metrics.SlotLagBytes.Set(float64(info.LagBytes))
 		d.metrics.RetainedWAL.Set(float64(info.RetainedBytes))
 		lost := 0.0
-		if info.WALStatus == "lost" {
+		if info.Health().Class == replication.SlotLost {
 			lost = 1
 		}
 		d.metrics.SlotLost.Set(lost)

@@ -21,7 +21,11 @@ type source struct {
 	schema, table string
 	metrics       *metrics.Metrics
 	dec           *decoder.Decoder
-	idCol         map[*decoder.Relation]int
+	// idCol is the id column's index of the outbox's relation, or -1 for
+	// another one, keyed by relation OID: the server re-sends a Relation
+	// message (after DDL, ANALYZE, autovacuum) and the decoder hands out a
+	// new *Relation each time, so keying by pointer grew without bound.
+	idCol map[uint32]int
 
 	inTxn         bool
 	txnLSN        pglogrepl.LSN
@@ -42,7 +46,7 @@ const rowChunk = 256
 
 func newSource(table string, m *metrics.Metrics) *source {
 	schema, name := checkpoint.SplitTable(table)
-	return &source{schema: schema, table: name, metrics: m, dec: decoder.New(), idCol: map[*decoder.Relation]int{}}
+	return &source{schema: schema, table: name, metrics: m, dec: decoder.New(), idCol: map[uint32]int{}}
 }
 
 // confirmable is the LSN to confirm given the durable one. When every
@@ -116,22 +120,17 @@ func (s *source) handle(msg replication.Message) error {
 	switch e := ev.(type) {
 	case *decoder.Begin:
 		s.inTxn, s.txnLSN, s.seq = true, e.FinalLSN, 0
+	case *decoder.Relation:
+		// A Relation of another table is harmless until a row of it comes;
+		// a new one of ours (after DDL) may have moved the id column.
+		delete(s.idCol, e.ID)
 	case *decoder.Insert:
 		if !s.inTxn {
 			return fmt.Errorf("insert at %s outside a transaction", msg.WALStart)
 		}
-		idx, ok := s.idCol[e.Relation]
-		if !ok {
-			idx = -1
-			if e.Relation.Namespace == s.schema && e.Relation.Name == s.table {
-				if idx = e.Relation.ColumnIndex("id"); idx < 0 {
-					return fmt.Errorf("relation %s has no id column", e.Relation.QualifiedName())
-				}
-			}
-			s.idCol[e.Relation] = idx
-		}
-		if idx < 0 {
-			return nil // another published table: not ours to deliver
+		idx, err := s.idColumn(e.Relation)
+		if err != nil {
+			return fmt.Errorf("insert at %s: %w", msg.WALStart, err)
 		}
 		id, ok := e.Values[idx].(int64)
 		if !ok {
@@ -155,4 +154,31 @@ func (s *source) handle(msg replication.Message) error {
 		}
 	}
 	return nil
+}
+
+// idColumn returns the id column's index of the outbox's relation. A row of
+// any other relation is an error, not a row to skip: skipping it would let
+// the slot be confirmed past it, and if it is in fact the outbox's (renamed,
+// or a partition published under its own name) it would stay pending
+// forever. The session ends before the transaction's Commit is handed on.
+func (s *source) idColumn(rel *decoder.Relation) (int, error) {
+	idx, ok := s.idCol[rel.ID]
+	if !ok {
+		idx = -1
+		if rel.Namespace == s.schema && rel.Name == s.table {
+			if idx = rel.ColumnIndex("id"); idx < 0 {
+				return 0, fmt.Errorf("relation %s has no id column", rel.QualifiedName())
+			}
+		}
+		s.idCol[rel.ID] = idx
+	}
+	if idx < 0 {
+		return 0, fmt.Errorf("row of relation %s (OID %d), not of the outbox %s.%s: the slot is not confirmed past it. "+
+			"Check that postgres.publication publishes the outbox alone (pg_publication_tables), a partitioned outbox "+
+			"via its root (publish_via_partition_root = true), and that postgres.table names the outbox (was it renamed?). "+
+			"A row written before the fix stays in the slot: then stop cdc, drop the slot (pg_drop_replication_slot) "+
+			"and start cdc, which re-creates it and backfills every pending row",
+			rel.QualifiedName(), rel.ID, s.schema, s.table)
+	}
+	return idx, nil
 }
