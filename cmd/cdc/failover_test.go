@@ -399,11 +399,6 @@ func idsQuery(t *testing.T, conn *pgx.Conn, sql string, args ...any) []int64 {
 	return ids
 }
 
-func readFile(path string) string {
-	b, _ := os.ReadFile(path)
-	return string(b)
-}
-
 // A slot that is created again (on a promoted standby, or after the lost-slot
 // runbook dropped it) by a daemon that dies before it records the new slot's
 // backfill list. Unlike a first creation (TestInterruptedSlotCreationIsRedone),
