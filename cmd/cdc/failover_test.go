@@ -45,6 +45,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/outbox-cdc/outbox-cdc/backfill"
 	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
 )
 
@@ -406,7 +407,9 @@ func idsQuery(t *testing.T, conn *pgx.Conn, sql string, args ...any) []int64 {
 // promoted standby got by replication. The next daemon must still see an
 // interrupted creation: the rows that were not `processed` when the slot was
 // created are delivered, none skipped. (Found by TestTorture's failover step:
-// 213,294 rows stayed `pending` forever.)
+// 213,294 rows stayed `pending` forever. On 81a927d, before
+// backfill.BeginCreation, the slot alone reproduced it: 100 of 250 rows
+// stayed `pending`.)
 func TestInterruptedSlotRecreationIsRedone(t *testing.T) {
 	bin := cdcBinary(t)
 	o := testenv.NewOutbox(t)
@@ -428,7 +431,11 @@ func TestInterruptedSlotRecreationIsRedone(t *testing.T) {
 	}
 	second := o.MustInsert(100, true)
 	// A daemon creates the slot again and dies before recording its
-	// backfill list: the slot exists, the state row is the old one.
+	// backfill list: what it leaves is its mark of a creation under way
+	// (over the old slot's row) and the slot.
+	if err := backfill.BeginCreation(ctx, o.PG, o.Slot); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := o.PG.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, o.Slot); err != nil {
 		t.Fatal(err)
 	}
