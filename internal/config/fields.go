@@ -16,6 +16,7 @@ type kind int
 const (
 	kindString   kind = iota // any string
 	kindWord                 // string, trimmed and lower-cased (enumerations)
+	kindWordOrInt            // kindWord that may also be an unquoted YAML integer (auto | 0 | N)
 	kindSecret               // string kept verbatim and never echoed in errors
 	kindList                 // comma-separated string or YAML list of strings
 	kindInt                  // positive integer
@@ -48,6 +49,9 @@ var specs = []spec{
 	{"clickhouse.password", kindSecret, "", func(c *Config) any { return &c.ClickHouse.Password }},
 	{"clickhouse.dial_timeout", kindDuration, "10s", func(c *Config) any { return &c.ClickHouse.DialTimeout }},
 	{"clickhouse.compression", kindWord, "lz4", func(c *Config) any { return &c.ClickHouse.Compression }},
+	{"clickhouse.cluster", kindString, "", func(c *Config) any { return &c.ClickHouse.Cluster }},
+	{"clickhouse.insert_quorum", kindWordOrInt, "auto", func(c *Config) any { return &c.ClickHouse.InsertQuorum }},
+	{"clickhouse.insert_quorum_timeout", kindDuration, "60s", func(c *Config) any { return &c.ClickHouse.InsertQuorumTimeout }},
 
 	{"batch.size", kindInt, "1000", func(c *Config) any { return &c.Batch.Size }},
 	{"batch.flush_interval", kindDuration, "1s", func(c *Config) any { return &c.Batch.FlushInterval }},
@@ -118,6 +122,11 @@ func (s spec) set(c *Config, raw any) error {
 	got := fmt.Sprintf("%q", text)
 
 	switch s.kind {
+	case kindWordOrInt:
+		if _, isInt := raw.(int); !isString && !isInt {
+			return keyErr(s.key, "must be a word or an integer, got %s", text)
+		}
+		*s.ptr(c).(*string) = strings.ToLower(strings.TrimSpace(text))
 	case kindString, kindWord, kindSecret:
 		if !isString {
 			// Unquoted YAML numbers and booleans are rejected rather than
