@@ -14,16 +14,16 @@ const envPrefix = "CDC"
 type kind int
 
 const (
-	kindString   kind = iota // any string
-	kindWord                 // string, trimmed and lower-cased (enumerations)
-	kindWordOrInt            // kindWord that may also be an unquoted YAML integer (auto | 0 | N)
-	kindSecret               // string kept verbatim and never echoed in errors
-	kindList                 // comma-separated string or YAML list of strings
-	kindInt                  // positive integer
-	kindCount                // integer, 0 or more
-	kindBytes                // positive integer of bytes, optional KiB/MiB/GiB suffix
-	kindBool                 // true/false
-	kindDuration             // Go duration such as 500ms, 2s, 1h30m
+	kindString    kind = iota // any string
+	kindWord                  // string, trimmed and lower-cased (enumerations)
+	kindWordOrInt             // kindWord that may also be an unquoted YAML integer (auto | 0 | N)
+	kindSecret                // string kept verbatim and never echoed in errors
+	kindList                  // comma-separated string or YAML list of strings
+	kindInt                   // positive integer
+	kindCount                 // integer, 0 or more
+	kindBytes                 // positive integer of bytes, optional KiB/MiB/GiB suffix
+	kindBool                  // true/false
+	kindDuration              // Go duration such as 500ms, 2s, 1h30m
 )
 
 // spec describes one key: its default in the syntax a user would write in
