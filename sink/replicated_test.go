@@ -2,6 +2,7 @@ package sink
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -83,11 +84,12 @@ func TestReplicaLostBeforeOthersFetched(t *testing.T) {
 			defer s2.Close()
 			start := time.Now()
 			restarted := false
+			var back time.Time
 			var res Result
 			for attempt := 1; ; attempt++ {
 				if !restarted && time.Since(start) > 5*time.Second {
 					cl.Start(t, 1) // the killed replica comes back 5 s later
-					restarted = true
+					restarted, back = true, time.Now()
 				}
 				if err = s2.Recover(ctx, 900); err == nil {
 					if res, err = s2.Write(ctx, batch); err == nil {
@@ -102,7 +104,12 @@ func TestReplicaLostBeforeOthersFetched(t *testing.T) {
 				}
 				time.Sleep(500 * time.Millisecond)
 			}
-			t.Logf("survivor wrote after %s: inserted %d, skipped %d", time.Since(start).Round(100*time.Millisecond), res.Inserted, res.Skipped)
+			resumed := "(the killed replica was still down)"
+			if restarted {
+				resumed = fmt.Sprintf("%s after the killed replica answered again", time.Since(back).Round(100*time.Millisecond))
+			}
+			t.Logf("survivor wrote %s after it started, %s: inserted %d, skipped %d",
+				time.Since(start).Round(100*time.Millisecond), resumed, res.Inserted, res.Skipped)
 
 			if !restarted {
 				cl.Start(t, 1)
