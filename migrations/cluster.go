@@ -117,3 +117,22 @@ func checkCluster(ctx context.Context, conn driver.Conn, cluster string) error {
 	}
 	return nil
 }
+
+// remakeDistributed drops <table> and creates it again ON CLUSTER with the
+// same engine (sharding key included) over <table>_local, so it shows the
+// columns <table>_local has now.
+func remakeDistributed(ctx context.Context, conn driver.Conn, c ClickHouse) error {
+	var engine string
+	if err := conn.QueryRow(ctx, "SELECT engine_full FROM system.tables WHERE database = ? AND name = ?", c.Database, c.Table).Scan(&engine); err != nil {
+		return fmt.Errorf("clickhouse: read the engine of %s.%s: %w", c.Database, c.Table, err)
+	}
+	name := quoteCH(c.Database) + "." + quoteCH(c.Table)
+	on := " ON CLUSTER " + quoteCH(c.Cluster)
+	if err := conn.Exec(ctx, "DROP TABLE IF EXISTS "+name+on); err != nil {
+		return fmt.Errorf("clickhouse: drop %s to remake it with new columns: %w", name, err)
+	}
+	if err := conn.Exec(ctx, "CREATE TABLE "+name+on+" AS "+quoteCH(c.Database)+"."+quoteCH(c.rowTable())+" ENGINE = "+engine); err != nil {
+		return fmt.Errorf("clickhouse: create %s again over %s: %w", name, c.rowTable(), err)
+	}
+	return nil
+}

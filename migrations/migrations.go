@@ -337,6 +337,17 @@ func ensureColumn(ctx context.Context, conn driver.Conn, c ClickHouse, name, typ
 		if c.Cluster != "" {
 			onCluster = " ON CLUSTER " + quoteCH(c.Cluster)
 		}
+		if c.Cluster != "" && table == c.Table {
+			// ClickHouse refuses ALTER … ON CLUSTER of a table that is not
+			// replicated on a shard with internal_replication ("Table isn't
+			// replicated, but shard is replicated"). A Distributed table holds
+			// no rows of its own: make it again over the altered table.
+			if err := remakeDistributed(ctx, conn, c); err != nil {
+				return false, err
+			}
+			added = true
+			continue
+		}
 		if err := conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s.%s%s ADD COLUMN %s %s", quoteCH(c.Database), quoteCH(table), onCluster, quoteCH(name), typ)); err != nil {
 			return false, fmt.Errorf("clickhouse: add column %s to %s.%s: %w", name, c.Database, table, err)
 		}
