@@ -16,16 +16,17 @@
 #
 # Set CDC_TESTENV_CLUSTER=1 to make `up`, `down`, `env` and `status` include the cluster.
 # Overrides: CDC_TESTENV_CLUSTER_DIR (default $STATE_DIR/cluster), CDC_TESTENV_ZKPORT
-# (52181), CDC_TESTENV_CLUSTER_REPLICAS (2), CDC_TESTENV_CLUSTER_BASEPORT (59100: replica I
-# listens on BASE+10*(I-1) for TCP, +1 HTTP, +2 interserver HTTP).
+# (27190), CDC_TESTENV_CLUSTER_REPLICAS (2), CDC_TESTENV_CLUSTER_BASEPORT (27100: replica I
+# listens on BASE+10*(I-1) for TCP, +1 HTTP, +2 interserver HTTP; below Linux's ephemeral
+# ports, which a client connection can hold when a server starts).
 #
 # It reuses testenv.sh's ch_* functions by pointing their CH_* variables at one replica
 # (cl_select) before each call.
 
 CL_DIR="${CDC_TESTENV_CLUSTER_DIR:-$STATE_DIR/cluster}"
-ZK_PORT="${CDC_TESTENV_ZKPORT:-52181}"
+ZK_PORT="${CDC_TESTENV_ZKPORT:-27190}"
 CL_REPLICAS="${CDC_TESTENV_CLUSTER_REPLICAS:-2}"
-CL_BASEPORT="${CDC_TESTENV_CLUSTER_BASEPORT:-59100}"
+CL_BASEPORT="${CDC_TESTENV_CLUSTER_BASEPORT:-27100}"
 CL_NAME="cdc_cluster"
 ZK_DIR="$CL_DIR/zk"
 ZK_PIDFILE="$ZK_DIR/zookeeper.pid"
