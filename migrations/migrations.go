@@ -170,6 +170,23 @@ func truncate(s string, n int) string {
 type ClickHouse struct {
 	Database string
 	Table    string
+	// Cluster, when set, is a cluster of the servers' remote_servers: the
+	// rows then live in LocalTable(Table), a ReplicatedMergeTree made ON
+	// CLUSTER, and Table is a Distributed table over it.
+	Cluster string
+}
+
+// LocalTable is the name of the replicated table that holds the rows when
+// a cluster is configured.
+func LocalTable(table string) string { return table + "_local" }
+
+// rowTable is the table that holds the rows: Table itself on one server,
+// its _local table on a cluster.
+func (c ClickHouse) rowTable() string {
+	if c.Cluster != "" {
+		return LocalTable(c.Table)
+	}
+	return c.Table
 }
 
 // Version is a ClickHouse server version.
@@ -200,10 +217,16 @@ func ClickHouseStatements(v Version, c ClickHouse) ([][]string, []string, error)
 	data := map[string]any{
 		"Database": quoteCH(c.Database),
 		"Table":    quoteCH(c.Table),
+		"Local":    quoteCH(c.rowTable()),
+		"Cluster":  "",
+		"ZKPath":   "/clickhouse/tables/{shard}/" + c.Database + "/" + c.rowTable(),
 		"Modern":   v.Modern(),
 		"Symbol":   "String",
 		"Time":     "DateTime",
 		"Now":      "now()",
+	}
+	if c.Cluster != "" {
+		data["Cluster"] = quoteCH(c.Cluster)
 	}
 	if v.Modern() {
 		data["Symbol"] = "LowCardinality(String)"
@@ -253,6 +276,9 @@ func ApplyClickHouse(ctx context.Context, conn driver.Conn, c ClickHouse) (appli
 	if err != nil {
 		return nil, err
 	}
+	if err := checkTables(ctx, conn, c); err != nil {
+		return nil, err
+	}
 	stmts, names, err := ClickHouseStatements(v, c)
 	if err != nil {
 		return nil, err
@@ -289,19 +315,45 @@ var addedColumns = []struct{ name, typ string }{
 	{"_fingerprint", "UInt64"},
 }
 
+// ensureColumn adds a column the table lacks. On a cluster it goes on the
+// replicated table first (ReplicatedMergeTree passes the ALTER on to its
+// replicas), then on the Distributed table, which must show it for reads.
 func ensureColumn(ctx context.Context, conn driver.Conn, c ClickHouse, name, typ string) (bool, error) {
-	var n uint64
-	if err := conn.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?",
-		c.Database, c.Table, name).Scan(&n); err != nil {
-		return false, fmt.Errorf("clickhouse: read columns of %s.%s: %w", c.Database, c.Table, err)
+	tables := []string{c.Table}
+	if c.Cluster != "" {
+		tables = []string{c.rowTable(), c.Table}
 	}
-	if n > 0 {
-		return false, nil
+	added := false
+	for _, table := range tables {
+		var n uint64
+		if err := conn.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?",
+			c.Database, table, name).Scan(&n); err != nil {
+			return false, fmt.Errorf("clickhouse: read columns of %s.%s: %w", c.Database, table, err)
+		}
+		if n > 0 {
+			continue
+		}
+		onCluster := ""
+		if c.Cluster != "" {
+			onCluster = " ON CLUSTER " + quoteCH(c.Cluster)
+		}
+		if c.Cluster != "" && table == c.Table {
+			// ClickHouse refuses ALTER … ON CLUSTER of a table that is not
+			// replicated on a shard with internal_replication ("Table isn't
+			// replicated, but shard is replicated"). A Distributed table holds
+			// no rows of its own: make it again over the altered table.
+			if err := remakeDistributed(ctx, conn, c); err != nil {
+				return false, err
+			}
+			added = true
+			continue
+		}
+		if err := conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s.%s%s ADD COLUMN %s %s", quoteCH(c.Database), quoteCH(table), onCluster, quoteCH(name), typ)); err != nil {
+			return false, fmt.Errorf("clickhouse: add column %s to %s.%s: %w", name, c.Database, table, err)
+		}
+		added = true
 	}
-	if err := conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s.%s ADD COLUMN %s %s", quoteCH(c.Database), quoteCH(c.Table), quoteCH(name), typ)); err != nil {
-		return false, fmt.Errorf("clickhouse: add column %s to %s.%s: %w", name, c.Database, c.Table, err)
-	}
-	return true, nil
+	return added, nil
 }
 
 func recordClickHouse(ctx context.Context, conn driver.Conn, db string, names []string) error {

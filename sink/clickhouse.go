@@ -86,16 +86,27 @@ type Options struct {
 	CheckEveryRow bool
 	// Fence, when set, is asked before every INSERT and every block of one:
 	// an error (a lost lease) stops the write, and nothing more is sent.
-	Fence  func() error
-	Logger *slog.Logger
+	Fence func() error
+	// Cluster, when set, makes the sink write to and read from
+	// <Table>_local, the replicated table under the Distributed <Table>.
+	Cluster string
+	// InsertQuorum is QuorumAuto, 0 (off) or how many replicas must have
+	// an INSERT before it counts (see replicated.go).
+	InsertQuorum        int
+	InsertQuorumTimeout time.Duration
+	Logger              *slog.Logger
 }
 
 // ClickHouse is the sink. It is used by one writer goroutine at a time.
 type ClickHouse struct {
-	conn    driver.Conn
-	opts    Options
-	log     *slog.Logger
-	columns []tableColumn
+	conn driver.Conn
+	opts Options
+	log  *slog.Logger
+	mode Mode
+	// peerConns reach every address of Options.Addr one by one, for the
+	// in-flight insert fence on a replicated table (see peers).
+	peerConns []driver.Conn
+	columns   []tableColumn
 	// plans is keyed by relation OID: PostgreSQL re-sends a Relation message
 	// (a new *decoder.Relation) after every autovacuum or ANALYZE, and a map
 	// keyed by pointer would grow with each.
@@ -167,11 +178,18 @@ func Open(ctx context.Context, opts Options) (*ClickHouse, error) {
 		conn.Close()
 		return nil, err
 	}
+	if err := c.detectMode(ctx); err != nil {
+		conn.Close()
+		return nil, err
+	}
 	return c, nil
 }
 
 // Close closes the connections.
-func (c *ClickHouse) Close() error { return c.conn.Close() }
+func (c *ClickHouse) Close() error {
+	c.closePeers()
+	return c.conn.Close()
+}
 
 // Ping checks that the server answers.
 func (c *ClickHouse) Ping(ctx context.Context) error {
@@ -184,11 +202,11 @@ func (c *ClickHouse) Ping(ctx context.Context) error {
 func (c *ClickHouse) addr() string { return strings.Join(c.opts.Addr, ",") }
 
 func (c *ClickHouse) table() string {
-	return quoteIdent(c.opts.Database) + "." + quoteIdent(c.opts.Table)
+	return quoteIdent(c.opts.Database) + "." + quoteIdent(rowTable(c.opts))
 }
 
 func (c *ClickHouse) loadColumns(ctx context.Context) error {
-	rows, err := c.conn.Query(ctx, "SELECT name, type, default_kind FROM system.columns WHERE database = ? AND table = ?", c.opts.Database, c.opts.Table)
+	rows, err := c.conn.Query(ctx, "SELECT name, type, default_kind FROM system.columns WHERE database = ? AND table = ?", c.opts.Database, rowTable(c.opts))
 	if err != nil {
 		return fmt.Errorf("clickhouse %s: read columns of %s: %w", c.addr(), c.table(), err)
 	}
@@ -293,7 +311,7 @@ func (c *ClickHouse) Recover(ctx context.Context, floor uint64) error {
 	c.uncertain = false
 	q := fmt.Sprintf("SELECT %s, %s FROM %s WHERE %s >= %d ORDER BY %s DESC, %s DESC LIMIT 1",
 		ColumnLSN, ColumnSeq, c.table(), ColumnLSN, floor, ColumnLSN, ColumnSeq)
-	rows, err := c.conn.Query(ctx, q)
+	rows, err := c.conn.Query(c.readContext(ctx), q)
 	if err != nil {
 		return fmt.Errorf("clickhouse %s: read high-water mark: %w", c.addr(), err)
 	}
@@ -393,7 +411,7 @@ func (c *ClickHouse) presentChunk(ctx context.Context, rows []Row, present map[i
 	if c.opts.CheckEveryRow {
 		q = fmt.Sprintf("SELECT id, %s FROM %s WHERE id IN (%s)", ColumnFingerprint, c.table(), b.String())
 	}
-	res, err := c.conn.Query(ctx, q)
+	res, err := c.conn.Query(c.readContext(ctx), q)
 	if err != nil {
 		return fmt.Errorf("clickhouse %s: check stored ids: %w", c.addr(), err)
 	}
@@ -695,9 +713,7 @@ func (c *ClickHouse) insertRun(ctx context.Context, rows []convertedRow) error {
 	if err := c.fence(); err != nil {
 		return err
 	}
-	if blk.chunkEnd(lo, hi) < hi {
-		ctx = clickhouse.Context(ctx, clickhouse.WithSettings(oneBlockInsert))
-	}
+	ctx = c.insertContext(ctx, blk.chunkEnd(lo, hi) < hi)
 	batch, err := c.conn.PrepareBatch(ctx, blk.plan.sql)
 	if err != nil {
 		return fmt.Errorf("clickhouse %s: prepare insert into %s: %w", c.addr(), c.table(), err)

@@ -20,5 +20,8 @@ func OpenConn(ctx context.Context, conn driver.Conn, opts Options) (*ClickHouse,
 	if err := c.loadColumns(ctx); err != nil {
 		return nil, err
 	}
+	if err := c.detectMode(ctx); err != nil {
+		return nil, err
+	}
 	return c, nil
 }

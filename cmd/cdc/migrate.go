@@ -45,7 +45,7 @@ func migrateCmd(configFile *string) *cobra.Command {
 				return fmt.Errorf("clickhouse: open: %w", err)
 			}
 			defer ch.Close()
-			chApplied, err := migrations.ApplyClickHouse(ctx, ch, migrations.ClickHouse{Database: cfg.ClickHouse.Database, Table: cfg.ClickHouse.Table})
+			chApplied, err := migrations.ApplyClickHouse(ctx, ch, migrations.ClickHouse{Database: cfg.ClickHouse.Database, Table: cfg.ClickHouse.Table, Cluster: cfg.ClickHouse.Cluster})
 			if err != nil {
 				return err
 			}

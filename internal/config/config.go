@@ -17,6 +17,7 @@ package config
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -86,6 +87,32 @@ type ClickHouse struct {
 	// Compression of the native protocol: "lz4" or "none"
 	// (clickhouse.compression, default lz4).
 	Compression string
+	// Cluster is a cluster of the servers' remote_servers (clickhouse.cluster,
+	// default empty: one server, or a Replicated* table used as it is). With
+	// it, cdc migrate makes <table>_local (ReplicatedMergeTree, ON CLUSTER)
+	// and <table> (Distributed), and cdc writes to <table>_local.
+	Cluster string
+	// InsertQuorum is "auto", or how many replicas must have written an
+	// INSERT before it is acknowledged, 0 being off
+	// (clickhouse.insert_quorum, default auto: a majority of the shard's
+	// replicas when the table is Replicated*, else 0). See [ClickHouse.Quorum].
+	InsertQuorum string
+	// InsertQuorumTimeout bounds the wait for the quorum of one INSERT
+	// (clickhouse.insert_quorum_timeout, default 60s).
+	InsertQuorumTimeout time.Duration
+}
+
+// QuorumAuto is what [ClickHouse.Quorum] returns for insert_quorum: auto.
+const QuorumAuto = -1
+
+// Quorum returns clickhouse.insert_quorum as a number: QuorumAuto, 0 (off)
+// or N. The value has passed Validate.
+func (ch ClickHouse) Quorum() int {
+	if ch.InsertQuorum == "auto" {
+		return QuorumAuto
+	}
+	n, _ := strconv.Atoi(ch.InsertQuorum)
+	return n
 }
 
 // Batch controls when buffered rows are cut into a batch and flushed.

@@ -14,16 +14,17 @@ const envPrefix = "CDC"
 type kind int
 
 const (
-	kindString   kind = iota // any string
-	kindWord                 // string, trimmed and lower-cased (enumerations)
-	kindSecret               // string kept verbatim and never echoed in errors
-	kindList                 // comma-separated string or YAML list of strings
-	kindInt                  // positive integer
-	kindCount                // integer, 0 or more
-	kindBytes                // positive integer of bytes, optional KiB/MiB/GiB suffix
-	kindBool                 // true/false
-	kindDuration             // Go duration such as 500ms, 2s, 1h30m
-	kindSwitch               // auto, true or false: a YAML boolean or a string, lower-cased
+	kindString    kind = iota // any string
+	kindWord                  // string, trimmed and lower-cased (enumerations)
+	kindWordOrInt             // kindWord that may also be an unquoted YAML integer (auto | 0 | N)
+	kindSecret                // string kept verbatim and never echoed in errors
+	kindList                  // comma-separated string or YAML list of strings
+	kindInt                   // positive integer
+	kindCount                 // integer, 0 or more
+	kindBytes                 // positive integer of bytes, optional KiB/MiB/GiB suffix
+	kindBool                  // true/false
+	kindDuration              // Go duration such as 500ms, 2s, 1h30m
+	kindSwitch                // auto, true or false: a YAML boolean or a string, lower-cased
 )
 
 // spec describes one key: its default in the syntax a user would write in
@@ -50,6 +51,9 @@ var specs = []spec{
 	{"clickhouse.password", kindSecret, "", func(c *Config) any { return &c.ClickHouse.Password }},
 	{"clickhouse.dial_timeout", kindDuration, "10s", func(c *Config) any { return &c.ClickHouse.DialTimeout }},
 	{"clickhouse.compression", kindWord, "lz4", func(c *Config) any { return &c.ClickHouse.Compression }},
+	{"clickhouse.cluster", kindString, "", func(c *Config) any { return &c.ClickHouse.Cluster }},
+	{"clickhouse.insert_quorum", kindWordOrInt, "auto", func(c *Config) any { return &c.ClickHouse.InsertQuorum }},
+	{"clickhouse.insert_quorum_timeout", kindDuration, "60s", func(c *Config) any { return &c.ClickHouse.InsertQuorumTimeout }},
 
 	{"batch.size", kindInt, "1000", func(c *Config) any { return &c.Batch.Size }},
 	{"batch.flush_interval", kindDuration, "1s", func(c *Config) any { return &c.Batch.FlushInterval }},
@@ -120,6 +124,11 @@ func (s spec) set(c *Config, raw any) error {
 	got := fmt.Sprintf("%q", text)
 
 	switch s.kind {
+	case kindWordOrInt:
+		if _, isInt := raw.(int); !isString && !isInt {
+			return keyErr(s.key, "must be a word or an integer, got %s", text)
+		}
+		*s.ptr(c).(*string) = strings.ToLower(strings.TrimSpace(text))
 	case kindString, kindWord, kindSecret:
 		if !isString {
 			// Unquoted YAML numbers and booleans are rejected rather than

@@ -119,6 +119,17 @@ func (ch ClickHouse) validate() error {
 	if ch.Compression != "lz4" && ch.Compression != "none" {
 		return keyErr("clickhouse.compression", "must be one of lz4, none, got %q", ch.Compression)
 	}
+	if ch.Cluster != "" && !chIdent.MatchString(ch.Cluster) {
+		return keyErr("clickhouse.cluster", "must be empty (one server) or a cluster name of the servers' remote_servers (letters, digits, underscores), got %q", ch.Cluster)
+	}
+	if ch.InsertQuorum != "auto" {
+		if n, err := strconv.Atoi(ch.InsertQuorum); err != nil || n < 0 || n > 255 {
+			return keyErr("clickhouse.insert_quorum", "must be auto (a majority of the replicas on a Replicated* table, else off), 0 (off) or a number of replicas up to 255, got %q", ch.InsertQuorum)
+		}
+	}
+	if ch.InsertQuorumTimeout < time.Second || ch.InsertQuorumTimeout%time.Millisecond != 0 {
+		return keyErr("clickhouse.insert_quorum_timeout", "must be a duration of at least 1s in whole milliseconds like 60s, got %s", ch.InsertQuorumTimeout)
+	}
 	return nil
 }
 

@@ -237,6 +237,9 @@ func (d *Daemon) lead(stop, ctx context.Context) error {
 		}
 		d.sink = s
 		d.chReady.Store(s)
+		m := s.Mode()
+		d.log.Info("clickhouse: writing to "+d.cfg.ClickHouse.Database+"."+m.Table, "mode", m.String(),
+			"engine", m.Engine, "replicas", m.Replicas, "insert_quorum", m.Quorum)
 	}
 	// Before the slot: a publication that leaves outbox rows out of the
 	// stream would let the slot move past them.
@@ -385,6 +388,7 @@ func sinkOptions(cfg *config.Config, log *slog.Logger, checkEveryRow bool, fence
 	return sink.Options{
 		Addr: c.Addr, Database: c.Database, Table: c.Table, Username: c.Username, Password: c.Password,
 		DialTimeout: c.DialTimeout, Compression: c.Compression == "lz4", CheckEveryRow: checkEveryRow, Fence: fence, Logger: log,
+		Cluster: c.Cluster, InsertQuorum: c.Quorum(), InsertQuorumTimeout: c.InsertQuorumTimeout,
 	}
 }
 

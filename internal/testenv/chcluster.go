@@ -1,0 +1,175 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// ClusterName is the remote_servers cluster scripts/testenv-cluster.sh
+// configures: one shard whose replicas are every server it starts.
+const ClusterName = "cdc_cluster"
+
+// CHCluster is a private replicated ClickHouse for one test: a standalone
+// ZooKeeper and replicas of one shard, started by scripts/testenv.sh
+// (cluster-up) in their own directory on their own ports. Tests kill,
+// stop and restart its replicas and its ZooKeeper; they never touch the
+// shared servers.
+type CHCluster struct {
+	Name   string   // the cluster in remote_servers
+	Addrs  []string // native addresses of replicas 1..N
+	ZKAddr string
+	dir    string
+	script string
+	env    []string
+}
+
+// StartCHCluster starts ZooKeeper and replicas ClickHouse servers, the
+// replicas of one shard (macros shard=01, replica=r1…rN). Everything is
+// stopped and removed when the test ends (kept when it failed).
+func StartCHCluster(t testing.TB, name string, replicas int) *CHCluster {
+	t.Helper()
+	script := mustEnv(t, EnvScript)
+	dir, err := os.MkdirTemp("/tmp", "outbox-cdc-"+name+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// clickhouse-server runs as its own user, which must reach the directory.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	base := clusterBasePort(t, replicas)
+	c := &CHCluster{Name: ClusterName, ZKAddr: fmt.Sprintf("127.0.0.1:%d", base+90), dir: dir, script: script}
+	for i := 0; i < replicas; i++ {
+		c.Addrs = append(c.Addrs, fmt.Sprintf("127.0.0.1:%d", base+10*i))
+	}
+	c.env = append(os.Environ(),
+		"CDC_TESTENV_DIR="+dir,
+		"CDC_TESTENV_CLUSTER_DIR="+dir+"/cluster",
+		fmt.Sprintf("CDC_TESTENV_CLUSTER_REPLICAS=%d", replicas),
+		fmt.Sprintf("CDC_TESTENV_CLUSTER_BASEPORT=%d", base),
+		fmt.Sprintf("CDC_TESTENV_ZKPORT=%d", base+90),
+	)
+	t.Cleanup(func() {
+		if err := c.run("cluster-down"); err != nil {
+			t.Errorf("testenv: stop private cluster: %v", err)
+		}
+		if !t.Failed() {
+			os.RemoveAll(dir)
+		} else {
+			t.Logf("private cluster's files kept in %s", dir)
+		}
+	})
+	c.Script(t, "cluster-up")
+	return c
+}
+
+// clusterBasePort finds a base port below the ephemeral range (32768 on
+// Linux: a client's outgoing connection can take a port there between our
+// check and the server's bind) with base+10*i+{0,1,2} and base+90 free.
+func clusterBasePort(t testing.TB, replicas int) int {
+	t.Helper()
+	for attempt := 0; attempt < 50; attempt++ {
+		base := 20000 + 100*rand.IntN(120) // 20000..31900
+		ports := []int{base + 90}
+		for i := 0; i < replicas; i++ {
+			ports = append(ports, base+10*i, base+10*i+1, base+10*i+2)
+		}
+		if allFree(ports) {
+			return base
+		}
+	}
+	t.Fatalf("testenv: no free port range for a %d-replica cluster", replicas)
+	return 0
+}
+
+func allFree(ports []int) bool {
+	for _, p := range ports {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			return false
+		}
+		ln.Close()
+	}
+	return true
+}
+
+// Kill SIGKILLs replica i (1-based): a crash, with whatever it was doing
+// cut short.
+func (c *CHCluster) Kill(t testing.TB, i int) { c.Script(t, "cluster-kill-replica", fmt.Sprint(i)) }
+
+// Stop stops replica i cleanly (SIGTERM).
+func (c *CHCluster) Stop(t testing.TB, i int) { c.Script(t, "cluster-stop-replica", fmt.Sprint(i)) }
+
+// Start starts replica i again and waits until it answers and reaches
+// ZooKeeper.
+func (c *CHCluster) Start(t testing.TB, i int) { c.Script(t, "cluster-start-replica", fmt.Sprint(i)) }
+
+// RestartZK SIGKILLs ZooKeeper and starts it again.
+func (c *CHCluster) RestartZK(t testing.TB) { c.Script(t, "cluster-zk-restart") }
+
+// Conn opens a connection to replica i alone; t.Cleanup closes it.
+func (c *CHCluster) Conn(t testing.TB, i int) driver.Conn {
+	t.Helper()
+	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{c.Addrs[i-1]}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("testenv: open replica %d: %v", i, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// Exec runs a statement on replica i.
+func (c *CHCluster) Exec(t testing.TB, i int, query string) {
+	t.Helper()
+	if err := clickHouseExec(c.Addrs[i-1], query); err != nil {
+		t.Fatalf("testenv: replica %d: %s: %v", i, query, err)
+	}
+}
+
+// SyncReplica waits (SYSTEM SYNC REPLICA) until replica i has fetched
+// every part the replication log names for db.table.
+func (c *CHCluster) SyncReplica(t testing.TB, i int, db, table string) {
+	t.Helper()
+	c.Exec(t, i, "SYSTEM SYNC REPLICA `"+db+"`.`"+table+"`")
+}
+
+// Counts returns count() and uniqExact(id) of db.table on replica i.
+func (c *CHCluster) Counts(t testing.TB, i int, db, table string) (count, uniq uint64) {
+	t.Helper()
+	conn := c.Conn(t, i)
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	if err := conn.QueryRow(ctx, "SELECT count(), uniqExact(id) FROM `"+db+"`.`"+table+"`").Scan(&count, &uniq); err != nil {
+		t.Fatalf("testenv: count on replica %d: %v", i, err)
+	}
+	return count, uniq
+}
+
+// Script runs scripts/testenv.sh against this cluster.
+func (c *CHCluster) Script(t testing.TB, args ...string) {
+	t.Helper()
+	if err := c.run(args...); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+}
+
+func (c *CHCluster) run(args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, c.script, args...)
+	cmd.Env = c.env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("cluster %s: %s %s: %w\n%s", strings.Join(c.Addrs, ","), c.script, strings.Join(args, " "), err, out)
+	}
+	return nil
+}
