@@ -185,6 +185,9 @@ func TestRunStopsOnWALLevel(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv.Script(t, "pg-restart")
+	if out, code := migrateBinary(t, bin, env); code != 0 || !strings.Contains(out, "wal_level is not logical") {
+		t.Errorf("migrate with wal_level = replica: exit %d, want 0 and a warning:\n%s", code, out)
+	}
 
 	out, code, took := runUntilExit(t, bin, env, 40*time.Second)
 	if code <= 0 || took > 30*time.Second {
@@ -247,4 +250,69 @@ func tail2(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+func migrateBinary(t *testing.T, bin string, env []string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(bin, "migrate")
+	cmd.Env = append(os.Environ(), env...)
+	out, err := runWithTimeout(cmd, 2*time.Minute)
+	if err != nil && strings.HasPrefix(err.Error(), "still running") {
+		t.Fatalf("cdc migrate hangs:\n%s", out)
+	}
+	return out, cmd.ProcessState.ExitCode()
+}
+
+// cdc migrate reaches both servers before changing either, refuses to adopt
+// a ClickHouse table cdc cannot deliver into (naming the ALTER TABLE), and
+// tells applied from already there.
+func TestMigrateChecksBothServersAndTheAdoptedTable(t *testing.T) {
+	bin := cdcBinary(t)
+	pgURL, chDB := testenv.NewPostgresDB(t), testenv.NewClickHouseDB(t)
+	o := testenv.OpenOutbox(t, pgURL, testenv.ClickHouseAddr(t), chDB)
+	env := []string{"CDC_POSTGRES_URL=" + pgURL, "CDC_CLICKHOUSE_ADDR=" + o.CHAddr, "CDC_CLICKHOUSE_DATABASE=" + chDB, "CDC_LOG_FORMAT=json"}
+	outboxExists := func() bool {
+		var ok bool
+		if err := o.PG.QueryRow(context.Background(), `SELECT to_regclass('public.event_outbox') IS NOT NULL`).Scan(&ok); err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+
+	out, code := migrateBinary(t, bin, withEnv(env, fmt.Sprintf("CDC_CLICKHOUSE_ADDR=127.0.0.1:%d", testenv.FreePort(t))))
+	if code == 0 {
+		t.Fatalf("migrate with ClickHouse unreachable exited 0:\n%s", out)
+	}
+	if outboxExists() {
+		t.Errorf("migrate changed PostgreSQL although ClickHouse was unreachable")
+	}
+	if !strings.Contains(lastLine(out), "nothing was changed") {
+		t.Errorf("message does not say nothing changed: %s", lastLine(out))
+	}
+
+	// An adopted table without the bookkeeping columns.
+	if err := o.CH.Exec(context.Background(), "CREATE TABLE `"+chDB+"`.events (id Int64, event_type String, event_date_time DateTime, "+
+		"created_at DateTime) ENGINE = MergeTree ORDER BY id"); err != nil {
+		t.Fatal(err)
+	}
+	out, code = migrateBinary(t, bin, env)
+	want := "ALTER TABLE `" + chDB + "`.`events` ADD COLUMN `_lsn` UInt64, ADD COLUMN `_seq` UInt64"
+	if code == 0 || !strings.Contains(lastLine(out), want) || !strings.Contains(lastLine(out), "schema error") {
+		t.Fatalf("migrate of a table without _lsn/_seq: exit %d, want non-zero naming %q:\n%s", code, want, out)
+	}
+	if strings.Contains(out, "clickhouse migrated") {
+		t.Errorf("migrate said the ClickHouse side was migrated:\n%s", out)
+	}
+	if err := o.CH.Exec(context.Background(), "ALTER TABLE `"+chDB+"`.events ADD COLUMN _lsn UInt64, ADD COLUMN _seq UInt64"); err != nil {
+		t.Fatal(err)
+	}
+	out, code = migrateBinary(t, bin, env)
+	if code != 0 || !strings.Contains(out, "adopted the existing table") {
+		t.Fatalf("migrate after the fix: exit %d, want 0 and the table adopted:\n%s", code, out)
+	}
+
+	out, code = migrateBinary(t, bin, env)
+	if code != 0 || strings.Count(out, "already up to date, nothing applied") != 2 || strings.Contains(out, `"applied"`) {
+		t.Errorf("rerun: exit %d, want both servers already up to date:\n%s", code, out)
+	}
 }
