@@ -491,6 +491,9 @@ func (d *Daemon) stream(stop, ctx context.Context) error {
 			return err
 		}
 		defer conn.Close(context.Background())
+		// True from the first scrape: the slot's position until this
+		// stream confirms past it.
+		d.metrics.ConfirmedLSN.Set(float64(slot.ConfirmedFlush))
 		d.log.Info("streaming", "slot", slotName, "from_lsn", slot.ConfirmedFlush.String())
 		return d.pump(stop, ctx, st, checkpoint.NewTracker(slot.ConfirmedFlush))
 	}
