@@ -14,7 +14,8 @@ import (
 
 // Metrics holds every collector the daemon updates.
 type Metrics struct {
-	Registry *prometheus.Registry
+	Registry   *prometheus.Registry
+	collectors []prometheus.Collector
 
 	RowsReceived   prometheus.Counter
 	RowsFlushed    prometheus.Counter
@@ -80,14 +81,28 @@ func New() *Metrics {
 		OutboxOldestPending: newOptionalGauge(prometheus.GaugeOpts{Name: "cdc_outbox_oldest_pending_age_seconds",
 			Help: "Age of the oldest pending outbox row (now - created_at); 0 when none is pending."}),
 	}
-	for _, c := range []prometheus.Collector{m.RowsReceived, m.RowsFlushed, m.RowsFailed, m.BatchesFlushed, m.FlushErrors,
+	m.collectors = []prometheus.Collector{m.RowsReceived, m.RowsFlushed, m.RowsFailed, m.BatchesFlushed, m.FlushErrors,
 		m.FlushDuration, m.BatchRows, m.BufferRows, m.SlotLagBytes, m.RetainedWAL, m.ConfirmedLSN, m.LastFlush,
 		m.Connected, m.Leader, m.HeartbeatLag, m.Backfilled, m.LagWarning, m.SlotLost, m.OutboxDeleted,
 		m.OutboxPending, m.OutboxFailed, m.OutboxOldestPending,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}
+	for _, c := range m.collectors {
 		f(c)
 	}
 	return m
+}
+
+// All gathers every metric cdc may export, those not known yet included
+// (for documentation and for checking dashboards and alerts against it).
+func (m *Metrics) All() prometheus.Gatherer {
+	r := prometheus.NewRegistry()
+	for _, c := range m.collectors {
+		if g, ok := c.(*optionalGauge); ok {
+			c = g.Gauge
+		}
+		r.MustRegister(c)
+	}
+	return r
 }
 
 // Handler serves the registry in the Prometheus exposition format.
