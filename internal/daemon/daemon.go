@@ -114,6 +114,7 @@ func (d *Daemon) Run(stop, hard context.Context) error {
 		}
 		if !d.setUp.Load() {
 			if perr := errclass.Permanent(err); perr != nil {
+				d.report(perr, nil)
 				return perr
 			}
 		}
