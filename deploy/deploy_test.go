@@ -1234,7 +1234,7 @@ func TestKubernetesManifests(t *testing.T) {
 // (histograms and summaries as _bucket/_sum/_count too).
 func exportedMetrics(t *testing.T) map[string]bool {
 	t.Helper()
-	fams, err := metrics.New().Registry.Gather()
+	fams, err := metrics.New().All().Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1348,6 +1348,7 @@ func TestGrafanaDashboard(t *testing.T) {
 		"cdc_rows_flushed_total", "cdc_flush_duration_seconds_bucket", "cdc_batch_rows_bucket",
 		"cdc_slot_lag_bytes", "cdc_slot_retained_wal_bytes", "cdc_buffer_rows", "cdc_flush_errors_total",
 		"cdc_rows_failed_total", "cdc_replication_connected", "cdc_leader",
+		"cdc_outbox_pending_rows", "cdc_outbox_failed_rows", "cdc_outbox_oldest_pending_age_seconds",
 	} {
 		if !used[want] {
 			t.Errorf("dashboard: no panel shows %s", want)
@@ -1413,7 +1414,7 @@ func TestAlertRules(t *testing.T) {
 	// stream, the leader, a lost slot.
 	for _, want := range []string{
 		"cdc_slot_lag_bytes", "cdc_last_flush_timestamp_seconds", "cdc_rows_failed_total",
-		"cdc_replication_connected", "cdc_leader", "cdc_slot_lost",
+		"cdc_replication_connected", "cdc_leader", "cdc_slot_lost", "cdc_outbox_oldest_pending_age_seconds", "up",
 	} {
 		if !used[want] {
 			t.Errorf("alerts.yml: no alert uses %s", want)

@@ -174,6 +174,10 @@ type ClickHouse struct {
 	// rows then live in LocalTable(Table), a ReplicatedMergeTree made ON
 	// CLUSTER, and Table is a Distributed table over it.
 	Cluster string
+	// Check, when set, is asked about the table before the migrations are
+	// recorded: an adopted table cdc cannot deliver into fails the
+	// migration, and is not recorded as migrated.
+	Check func(ctx context.Context, conn driver.Conn) error
 }
 
 // LocalTable is the name of the replicated table that holds the rows when
@@ -283,13 +287,32 @@ func ApplyClickHouse(ctx context.Context, conn driver.Conn, c ClickHouse) (appli
 	if err != nil {
 		return nil, err
 	}
+	// What was recorded before is reported as already there; its
+	// statements still run (they are idempotent), so a wiped server is
+	// repaired.
+	recorded, err := recordedClickHouse(ctx, conn, c.Database)
+	if err != nil {
+		return nil, err
+	}
+	var existed uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ? AND name = ?", c.Database, c.Table).Scan(&existed); err != nil {
+		return nil, fmt.Errorf("clickhouse: read tables of %s: %w", c.Database, err)
+	}
 	for i, group := range stmts {
 		for _, s := range group {
 			if err := conn.Exec(ctx, s); err != nil {
 				return nil, fmt.Errorf("clickhouse: migration %s: %w", names[i], err)
 			}
 		}
-		applied = append(applied, "clickhouse/"+names[i])
+		switch {
+		case recorded[names[i]]:
+		case existed > 0:
+			// CREATE TABLE IF NOT EXISTS kept a table that was there: it is
+			// adopted, not created (its columns are for sink.CheckTable).
+			applied = append(applied, "clickhouse/"+names[i]+" (adopted the existing table)")
+		default:
+			applied = append(applied, "clickhouse/"+names[i])
+		}
 	}
 	// Columns added after a table was created (or adopted): ClickHouse 18
 	// has no ADD COLUMN IF NOT EXISTS, so look first.
@@ -300,6 +323,11 @@ func ApplyClickHouse(ctx context.Context, conn driver.Conn, c ClickHouse) (appli
 		}
 		if added {
 			applied = append(applied, "clickhouse/add column "+col.name)
+		}
+	}
+	if c.Check != nil {
+		if err := c.Check(ctx, conn); err != nil {
+			return nil, err
 		}
 	}
 	if err := recordClickHouse(ctx, conn, c.Database, names); err != nil {
@@ -356,25 +384,41 @@ func ensureColumn(ctx context.Context, conn driver.Conn, c ClickHouse, name, typ
 	return added, nil
 }
 
+// recordedClickHouse returns the migrations recorded in the database's
+// cdc_schema_migrations (none when the database or the table is missing).
+func recordedClickHouse(ctx context.Context, conn driver.Conn, db string) (map[string]bool, error) {
+	have := map[string]bool{}
+	var n uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ? AND name = 'cdc_schema_migrations'", db).Scan(&n); err != nil {
+		return nil, fmt.Errorf("clickhouse: read cdc_schema_migrations: %w", err)
+	}
+	if n == 0 {
+		return have, nil
+	}
+	rows, err := conn.Query(ctx, "SELECT name FROM "+quoteCH(db)+".cdc_schema_migrations")
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse: read cdc_schema_migrations: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return nil, fmt.Errorf("clickhouse: read cdc_schema_migrations: %w", err)
+		}
+		have[name] = true
+	}
+	return have, rows.Err()
+}
+
 func recordClickHouse(ctx context.Context, conn driver.Conn, db string, names []string) error {
 	tbl := quoteCH(db) + ".cdc_schema_migrations"
 	if err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+tbl+" (name String, applied_at DateTime DEFAULT now()) ENGINE = TinyLog"); err != nil {
 		return fmt.Errorf("clickhouse: create cdc_schema_migrations: %w", err)
 	}
-	rows, err := conn.Query(ctx, "SELECT name FROM "+tbl)
+	have, err := recordedClickHouse(ctx, conn, db)
 	if err != nil {
-		return fmt.Errorf("clickhouse: read cdc_schema_migrations: %w", err)
+		return err
 	}
-	have := map[string]bool{}
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			rows.Close()
-			return fmt.Errorf("clickhouse: read cdc_schema_migrations: %w", err)
-		}
-		have[n] = true
-	}
-	rows.Close()
 	var missing []string
 	for _, n := range names {
 		if !have[n] {

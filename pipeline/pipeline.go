@@ -344,9 +344,11 @@ func (p *Pipeline) write(ctx context.Context, queue <-chan *batch) error {
 	}
 }
 
+// advance moves the tracker. It does not touch cdc_confirmed_lsn: a
+// pipeline does not know whether its positions are the slot's (a re-drive's
+// tracker starts at 0); the stream sets the gauge from what it confirms.
 func (p *Pipeline) advance(safe pglogrepl.LSN) {
 	p.tracker.Advance(safe)
-	p.metrics.ConfirmedLSN.Set(float64(p.tracker.Durable()))
 }
 
 // insert writes a batch to ClickHouse, marks the rows it rejected failed,

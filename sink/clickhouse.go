@@ -206,34 +206,12 @@ func (c *ClickHouse) table() string {
 }
 
 func (c *ClickHouse) loadColumns(ctx context.Context) error {
-	rows, err := c.conn.Query(ctx, "SELECT name, type, default_kind FROM system.columns WHERE database = ? AND table = ?", c.opts.Database, rowTable(c.opts))
+	cols, err := readColumns(ctx, c.conn, c.opts.Database, rowTable(c.opts))
 	if err != nil {
-		return fmt.Errorf("clickhouse %s: read columns of %s: %w", c.addr(), c.table(), err)
+		return fmt.Errorf("clickhouse %s: %w", c.addr(), err)
 	}
-	defer rows.Close()
-	var cols []tableColumn
-	for rows.Next() {
-		var col tableColumn
-		if err := rows.Scan(&col.name, &col.typ, &col.defaultKind); err != nil {
-			return fmt.Errorf("clickhouse %s: read columns of %s: %w", c.addr(), c.table(), err)
-		}
-		cols = append(cols, col)
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("clickhouse %s: read columns of %s: %w", c.addr(), c.table(), err)
-	}
-	if len(cols) == 0 {
-		return fmt.Errorf("clickhouse %s: table %s does not exist (run `cdc migrate`)", c.addr(), c.table())
-	}
-	found := 0
-	for i := range cols {
-		if cols[i].name == ColumnLSN || cols[i].name == ColumnSeq || cols[i].name == ColumnFingerprint {
-			found++
-		}
-	}
-	if found != 3 {
-		return fmt.Errorf("clickhouse %s: table %s lacks the %s, %s and %s columns deduplication needs (run `cdc migrate`)",
-			c.addr(), c.table(), ColumnLSN, ColumnSeq, ColumnFingerprint)
+	if err := checkColumns(c.opts.Database, rowTable(c.opts), cols); err != nil {
+		return err
 	}
 	c.columns = cols
 	c.plans = make(map[uint32]*insertPlan)

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/outbox-cdc/outbox-cdc/internal/errclass"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 )
 
@@ -164,16 +165,18 @@ func gatherPostgres(ctx context.Context, o Options, r *Report) (Code, string) {
 		version    string
 		database   string
 		inRecovery bool
+		walLevel   string
 	)
 	qctx, cancel := queryCtx()
 	err = conn.QueryRow(qctx, `SELECT current_setting('server_version_num')::int, current_setting('server_version'),
-	       current_database(), pg_is_in_recovery(), set_config('statement_timeout', $1, false)`,
-		fmt.Sprint(timeout.Milliseconds())).Scan(&versionNum, &version, &database, &inRecovery, nil)
+	       current_database(), pg_is_in_recovery(), current_setting('wal_level'), set_config('statement_timeout', $1, false)`,
+		fmt.Sprint(timeout.Milliseconds())).Scan(&versionNum, &version, &database, &inRecovery, &walLevel, nil)
 	cancel()
 	if err != nil {
 		return queryFailed("read server version", err)
 	}
 	r.PostgresVersion, r.PostgresVersionNum, r.PostgresDatabase, r.InRecovery = &version, &versionNum, &database, &inRecovery
+	r.WALLevel = &walLevel
 
 	var row slotRow
 	q, dests := slotQuery(versionNum, &row)
@@ -217,7 +220,7 @@ func gatherPostgres(ctx context.Context, o Options, r *Report) (Code, string) {
 	}
 
 	if err := gatherOutbox(ctx, conn, o, r); err != nil {
-		r.OutboxError = ptr(oneLine(err))
+		r.OutboxError = ptr(oneLine(withFix(err)))
 	}
 	return OK, ""
 }
@@ -330,4 +333,36 @@ func gatherOutbox(ctx context.Context, conn *pgx.Conn, o Options, r *Report) err
 func isConnError(err error) bool {
 	var pgErr *pgconn.PgError
 	return !errors.As(err, &pgErr)
+}
+
+// withFix adds errclass's fix to a permanent error (a missing outbox:
+// "run `cdc migrate`"), so status and `cdc run` name the same one.
+func withFix(err error) error {
+	if p := errclass.Classify(err); p.Category.Permanent() && p.Fix != "" {
+		return fmt.Errorf("%w (%s)", err, p.Fix)
+	}
+	return err
+}
+
+// Backlog is what waits in the outbox: the rows not yet delivered and the
+// ones ClickHouse rejected.
+type Backlog struct {
+	Pending, Failed int64
+	// OldestPendingAgeSeconds is the server's UTC now minus the oldest
+	// pending row's created_at; nil when nothing is pending.
+	OldestPendingAgeSeconds *float64
+}
+
+// OutboxBacklog counts pending and failed rows of table ([schema.]name) as
+// `cdc status` does; the daemon exports it as metrics.
+func OutboxBacklog(ctx context.Context, q replication.Querier, table string) (Backlog, error) {
+	schema, name := splitTable(table)
+	var b Backlog
+	err := q.QueryRow(ctx, `SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed'),
+	       extract(epoch FROM (now() AT TIME ZONE 'utc') - min(created_at) FILTER (WHERE status = 'pending'))::float8
+	  FROM `+pgx.Identifier{schema, name}.Sanitize()+` WHERE status IN ('pending', 'failed')`).Scan(&b.Pending, &b.Failed, &b.OldestPendingAgeSeconds)
+	if err != nil {
+		return Backlog{}, fmt.Errorf("postgres: count the backlog of %s.%s: %w", schema, name, err)
+	}
+	return b, nil
 }

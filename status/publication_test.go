@@ -17,7 +17,7 @@ func TestGatherPublicationAndVersionFields(t *testing.T) {
 	o.Publication = "cdc_outbox"
 
 	r := gather(t, o)
-	if r.ExitCode != OK || r.Publication != "cdc_outbox" || r.PublicationError != nil || hasWarning(r, "publication") {
+	if r.SlotExists != true || r.Publication != "cdc_outbox" || r.PublicationError != nil || hasWarning(r, "publication") || hasProblem(r, `publication "`) {
 		t.Fatalf("healthy: exit %d publication %q error %v warnings %q", r.ExitCode, r.Publication, r.PublicationError, r.Warnings)
 	}
 	v := *r.PostgresVersionNum
@@ -59,8 +59,9 @@ func TestGatherPublicationAndVersionFields(t *testing.T) {
 		!strings.Contains(*r.PublicationError, `ALTER PUBLICATION "cdc_outbox" ADD TABLE`) || !hasWarning(r, "does not contain the outbox table") {
 		t.Errorf("publication_error %v, warnings %q: want the problem and its fix", r.PublicationError, r.Warnings)
 	}
-	if r.ExitCode != OK {
-		t.Errorf("exit code %d: a publication problem must not change it", r.ExitCode)
+	// cdc run would refuse to stream: a problem (exit 5), not a slot error.
+	if r.ExitCode != Degraded || !hasProblem(r, "does not contain the outbox table") {
+		t.Errorf("exit code %d, problems %q: want the publication problem, exit 5", r.ExitCode, r.Problems)
 	}
 
 	o.Publication = ""

@@ -14,7 +14,12 @@
 //
 // The [Report] classifies the result into an exit [Code] with the slot rule
 // `cdc run` follows too (replication.SlotHealth): 0 healthy,
-// 2 PostgreSQL unreachable, 3 slot missing, 4 slot lost, 1 any other error.
+// 2 PostgreSQL unreachable, 3 slot missing, 4 slot lost, 1 any other error,
+// and 5 degraded: a usable slot with problems (no active consumer,
+// ClickHouse unreachable, failed rows, pending rows older than
+// MaxPendingAge, lag over LagWarnBytes, a publication or outbox cdc cannot
+// deliver from). Its Verdict is ok only for code 0, and Problems name what
+// is wrong.
 // It marshals to JSON with snake_case keys, LSNs as "0/16B3748" strings and
 // byte counts as integers; a value the server cannot provide (an older
 // PostgreSQL, a missing slot, an unreachable server) is null, so every key is
@@ -45,6 +50,7 @@ const (
 	Unreachable Code = 2 // PostgreSQL cannot be connected to (refused, timed out, authentication failed)
 	SlotMissing Code = 3 // the replication slot does not exist
 	SlotLost    Code = 4 // the slot was invalidated (wal_status = 'lost'): it can never stream again
+	Degraded    Code = 5 // the slot is usable, but something is wrong: see Report.Problems
 )
 
 // String returns the state name used in the JSON report's "state" key.
@@ -60,6 +66,8 @@ func (c Code) String() string {
 		return "slot_missing"
 	case SlotLost:
 		return "slot_lost"
+	case Degraded:
+		return "degraded"
 	}
 	return fmt.Sprintf("code_%d", int(c))
 }
@@ -71,6 +79,16 @@ var ErrPostgresUnreachable = errors.New("postgres unreachable")
 
 // DefaultTimeout bounds connecting to each server and every statement.
 const DefaultTimeout = 5 * time.Second
+
+// DefaultMaxPendingAge is how long a row may wait as pending before the
+// verdict counts it as a problem (--max-pending-age).
+const DefaultMaxPendingAge = 5 * time.Minute
+
+// Verdicts (Report.Verdict).
+const (
+	VerdictOK       = "ok"
+	VerdictDegraded = "degraded"
+)
 
 // Options says what to inspect.
 type Options struct {
@@ -89,6 +107,12 @@ type Options struct {
 	// PostgreSQL's statement_timeout); 0 means DefaultTimeout. A
 	// connect_timeout in PostgresURL is kept when it is shorter.
 	Timeout time.Duration
+	// MaxPendingAge is how long the oldest pending row may wait before it
+	// is a problem; 0 means DefaultMaxPendingAge.
+	MaxPendingAge time.Duration
+	// LagWarnBytes is replication.lag_warn_bytes: a slot lag above it is a
+	// problem; 0 turns the check off.
+	LagWarnBytes int64
 }
 
 // ClickHouseOptions locates the ClickHouse table.
@@ -118,8 +142,17 @@ func FromConfig(cfg *config.Config, timeout time.Duration) Options {
 			Password:    cfg.ClickHouse.Password,
 			DialTimeout: cfg.ClickHouse.DialTimeout,
 		},
-		Timeout: timeout,
+		Timeout:       timeout,
+		LagWarnBytes:  cfg.Replication.LagWarnBytes,
+		MaxPendingAge: DefaultMaxPendingAge,
 	}
+}
+
+func (o Options) maxPendingAge() time.Duration {
+	if o.MaxPendingAge <= 0 {
+		return DefaultMaxPendingAge
+	}
+	return o.MaxPendingAge
 }
 
 func (o Options) timeout() time.Duration {
@@ -159,9 +192,19 @@ type Report struct {
 	ExitCode Code `json:"exit_code"`
 	// Reason is the one-line explanation of a non-zero ExitCode.
 	Reason *string `json:"reason"`
-	// Warnings are problems that do not change the exit code (ClickHouse
-	// unreachable, an inactive slot, WAL close to max_slot_wal_keep_size, a
-	// publication that would not deliver the outbox…).
+	// Verdict is ok when cdc is delivering (exit code 0) and degraded
+	// otherwise: any non-zero exit code, or a usable slot with Problems
+	// (exit code 5).
+	Verdict string `json:"verdict"`
+	// Problems are what makes the verdict degraded, one line each: the
+	// reason of a non-zero exit code 1-4, no active consumer, ClickHouse
+	// unreachable, failed rows, pending rows older than the maximum age, a
+	// lag above replication.lag_warn_bytes, a publication or an outbox cdc
+	// cannot deliver from. Empty (never null) when the verdict is ok.
+	Problems []string `json:"problems"`
+	// Warnings are everything worth a look, problems included, plus what
+	// does not make the verdict degraded (WAL close to
+	// max_slot_wal_keep_size, an estimated count…).
 	Warnings []string `json:"warnings"`
 
 	PostgresInfo
@@ -183,6 +226,8 @@ type PostgresInfo struct {
 	PostgresDatabase *string `json:"postgres_database"`
 	// InRecovery is true on a standby; CurrentWALLSN is then the replay position.
 	InRecovery *bool `json:"in_recovery"`
+	// WALLevel is the server's wal_level: a logical slot needs logical.
+	WALLevel *string `json:"wal_level"`
 	// CurrentWALLSN is pg_current_wal_lsn() (pg_last_wal_replay_lsn() on a standby).
 	CurrentWALLSN *LSN `json:"current_wal_lsn"`
 	// PostgresError is why PostgreSQL could not be inspected.
@@ -337,10 +382,68 @@ func Gather(ctx context.Context, o Options) *Report {
 
 	if code == OK {
 		code, reason = ClassifySlot(r.SlotInfo, str(r.PostgresDatabase))
+		if code == SlotMissing && r.WALLevel != nil {
+			reason += walLevelNote(*r.WALLevel)
+		}
 	}
 	r.setCode(code, reason)
 	r.Warnings = append(r.Warnings, warnings(r)...)
+	r.Problems = problems(r, o)
+	r.Verdict = VerdictOK
+	if len(r.Problems) > 0 {
+		r.Verdict = VerdictDegraded
+		if r.ExitCode == OK {
+			r.setCode(Degraded, strings.Join(r.Problems, "; "))
+		}
+	}
 	return r
+}
+
+// walLevelNote says whether `cdc run` can create the missing slot.
+func walLevelNote(level string) string {
+	if level == "logical" {
+		return " (wal_level is logical: `cdc run` can create it)"
+	}
+	return fmt.Sprintf(" (and wal_level is %s: set wal_level = logical and restart PostgreSQL before `cdc run` can create it)", level)
+}
+
+// problems lists what makes the verdict degraded (see Report.Problems).
+func problems(r *Report, o Options) []string {
+	p := []string{}
+	if r.ExitCode != OK && r.Reason != nil {
+		p = append(p, *r.Reason)
+	}
+	s := r.SlotInfo
+	if r.ExitCode == OK && s.SlotExists && s.Active != nil && !*s.Active {
+		p = append(p, fmt.Sprintf("no active consumer: no process is streaming from slot %q (is `cdc run` running?)", s.SlotName))
+	}
+	if r.ExitCode == OK && o.LagWarnBytes > 0 && s.LagBytes != nil && *s.LagBytes > o.LagWarnBytes {
+		p = append(p, fmt.Sprintf("slot lag %d bytes is over replication.lag_warn_bytes (%d)", *s.LagBytes, o.LagWarnBytes))
+	}
+	if r.PublicationError != nil {
+		p = append(p, *r.PublicationError)
+	}
+	if r.OutboxError != nil {
+		p = append(p, "outbox unavailable: "+*r.OutboxError)
+	}
+	if r.Failed != nil && *r.Failed > 0 {
+		p = append(p, fmt.Sprintf("%d failed rows: ClickHouse rejected them (see the outbox's last_error, then `cdc retry-failed`)", *r.Failed))
+	}
+	if age := r.OldestPendingAgeSeconds; age != nil && *age > o.maxPendingAge().Seconds() {
+		p = append(p, fmt.Sprintf("%d pending rows, the oldest waiting %s (over --max-pending-age %s)", str64(r.Pending),
+			(time.Duration(*age*float64(time.Second))).Round(time.Second), o.maxPendingAge()))
+	}
+	if r.ClickHouseError != nil {
+		p = append(p, "clickhouse unavailable: "+*r.ClickHouseError)
+	}
+	return p
+}
+
+func str64(p *int64) int64 {
+	if p == nil {
+		return 0
+	}
+	return *p
 }
 
 func (r *Report) setCode(code Code, reason string) {

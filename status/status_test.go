@@ -139,8 +139,18 @@ func TestGatherHealthy(t *testing.T) {
 	if took := time.Since(before); took > 5*time.Second {
 		t.Errorf("Gather took %s", took)
 	}
-	if r.ExitCode != OK || r.State != "ok" || r.Reason != nil || r.Err() != nil {
-		t.Fatalf("exit %d %q reason %v err %v, want ok", r.ExitCode, r.State, r.Reason, r.Err())
+	// The slot is usable, but nobody streams from it, rows failed and
+	// pending rows are two hours old: degraded (exit 5), each named.
+	if r.ExitCode != Degraded || r.State != "degraded" || r.Verdict != VerdictDegraded || r.Reason == nil || r.Err() == nil {
+		t.Fatalf("exit %d %q verdict %q reason %v err %v, want degraded", r.ExitCode, r.State, r.Verdict, r.Reason, r.Err())
+	}
+	for _, want := range []string{"no active consumer", "2 failed rows", "3 pending rows, the oldest waiting 2h0m0s (over --max-pending-age 5m0s)"} {
+		if !hasProblem(r, want) {
+			t.Errorf("problems %q lack %q", r.Problems, want)
+		}
+	}
+	if len(r.Problems) != 3 {
+		t.Errorf("problems %q, want 3", r.Problems)
 	}
 
 	// Server facts, checked against the server itself.
@@ -291,8 +301,8 @@ func TestGatherActiveSlot(t *testing.T) {
 			if r.ActivePID == nil || *r.ActivePID != pid {
 				t.Fatalf("active_pid %v, want the walsender %d", r.ActivePID, pid)
 			}
-			if r.ExitCode != OK || hasWarning(r, "no process is streaming") {
-				t.Fatalf("exit %d, warnings %q", r.ExitCode, r.Warnings)
+			if hasProblem(r, "no active consumer") || hasWarning(r, "no process is streaming") {
+				t.Fatalf("exit %d, problems %q, warnings %q", r.ExitCode, r.Problems, r.Warnings)
 			}
 			return
 		}
@@ -428,7 +438,7 @@ func TestGatherClickHouseUnreachable(t *testing.T) {
 			if took := time.Since(start); took > 4*time.Second {
 				t.Errorf("took %s with a 1s timeout", took)
 			}
-			if r.ExitCode != OK || r.ClickHouseError == nil || r.ClickHouseRows != nil || !hasWarning(r, "clickhouse unavailable") {
+			if r.ExitCode != Degraded || r.ClickHouseError == nil || r.ClickHouseRows != nil || !hasProblem(r, "clickhouse unavailable") {
 				t.Fatalf("exit %d clickhouse_error %v rows %v warnings %q", r.ExitCode, r.ClickHouseError, r.ClickHouseRows, r.Warnings)
 			}
 			if r.Pending == nil || r.LagBytes == nil {
@@ -444,7 +454,7 @@ func TestGatherClickHouseTableMissing(t *testing.T) {
 	o := e.opts
 	o.ClickHouse.Table = "no_such_table"
 	r := gather(t, o)
-	if r.ExitCode != OK || r.ClickHouseError == nil || !strings.Contains(*r.ClickHouseError, "does not exist") {
+	if r.ExitCode != Degraded || r.ClickHouseError == nil || !strings.Contains(*r.ClickHouseError, "does not exist") || !hasProblem(r, "run `cdc migrate`") {
 		t.Fatalf("exit %d clickhouse_error %v", r.ExitCode, r.ClickHouseError)
 	}
 }
@@ -455,7 +465,7 @@ func TestGatherOutboxMissing(t *testing.T) {
 	o := e.opts
 	o.Table = "public.no_such_outbox"
 	r := gather(t, o)
-	if r.ExitCode != OK || r.OutboxError == nil || r.Pending != nil || !hasWarning(r, "outbox unavailable") {
+	if r.ExitCode != Degraded || r.OutboxError == nil || r.Pending != nil || !hasProblem(r, "outbox unavailable") || !strings.Contains(*r.OutboxError, "run `cdc migrate`") {
 		t.Fatalf("exit %d outbox_error %v pending %v", r.ExitCode, r.OutboxError, r.Pending)
 	}
 }
@@ -606,6 +616,15 @@ func TestLSNJSON(t *testing.T) {
 func hasWarning(r *Report, sub string) bool {
 	for _, w := range r.Warnings {
 		if strings.Contains(w, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+func hasProblem(r *Report, sub string) bool {
+	for _, p := range r.Problems {
+		if strings.Contains(p, sub) {
 			return true
 		}
 	}

@@ -75,8 +75,18 @@ func run(cfg *config.Config, log *slog.Logger) (err error) {
 	// hard bounds the graceful shutdown: grace after the signal, all I/O ends.
 	hard, cancelHard := context.WithCancel(context.Background())
 	defer cancelHard()
+	// finished is closed when run returns, before stopNow cancels stop: a
+	// stop that finds it closed is the return, not a signal, and must not
+	// announce a shutdown (it would precede every start-up error).
+	finished := make(chan struct{})
+	defer close(finished)
 	go func() {
 		<-stop.Done()
+		select {
+		case <-finished:
+			return
+		default:
+		}
 		log.Info("shutting down: delivering buffered rows", "grace", cfg.Shutdown.Grace)
 		t := time.NewTimer(cfg.Shutdown.Grace)
 		defer t.Stop()

@@ -63,8 +63,9 @@ func (s *sentryServer) find(sub ...string) string {
 	return ""
 }
 
-// An error (here: the ClickHouse table is missing) reaches Sentry with the
-// slot as a tag and the release, and is flushed before the process exits.
+// An error (here: the ClickHouse table is missing, a set-up error cdc run
+// stops on) reaches Sentry with the slot as a tag and the release, and is
+// flushed before the process exits.
 func TestSentryReceivesErrors(t *testing.T) {
 	bin := cdcBinary(t)
 	o := testenv.NewOutbox(t)
@@ -75,8 +76,9 @@ func TestSentryReceivesErrors(t *testing.T) {
 	waitUntil(t, "an event at the Sentry endpoint", 30*time.Second, func() bool {
 		return sentry.find("no_such_table", o.Slot) != ""
 	})
-	if code := p.terminate(t, 30*time.Second); code != 0 {
-		t.Errorf("exit %d after SIGTERM", code)
+	waitUntil(t, "cdc run to stop on the set-up error", 30*time.Second, func() bool { return !p.running() })
+	if code := p.cmd.ProcessState.ExitCode(); code == 0 {
+		t.Errorf("exit 0 on a missing ClickHouse table")
 	}
 	ev := sentry.find("no_such_table", o.Slot)
 	for _, want := range []string{"/api/42/envelope/", `"environment":"test-env"`, `"release":"outbox-cdc@`, `"slot":"` + o.Slot + `"`} {

@@ -34,8 +34,14 @@ decided by the same rule ` + "`cdc run`" + ` follows.
 The publication (postgres.publication) is checked as ` + "`cdc run`" + ` checks it at
 the start of each term: it must exist, publish inserts and publish the
 outbox alone (a partitioned one via its root). A problem is shown with its
-fix (publication_error in JSON) and as a warning; it does not change the
-exit code.
+fix (publication_error in JSON).
+
+The first line of the table is the verdict: OK, or DEGRADED with what is
+wrong (verdict and problems in JSON). Problems are: a non-zero exit code's
+reason, no process streaming from the slot, ClickHouse unreachable (or its
+table missing), failed rows, pending rows older than --max-pending-age,
+a slot lag above replication.lag_warn_bytes, a publication or an outbox
+` + "`cdc run`" + ` cannot deliver from.
 
 Output is a table; --json prints one JSON object with snake_case keys (LSNs
 as strings such as "0/16B3748", byte counts as integers, unavailable values
@@ -43,8 +49,8 @@ as null). --watch refreshes every --interval until Ctrl-C (with --json: one
 object per line).
 
 Connecting to each server and every statement is bounded by --timeout, so
-the command never hangs. ClickHouse being unreachable does not change the
-exit code: the report shows clickhouse_error instead.
+the command never hangs. ClickHouse being unreachable makes the verdict
+degraded (clickhouse_error says why).
 
 Exit codes (one line on stderr explains any non-zero code):
   0  healthy: the slot exists and can stream
@@ -56,6 +62,8 @@ Exit codes (one line on stderr explains any non-zero code):
   4  replication slot lost (invalidated: wal_status = 'lost', conflicting
      on 16+ or an invalidation_reason on 17+; it can never stream again:
      drop it and restart cdc to re-create and backfill)
+  5  degraded: the slot is usable, but there are problems (listed in the
+     table's first lines, in "problems" in JSON, and on stderr)
 With --watch, the exit code is that of the last report shown.`
 
 func statusCmd(configFile *string) *cobra.Command {
@@ -64,6 +72,7 @@ func statusCmd(configFile *string) *cobra.Command {
 		watch    bool
 		interval time.Duration
 		timeout  time.Duration
+		maxAge   time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "status",
@@ -81,7 +90,11 @@ func statusCmd(configFile *string) *cobra.Command {
 			if timeout <= 0 {
 				return fmt.Errorf("--timeout must be positive, got %s", timeout)
 			}
+			if maxAge <= 0 {
+				return fmt.Errorf("--max-pending-age must be positive, got %s", maxAge)
+			}
 			opts := status.FromConfig(cfg, timeout)
+			opts.MaxPendingAge = maxAge
 			out := cmd.OutOrStdout()
 			if !watch {
 				r := status.Gather(cmd.Context(), opts)
@@ -100,6 +113,7 @@ func statusCmd(configFile *string) *cobra.Command {
 	f.BoolVarP(&watch, "watch", "w", false, "refresh every --interval until Ctrl-C")
 	f.DurationVar(&interval, "interval", 2*time.Second, "refresh interval of --watch")
 	f.DurationVar(&timeout, "timeout", status.DefaultTimeout, "bound on connecting to each server and on each statement")
+	f.DurationVar(&maxAge, "max-pending-age", status.DefaultMaxPendingAge, "pending rows older than this make the verdict degraded")
 	return cmd
 }
 
@@ -189,8 +203,16 @@ func renderStatusTable(w io.Writer, r *status.Report, showReason bool) error {
 	row := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, args...)) }
 	gap := func() { fmt.Fprintln(tw, "\t") }
 
-	row("cdc status", "%s  %s", r.Time.Format("2006-01-02 15:04:05 MST"), strings.ToUpper(strings.ReplaceAll(r.State, "_", " ")))
-	if showReason && r.Reason != nil {
+	verdict := "OK"
+	if r.Verdict != status.VerdictOK {
+		verdict = "DEGRADED"
+		if r.ExitCode != status.Degraded {
+			verdict += " (" + strings.ToUpper(strings.ReplaceAll(r.State, "_", " ")) + ")"
+		}
+		verdict += ": " + strings.Join(r.Problems, "; ")
+	}
+	row("cdc status", "%s  %s", r.Time.Format("2006-01-02 15:04:05 MST"), verdict)
+	if showReason && r.Reason != nil && r.ExitCode != status.Degraded {
 		row("  reason", "%s", *r.Reason)
 	}
 	if r.PostgresVersion == nil {
@@ -314,7 +336,8 @@ func renderStatusTable(w io.Writer, r *status.Report, showReason bool) error {
 		// Errors already shown in their section are not repeated.
 		if (r.ClickHouseError != nil && strings.HasPrefix(w, "clickhouse unavailable")) ||
 			(r.OutboxError != nil && strings.HasPrefix(w, "outbox unavailable")) ||
-			(r.PublicationError != nil && w == *r.PublicationError) {
+			(r.PublicationError != nil && w == *r.PublicationError) ||
+			(r.Verdict != status.VerdictOK && strings.HasPrefix(w, "no process is streaming")) {
 			continue
 		}
 		warns = append(warns, w)

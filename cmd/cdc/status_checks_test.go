@@ -15,8 +15,8 @@ func TestStatusShowsPublicationAndVersionColumns(t *testing.T) {
 	ctx := context.Background()
 	out, err := runStatusCmd(ctx, t, "--config", f.config)
 	t.Logf("output:\n%s", out)
-	if err != nil {
-		t.Fatalf("status: %v", err)
+	if code := exitCodeOf(err); code != 5 { // degraded: no consumer, a failed row
+		t.Fatalf("status: exit %d (%v), want 5", code, err)
 	}
 	for _, want := range []string{"publication", "cdc_outbox: publishes the outbox", "conflicting", "failover / synced"} {
 		if !strings.Contains(out, want) {
@@ -29,20 +29,22 @@ func TestStatusShowsPublicationAndVersionColumns(t *testing.T) {
 	}
 	out, err = runStatusCmd(ctx, t, "--config", f.config)
 	t.Logf("output:\n%s", out)
-	if code := exitCodeOf(err); code != 0 {
-		t.Errorf("exit code %d with a publication problem, want 0 (unchanged)", code)
+	if code := exitCodeOf(err); code != 5 || !strings.Contains(err.Error(), "does not contain the outbox table") {
+		t.Errorf("exit code %d (%v) with a publication problem, want 5 naming it", code, err)
 	}
 	if !strings.Contains(out, `publication "cdc_outbox" does not contain the outbox table`) ||
 		!strings.Contains(out, `ALTER PUBLICATION "cdc_outbox" ADD TABLE "public"."event_outbox"`) {
 		t.Error("table does not show the publication problem and its fix")
 	}
-	if strings.Count(out, "does not contain the outbox table") != 1 {
-		t.Error("the publication problem is shown more than once")
+	// Once in the verdict (the first line), once in its section; not again
+	// among the warnings.
+	if strings.Count(out, "does not contain the outbox table") != 2 {
+		t.Error("the publication problem is shown other than in the verdict and in its section")
 	}
 
 	out, err = runStatusCmd(ctx, t, "--config", f.config, "--json")
-	if code := exitCodeOf(err); code != 0 {
-		t.Errorf("--json exit code %d, want 0", code)
+	if code := exitCodeOf(err); code != 5 {
+		t.Errorf("--json exit code %d, want 5", code)
 	}
 	var m map[string]any
 	if err := json.Unmarshal([]byte(out), &m); err != nil {

@@ -118,13 +118,17 @@ func TestStatusTable(t *testing.T) {
 	f := newStatusFixture(t, true)
 	out, err := runStatusCmd(context.Background(), t, "--config", f.config)
 	t.Logf("output:\n%s", out)
-	if err != nil {
-		t.Fatalf("status: %v", err)
+	// A usable slot nobody streams from, and a failed row: degraded.
+	if code := exitCodeOf(err); code != 5 {
+		t.Fatalf("status: exit %d (%v), want 5", code, err)
 	}
-	for _, want := range []string{"OK", "PostgreSQL", "current_wal_lsn", "Slot", f.slot + " (logical, pgoutput",
+	if first := strings.SplitN(out, "\n", 2)[0]; !strings.Contains(first, "DEGRADED: no active consumer") || !strings.Contains(first, "1 failed rows") {
+		t.Errorf("first line %q does not name the verdict and its problems", first)
+	}
+	for _, want := range []string{"PostgreSQL", "current_wal_lsn", "Slot", f.slot + " (logical, pgoutput",
 		"confirmed_flush_lsn", "restart_lsn", "wal_status", "reserved", "lag", "retained WAL", "safe_wal_size",
 		"inactive_since", "spilled to disk", "0 txns", "Outbox", "public.event_outbox",
-		"pending", "failed", "processed", "ClickHouse", f.chDB + ".events", "rows", "newest event", "Warnings",
+		"pending", "failed", "processed", "ClickHouse", f.chDB + ".events", "rows", "newest event",
 		"no process is streaming"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q", want)
@@ -152,21 +156,23 @@ func TestStatusTable(t *testing.T) {
 func TestStatusJSON(t *testing.T) {
 	f := newStatusFixture(t, true)
 	out, err := runStatusCmd(context.Background(), t, "--config", f.config, "--json")
-	if err != nil {
-		t.Fatalf("status --json: %v\n%s", err, out)
+	if code := exitCodeOf(err); code != 5 {
+		t.Fatalf("status --json: exit %d (%v), want 5 (degraded)\n%s", code, err, out)
 	}
 	var m map[string]any
 	if err := json.Unmarshal([]byte(out), &m); err != nil {
 		t.Fatalf("not JSON: %v\n%s", err, out)
 	}
 	for _, k := range []string{"slot_name", "active", "active_pid", "confirmed_flush_lsn", "current_wal_lsn", "lag_bytes",
-		"wal_status", "pending", "failed", "processed", "postgres_version"} {
+		"wal_status", "pending", "failed", "processed", "postgres_version", "verdict", "problems", "wal_level"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("JSON lacks %q", k)
 		}
 	}
-	if m["pending"] != 2.0 || m["failed"] != 1.0 || m["processed"] != 1.0 || m["state"] != "ok" || m["exit_code"] != 0.0 {
-		t.Errorf("pending %v failed %v processed %v state %v exit_code %v", m["pending"], m["failed"], m["processed"], m["state"], m["exit_code"])
+	if m["pending"] != 2.0 || m["failed"] != 1.0 || m["processed"] != 1.0 || m["state"] != "degraded" || m["exit_code"] != 5.0 ||
+		m["verdict"] != "degraded" || len(m["problems"].([]any)) != 2 {
+		t.Errorf("pending %v failed %v processed %v state %v exit_code %v verdict %v problems %v", m["pending"], m["failed"], m["processed"],
+			m["state"], m["exit_code"], m["verdict"], m["problems"])
 	}
 }
 
@@ -182,8 +188,8 @@ func TestStatusWatch(t *testing.T) {
 			}
 			start := time.Now()
 			out, err := runStatusCmd(ctx, t, args...)
-			if err != nil {
-				t.Fatalf("watch: %v", err)
+			if code := exitCodeOf(err); code != 5 { // the last report's: degraded (no consumer, a failed row)
+				t.Fatalf("watch: exit %d (%v), want 5", code, err)
 			}
 			if took := time.Since(start); took > 4*time.Second {
 				t.Errorf("watch took %s to stop after its context ended (2.5s)", took)
@@ -246,8 +252,8 @@ func TestStatusExitCodes(t *testing.T) {
 		stderr  string
 		maxTime time.Duration
 	}{
-		{name: "healthy", config: healthy.config, code: 0},
-		{name: "healthy json", config: healthy.config, args: []string{"--json"}, code: 0},
+		{name: "usable slot, no consumer", config: healthy.config, code: 5, stderr: "cdc: no active consumer: "},
+		{name: "usable slot, no consumer, json", config: healthy.config, args: []string{"--json"}, code: 5, stderr: "1 failed rows"},
 		{name: "slot missing", config: missing.config, code: 3, stderr: `cdc: slot missing: replication slot "` + missing.slot + `" does not exist`},
 		{name: "slot missing json", config: missing.config, args: []string{"--json"}, code: 3, stderr: "cdc: slot missing: "},
 		{name: "postgres refused", config: writeStatusConfig(t, "postgres://postgres@127.0.0.1:1/cdc?sslmode=disable", "cdc_outbox", testenv.ClickHouseAddr(t), "default"),
@@ -256,7 +262,8 @@ func TestStatusExitCodes(t *testing.T) {
 			code: 2, stderr: "(connect timeout 5s)", maxTime: 8 * time.Second},
 		{name: "postgres silent, --timeout 1s", config: writeStatusConfig(t, "postgres://postgres@"+silent+"/cdc?sslmode=disable", "cdc_outbox", testenv.ClickHouseAddr(t), "default"),
 			args: []string{"--timeout", "1s", "--json"}, code: 2, stderr: "(connect timeout 1s)", maxTime: 3 * time.Second},
-		{name: "clickhouse down is not an error", config: writeStatusConfig(t, healthy.pgURL, healthy.slot, "127.0.0.1:1", healthy.chDB), code: 0},
+		{name: "clickhouse down is degraded", config: writeStatusConfig(t, healthy.pgURL, healthy.slot, "127.0.0.1:1", healthy.chDB), code: 5,
+			stderr: "clickhouse unavailable: 127.0.0.1:1"},
 		{name: "bad config", config: healthy.config, env: []string{"CDC_BATCH_SIZE=banana"}, code: 1, stderr: "cdc: batch.size"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/replication"
+	"github.com/outbox-cdc/outbox-cdc/status"
 )
 
 // every runs fn now and then every interval until ctx ends.
@@ -32,6 +33,7 @@ func (d *Daemon) monitorSlot(ctx context.Context) {
 	lastFlushed := metrics.Value(d.metrics.RowsFlushed)
 	lastSummary = time.Now()
 	every(ctx, 5*time.Second, func(ctx context.Context) {
+		d.refreshBacklog(ctx) // before the slot: the backlog exists without one
 		info, err := replication.LookupSlot(ctx, d.pool, slot)
 		if errors.Is(err, replication.ErrSlotNotFound) || err != nil {
 			return
@@ -61,6 +63,26 @@ func (d *Daemon) monitorSlot(ctx context.Context) {
 			lastFlushed, lastSummary = flushed, time.Now()
 		}
 	})
+}
+
+// refreshBacklog sets the outbox gauges from the counts `cdc status`
+// reports. A failed count leaves them as they were (the lag is refreshed
+// regardless).
+func (d *Daemon) refreshBacklog(ctx context.Context) {
+	b, err := status.OutboxBacklog(ctx, d.pool, d.cfg.Postgres.Table)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Debug("outbox backlog", "table", d.cfg.Postgres.Table, "err", err)
+		}
+		return
+	}
+	d.metrics.OutboxPending.Set(float64(b.Pending))
+	d.metrics.OutboxFailed.Set(float64(b.Failed))
+	age := 0.0
+	if b.OldestPendingAgeSeconds != nil {
+		age = max(*b.OldestPendingAgeSeconds, 0)
+	}
+	d.metrics.OutboxOldestPending.Set(age)
 }
 
 // heartbeat emits a transactional logical message every heartbeat.interval

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
 )
 
@@ -17,8 +18,8 @@ func TestHeartbeatTravelsTheStream(t *testing.T) {
 	r := start(t, cfg)
 	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
 	// The gauge is set only when a heartbeat comes back through the slot.
-	waitFor(t, "a heartbeat received", 30*time.Second, func() bool { return testutil.ToFloat64(r.m.HeartbeatLag) > 0 })
-	if lag := testutil.ToFloat64(r.m.HeartbeatLag); lag > 30 {
+	waitFor(t, "a heartbeat received", 30*time.Second, func() bool { return metrics.Value(r.m.HeartbeatLag) > 0 })
+	if lag := metrics.Value(r.m.HeartbeatLag); lag > 30 {
 		t.Errorf("heartbeat lag %vs", lag)
 	}
 	// With only heartbeats flowing the slot keeps up.

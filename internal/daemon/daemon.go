@@ -24,6 +24,7 @@ import (
 	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/internal/backoff"
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
+	"github.com/outbox-cdc/outbox-cdc/internal/errclass"
 	"github.com/outbox-cdc/outbox-cdc/internal/lease"
 	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/pipeline"
@@ -43,6 +44,12 @@ type Daemon struct {
 	store *checkpoint.Store
 
 	streaming atomic.Bool
+	// setUp is set once a session has passed every set-up check (sink
+	// opened, publication and slot usable) and begun to backfill or
+	// stream. Before that, an error errclass finds permanent ends Run: a
+	// typo in the configuration must not look like an outage. After it,
+	// every error retries (a server may be restored, a table re-created).
+	setUp atomic.Bool
 	// lease is the current term's leader lease: every write of the term is
 	// fenced by it (the sink asks it before each insert, markings check its
 	// term). Nil between terms.
@@ -104,6 +111,12 @@ func (d *Daemon) Run(stop, hard context.Context) error {
 		}
 		if permanent(err) {
 			return err
+		}
+		if !d.setUp.Load() {
+			if perr := errclass.Permanent(err); perr != nil {
+				d.report(perr, nil)
+				return perr
+			}
 		}
 		if time.Since(started) > time.Minute {
 			attempt = 1
@@ -415,6 +428,7 @@ func (d *Daemon) backfill(stop, ctx context.Context, state backfill.State) error
 	if err := w.Recover(ctx, backfill.Position(state.ConsistentLSN, 0).LSN); err != nil {
 		return err
 	}
+	d.setUp.Store(true)
 	d.log.Info("backfill: delivering rows that predate the slot", "slot", slotName)
 	in := newInput(d.cfg.Batch.Size)
 	pctx, cancel := context.WithCancel(ctx)
@@ -490,6 +504,9 @@ func (d *Daemon) stream(stop, ctx context.Context) error {
 			return err
 		}
 		defer conn.Close(context.Background())
+		// True from the first scrape: the slot's position until this
+		// stream confirms past it.
+		d.metrics.ConfirmedLSN.Set(float64(slot.ConfirmedFlush))
 		d.log.Info("streaming", "slot", slotName, "from_lsn", slot.ConfirmedFlush.String())
 		return d.pump(stop, ctx, st, checkpoint.NewTracker(slot.ConfirmedFlush))
 	}
@@ -500,6 +517,7 @@ func (d *Daemon) stream(stop, ctx context.Context) error {
 // stops reading (TCP backpressure holds the walsender) but keeps sending
 // status so the server does not time the connection out.
 func (d *Daemon) pump(stop, ctx context.Context, st *replication.Stream, tracker *checkpoint.Tracker) error {
+	d.setUp.Store(true)
 	d.streaming.Store(true)
 	d.metrics.Connected.Set(1)
 	defer func() {

@@ -93,6 +93,9 @@ func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker
 		if err := st.UpdateStatus(ctx, s.confirmable(tracker.Durable())); err != nil {
 			return err
 		}
+		if c := st.Confirmed(); c != 0 {
+			s.metrics.ConfirmedLSN.Set(float64(c))
+		}
 		if s.hasPending {
 			// Wait for the pipeline to take the item or, while its bytes
 			// do not fit the budget, for a release; either way status

@@ -4,6 +4,7 @@ package metrics
 
 import (
 	"net/http"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -13,7 +14,8 @@ import (
 
 // Metrics holds every collector the daemon updates.
 type Metrics struct {
-	Registry *prometheus.Registry
+	Registry   *prometheus.Registry
+	collectors []prometheus.Collector
 
 	RowsReceived   prometheus.Counter
 	RowsFlushed    prometheus.Counter
@@ -34,6 +36,12 @@ type Metrics struct {
 	LagWarning     prometheus.Gauge
 	SlotLost       prometheus.Gauge
 	OutboxDeleted  prometheus.Counter
+
+	// Outbox backlog, refreshed with the slot lag (pending and failed rows,
+	// age of the oldest pending row; 0 when none is pending).
+	OutboxPending       prometheus.Gauge
+	OutboxFailed        prometheus.Gauge
+	OutboxOldestPending prometheus.Gauge
 }
 
 // New registers the metrics, plus Go runtime and process collectors.
@@ -51,26 +59,50 @@ func New() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 		BatchRows: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cdc_batch_rows", Help: "Rows per flushed batch.",
 			Buckets: []float64{1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000}}),
-		BufferRows:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_buffer_rows", Help: "Rows in the batch being filled."}),
-		SlotLagBytes:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_lag_bytes", Help: "pg_current_wal_lsn() minus the slot's confirmed_flush_lsn."}),
-		RetainedWAL:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_retained_wal_bytes", Help: "pg_current_wal_lsn() minus the slot's restart_lsn: WAL the slot keeps."}),
-		ConfirmedLSN:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_confirmed_lsn", Help: "Durable LSN confirmed to the slot (as a number)."}),
-		LastFlush:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_last_flush_timestamp_seconds", Help: "Unix time of the last delivered batch."}),
-		Connected:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_replication_connected", Help: "1 while the replication stream is connected."}),
-		Leader:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_leader", Help: "1 while this instance holds the slot's leader lock; 0 on a standby."}),
-		HeartbeatLag:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_heartbeat_lag_seconds", Help: "Age of the newest heartbeat message seen on the stream."}),
+		BufferRows:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_buffer_rows", Help: "Rows in the batch being filled."}),
+		SlotLagBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_lag_bytes", Help: "pg_current_wal_lsn() minus the slot's confirmed_flush_lsn."}),
+		RetainedWAL:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_retained_wal_bytes", Help: "pg_current_wal_lsn() minus the slot's restart_lsn: WAL the slot keeps."}),
+		// Values that are unknown until an event are left out until then:
+		// a 0 would read as LSN 0/0 or "56 years since the last flush".
+		ConfirmedLSN: newOptionalGauge(prometheus.GaugeOpts{Name: "cdc_confirmed_lsn",
+			Help: "LSN confirmed to the slot (as a number); from the slot's confirmed_flush_lsn when the stream starts, absent before."}),
+		LastFlush: newOptionalGauge(prometheus.GaugeOpts{Name: "cdc_last_flush_timestamp_seconds",
+			Help: "Unix time of the last batch this process delivered; absent until its first."}),
+		Connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_replication_connected", Help: "1 while the replication stream is connected."}),
+		Leader:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_leader", Help: "1 while this instance holds the slot's leader lock; 0 on a standby."}),
+		HeartbeatLag: newOptionalGauge(prometheus.GaugeOpts{Name: "cdc_heartbeat_lag_seconds",
+			Help: "Age of the newest heartbeat message seen on the stream; absent when heartbeat.interval is 0 or none was seen."}),
 		Backfilled:    prometheus.NewCounter(prometheus.CounterOpts{Name: "cdc_backfill_rows_total", Help: "Rows read by the initial backfill."}),
 		LagWarning:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_lag_warning", Help: "1 while the slot's lag exceeds replication.lag_warn_bytes."}),
 		SlotLost:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_lost", Help: "1 when the slot's wal_status is lost: streaming cannot resume without re-creating it."}),
 		OutboxDeleted: prometheus.NewCounter(prometheus.CounterOpts{Name: "cdc_outbox_deleted_rows_total", Help: "Processed rows deleted by outbox.retention."}),
+		OutboxPending: newOptionalGauge(prometheus.GaugeOpts{Name: "cdc_outbox_pending_rows", Help: "Outbox rows with status pending (not yet delivered)."}),
+		OutboxFailed:  newOptionalGauge(prometheus.GaugeOpts{Name: "cdc_outbox_failed_rows", Help: "Outbox rows with status failed (rejected by ClickHouse)."}),
+		OutboxOldestPending: newOptionalGauge(prometheus.GaugeOpts{Name: "cdc_outbox_oldest_pending_age_seconds",
+			Help: "Age of the oldest pending outbox row (now - created_at); 0 when none is pending."}),
 	}
-	for _, c := range []prometheus.Collector{m.RowsReceived, m.RowsFlushed, m.RowsFailed, m.BatchesFlushed, m.FlushErrors,
+	m.collectors = []prometheus.Collector{m.RowsReceived, m.RowsFlushed, m.RowsFailed, m.BatchesFlushed, m.FlushErrors,
 		m.FlushDuration, m.BatchRows, m.BufferRows, m.SlotLagBytes, m.RetainedWAL, m.ConfirmedLSN, m.LastFlush,
 		m.Connected, m.Leader, m.HeartbeatLag, m.Backfilled, m.LagWarning, m.SlotLost, m.OutboxDeleted,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		m.OutboxPending, m.OutboxFailed, m.OutboxOldestPending,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}
+	for _, c := range m.collectors {
 		f(c)
 	}
 	return m
+}
+
+// All gathers every metric cdc may export, those not known yet included
+// (for documentation and for checking dashboards and alerts against it).
+func (m *Metrics) All() prometheus.Gatherer {
+	r := prometheus.NewRegistry()
+	for _, c := range m.collectors {
+		if g, ok := c.(*optionalGauge); ok {
+			c = g.Gauge
+		}
+		r.MustRegister(c)
+	}
+	return r
 }
 
 // Handler serves the registry in the Prometheus exposition format.
@@ -91,4 +123,30 @@ func Value(m prometheus.Metric) float64 {
 		return pb.Gauge.GetValue()
 	}
 	return 0
+}
+
+// optionalGauge is a gauge that is left out of the exposition until it is
+// first set: a value nobody knows yet is absent, never a misleading 0.
+type optionalGauge struct {
+	prometheus.Gauge
+	set atomic.Bool
+}
+
+func newOptionalGauge(opts prometheus.GaugeOpts) *optionalGauge {
+	return &optionalGauge{Gauge: prometheus.NewGauge(opts)}
+}
+
+func (g *optionalGauge) Set(v float64)                       { g.Gauge.Set(v); g.set.Store(true) }
+func (g *optionalGauge) Inc()                                { g.Gauge.Inc(); g.set.Store(true) }
+func (g *optionalGauge) Dec()                                { g.Gauge.Dec(); g.set.Store(true) }
+func (g *optionalGauge) Add(v float64)                       { g.Gauge.Add(v); g.set.Store(true) }
+func (g *optionalGauge) Sub(v float64)                       { g.Gauge.Sub(v); g.set.Store(true) }
+func (g *optionalGauge) SetToCurrentTime()                   { g.Gauge.SetToCurrentTime(); g.set.Store(true) }
+func (g *optionalGauge) Describe(ch chan<- *prometheus.Desc) { g.Gauge.Describe(ch) }
+
+// Collect emits the gauge only once it has been set.
+func (g *optionalGauge) Collect(ch chan<- prometheus.Metric) {
+	if g.set.Load() {
+		g.Gauge.Collect(ch)
+	}
 }
