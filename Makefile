@@ -4,6 +4,7 @@
 #   make testenv   start the private PostgreSQL + ClickHouse test servers (scripts/testenv.sh up)
 #   make test      testenv, then every test (unit + integration) with -race
 #   make test-modern  the sink and migration checks on ClickHouse 18.16 and on an embedded ClickHouse 26
+#   make mutants   plant each guarded bug in a scratch copy; fail unless every one is caught
 #   make vet       go vet ./...
 #   make testenv-down   stop the test servers (data kept)
 
@@ -46,6 +47,15 @@ test-modern: testenv
 
 vet:
 	$(GO) vet ./...
+
+# Mutation checks (scripts/mutants.sh, docs/architecture.md): each mutant is a
+# small bug breaking one rule of DESIGN.md §3/§8, applied to a scratch copy of
+# the tree; its fast guard tests must fail. Under 10 minutes; run it before
+# resolving an issue that touches replication, pipeline, sink, checkpoint,
+# backfill, lease or daemon. Select mutants: make mutants MUTANTS='sink|lease'.
+.PHONY: mutants
+mutants: testenv
+	scripts/mutants.sh $(MUTANTS)
 
 # End-to-end demo on the private test servers (see scripts/demo.sh): fresh
 # `demo` databases, backfill of pre-existing rows, ~10 s of produced load,
