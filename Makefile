@@ -55,7 +55,7 @@ vet:
 # backfill, lease or daemon. Select mutants: make mutants MUTANTS='sink|lease'.
 .PHONY: mutants
 mutants: testenv
-	scripts/mutants.sh $(MUTANTS)
+	scripts/mutants.sh '$(MUTANTS)'
 
 # End-to-end demo on the private test servers (see scripts/demo.sh): fresh
 # `demo` databases, backfill of pre-existing rows, ~10 s of produced load,
