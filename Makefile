@@ -6,6 +6,7 @@
 #   make test-modern  the sink and migration checks on ClickHouse 18.16 and on an embedded ClickHouse 26
 #   make mutants   plant each guarded bug in a scratch copy; fail unless every one is caught
 #   make vet       go vet ./...
+#   make lint      gofmt, go vet, staticcheck, go mod tidy without diff (CI runs it)
 #   make testenv-down   stop the test servers (data kept)
 
 SHELL := /bin/bash
@@ -56,6 +57,22 @@ vet:
 .PHONY: mutants
 mutants: testenv
 	scripts/mutants.sh '$(MUTANTS)'
+
+# Hygiene CI enforces: gofmt, go vet, staticcheck (pinned, run through
+# `go run`), and `go mod tidy` leaving go.mod and go.sum as they are.
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+.PHONY: lint
+lint:
+	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt: these files need formatting:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) vet -tags chdb ./sink/... ./internal/chdb/...
+	$(GO) run $(STATICCHECK) ./...
+	$(GO) run $(STATICCHECK) -tags chdb ./sink/... ./internal/chdb/...
+	@cp go.mod /tmp/cdc-go.mod.$$$$ && cp go.sum /tmp/cdc-go.sum.$$$$ && $(GO) mod tidy && \
+		if ! cmp -s go.mod /tmp/cdc-go.mod.$$$$ || ! cmp -s go.sum /tmp/cdc-go.sum.$$$$; then \
+			echo "go mod tidy changed go.mod/go.sum: run it and commit the result"; \
+			cp /tmp/cdc-go.mod.$$$$ go.mod; cp /tmp/cdc-go.sum.$$$$ go.sum; exit 1; fi; \
+		rm -f /tmp/cdc-go.mod.$$$$ /tmp/cdc-go.sum.$$$$
 
 # End-to-end demo on the private test servers (see scripts/demo.sh): fresh
 # `demo` databases, backfill of pre-existing rows, ~10 s of produced load,

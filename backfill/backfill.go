@@ -33,6 +33,26 @@ type State struct {
 	Done          bool
 }
 
+// Creating reports whether the row says a creation of the slot began and
+// never recorded its backfill list (BeginCreation without Prepare): a slot
+// by that name then has no list of the rows that predate it.
+func (s State) Creating() bool { return s.Exists && s.ConsistentLSN == 0 }
+
+// BeginCreation records, before the slot is created, that a creation is
+// under way. A daemon that dies after creating the slot but before Prepare
+// committed leaves this mark; without it the row of an earlier slot by the
+// same name (a re-creation after a lost slot or a failover, where the row
+// came over by replication) would say "backfill done", and the rows that
+// were pending when the new slot was created would never be delivered.
+func BeginCreation(ctx context.Context, pool *pgxpool.Pool, slot string) error {
+	_, err := pool.Exec(ctx, `INSERT INTO cdc_slot_state (slot, consistent_lsn, backfill_done, created_at) VALUES ($1, '0/0', false, now())
+	  ON CONFLICT (slot) DO UPDATE SET consistent_lsn = '0/0', backfill_done = false, created_at = now()`, slot)
+	if err != nil {
+		return fmt.Errorf("postgres: record the creation of slot %q: %w", slot, err)
+	}
+	return nil
+}
+
 // LoadState reads the slot's state; Exists is false when the slot was never
 // (completely) set up by this daemon.
 func LoadState(ctx context.Context, pool *pgxpool.Pool, slot string) (State, error) {

@@ -66,10 +66,10 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("insert with %d values for relation %+v", len(e.Values), e.Relation)
 			}
 			for i, v := range e.Values {
-				switch v.(type) {
+				switch v := v.(type) {
 				case nil, int64, float64, bool, pgtype.Numeric, []byte, string:
 				case time.Time:
-					if v.(time.Time).Location() != time.UTC {
+					if v.Location() != time.UTC {
 						t.Fatalf("column %d: time not in UTC: %v", i, v)
 					}
 				default:

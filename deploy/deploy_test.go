@@ -37,7 +37,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
-	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -311,7 +310,7 @@ func goTool() string {
 	if p, err := exec.LookPath("go"); err == nil {
 		return p
 	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
+	return filepath.Join("/usr/local/go", "bin", "go")
 }
 
 // copyBuildContext copies src to dst without what .dockerignore excludes,

@@ -398,8 +398,7 @@ func TestDurableOnlyAfterWholeTransaction(t *testing.T) {
 				}
 				highest = d
 			}
-			var h *harness
-			h = newHarness(t, pipeline.Options{Size: 10, FlushInterval: time.Hour, Queue: 2}, start, 0, func(f *fakeDest) {
+			h := newHarness(t, pipeline.Options{Size: 10, FlushInterval: time.Hour, Queue: 2}, start, 0, func(f *fakeDest) {
 				f.write = func(_ context.Context, ids []int64) (sink.Result, error) {
 					check(f.tracker, fmt.Sprintf("write %v", ids))
 					return sink.Result{Inserted: len(ids)}, nil

@@ -132,9 +132,9 @@ type insertPlan struct {
 	identity []int
 	// fpCol is the index of the _fingerprint column in sources.
 	fpCol int
-	convs    []converter
-	names    []string // the columns, in the INSERT's order
-	types    []string
+	convs []converter
+	names []string // the columns, in the INSERT's order
+	types []string
 }
 
 // Sources of bookkeeping values in insertPlan.sources (-1 means absent).

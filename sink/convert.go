@@ -561,20 +561,6 @@ func (c *colBuf) addUint(n uint64) {
 	c.anys = append(c.anys, n)
 }
 
-func (c *colBuf) len() int {
-	switch c.kind {
-	case colString:
-		return len(c.strs)
-	case colInt64:
-		return len(c.ints)
-	case colUInt64:
-		return len(c.uints)
-	case colTime:
-		return len(c.times)
-	}
-	return len(c.anys)
-}
-
 // truncate drops the values from row n on.
 func (c *colBuf) truncate(n int) {
 	switch c.kind {

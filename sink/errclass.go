@@ -41,22 +41,22 @@ func (c Class) String() string {
 // being inserted. docs/operations.md (which errors mark rows failed) lists them with the
 // reason for each; keep the two in step.
 var rowDataCodes = map[proto.Error]bool{
-	proto.ErrCannotParseText:                   true, // a value's text is not of the column's type
-	proto.ErrCannotParseQuotedString:           true,
-	proto.ErrCannotParseInputAssertionFailed:   true,
-	proto.ErrCannotParseDate:                   true,
-	proto.ErrCannotParseDatetime:               true,
-	proto.ErrCannotParseNumber:                 true,
-	proto.ErrCannotConvertType:                 true, // a value that cannot become the column's type
-	proto.ErrTypeMismatch:                      true,
-	proto.ErrIncorrectData:                     true, // e.g. malformed JSON for a JSON column
-	proto.ErrTooLargeStringSize:                true, // a value longer than a FixedString
-	proto.ErrValueIsOutOfRangeOfDataType:       true,
-	proto.ErrCannotInsertNullInOrdinaryColumn:  true,
-	proto.ErrFunctionThrowIfValueIsNonZero:     true, // throwIf in a MATERIALIZED column or a view's SELECT
-	proto.ErrDecimalOverflow:                   true,
-	proto.ErrArgumentOutOfBound:                true, // a function of a row's value out of range
-	proto.ErrSizesOfArraysDontMatch:            true,
+	proto.ErrCannotParseText:                  true, // a value's text is not of the column's type
+	proto.ErrCannotParseQuotedString:          true,
+	proto.ErrCannotParseInputAssertionFailed:  true,
+	proto.ErrCannotParseDate:                  true,
+	proto.ErrCannotParseDatetime:              true,
+	proto.ErrCannotParseNumber:                true,
+	proto.ErrCannotConvertType:                true, // a value that cannot become the column's type
+	proto.ErrTypeMismatch:                     true,
+	proto.ErrIncorrectData:                    true, // e.g. malformed JSON for a JSON column
+	proto.ErrTooLargeStringSize:               true, // a value longer than a FixedString
+	proto.ErrValueIsOutOfRangeOfDataType:      true,
+	proto.ErrCannotInsertNullInOrdinaryColumn: true,
+	proto.ErrFunctionThrowIfValueIsNonZero:    true, // throwIf in a MATERIALIZED column or a view's SELECT
+	proto.ErrDecimalOverflow:                  true,
+	proto.ErrArgumentOutOfBound:               true, // a function of a row's value out of range
+	proto.ErrSizesOfArraysDontMatch:           true,
 }
 
 // Classify says what err, returned by an INSERT, means for its rows.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 )
@@ -30,16 +29,6 @@ func TestServerErrorThatIsNotAboutTheRowsIsRetried(t *testing.T) {
 	if n, u := count(t, s); n != 8 || u != 8 {
 		t.Errorf("count %d uniq %d, want 8", n, u)
 	}
-}
-
-// spreadOverMonths gives row i an event_date_time in month i+1: one
-// partition each in the migrated table (PARTITION BY toYYYYMM).
-func spreadOverMonths(rows []Row) []Row {
-	for i := range rows {
-		rows[i].Values = append([]any(nil), rows[i].Values...)
-		rows[i].Values[2] = time.Date(2026, time.Month(1+i%12), 1, 0, 0, 0, 0, time.UTC)
-	}
-	return rows
 }
 
 // A materialized view that throws for one row fails the INSERT after the
@@ -94,7 +83,9 @@ func TestBigBatchIsCheckedAfterARestart(t *testing.T) {
 }
 
 func TestClassify(t *testing.T) {
-	ex := func(code int32, msg string) error { return fmt.Errorf("insert: %w", &clickhouse.Exception{Code: code, Message: msg}) }
+	ex := func(code int32, msg string) error {
+		return fmt.Errorf("insert: %w", &clickhouse.Exception{Code: code, Message: msg})
+	}
 	cases := []struct {
 		name string
 		err  error

@@ -12,6 +12,7 @@ import (
 	"context"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/outbox-cdc/outbox-cdc/internal/chdb"
 	"github.com/outbox-cdc/outbox-cdc/migrations"
@@ -109,4 +110,14 @@ func TestBatchOverTooManyPartitionsIsSplitModern(t *testing.T) {
 	if n != 12 || u != 12 {
 		t.Errorf("count %d uniq %d, want 12", n, u)
 	}
+}
+
+// spreadOverMonths gives row i an event_date_time in month i+1: one
+// partition each in the migrated table (PARTITION BY toYYYYMM).
+func spreadOverMonths(rows []Row) []Row {
+	for i := range rows {
+		rows[i].Values = append([]any(nil), rows[i].Values...)
+		rows[i].Values[2] = time.Date(2026, time.Month(1+i%12), 1, 0, 0, 0, 0, time.UTC)
+	}
+	return rows
 }

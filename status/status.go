@@ -451,11 +451,4 @@ func str(p *string) string {
 	return *p
 }
 
-func orNull(p *string) string {
-	if p == nil {
-		return "null"
-	}
-	return *p
-}
-
 func ptr[T any](v T) *T { return &v }

@@ -169,12 +169,6 @@ func (e *env) rowBytes(ctx context.Context) (msg, tuple float64, err error) {
 	return msg, tuple, err
 }
 
-func (e *env) currentLSN(ctx context.Context) (string, error) {
-	var lsn string
-	err := e.pg.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn)
-	return lsn, err
-}
-
 func (e *env) chCount(ctx context.Context) (uint64, error) {
 	var n uint64
 	err := e.ch.QueryRow(ctx, "SELECT count() FROM events").Scan(&n)

@@ -267,7 +267,7 @@ func (d *Daemon) lead(stop, ctx context.Context) error {
 		if state, err = backfill.LoadState(ctx, d.pool, slotName); err != nil {
 			return err
 		}
-		if !state.Exists {
+		if !state.Exists || state.Creating() {
 			// The slot was created but its snapshot's backfill list was
 			// never committed: nothing was streamed from it, so re-create it.
 			d.log.Warn("slot exists without recorded state (interrupted creation): re-creating it", "slot", slotName)
@@ -300,6 +300,9 @@ func (d *Daemon) lead(stop, ctx context.Context) error {
 
 func (d *Daemon) createSlot(ctx context.Context) (backfill.State, error) {
 	slotName := d.cfg.Postgres.Slot
+	if err := backfill.BeginCreation(ctx, d.pool, slotName); err != nil {
+		return backfill.State{}, err
+	}
 	conn, err := replication.Connect(ctx, d.cfg.Postgres.URL)
 	if err != nil {
 		return backfill.State{}, err

@@ -94,11 +94,11 @@ func TestSourceRefusesRowsOfAnotherRelation(t *testing.T) {
 				msgs = append(msgs, relationMsg(16384, "public", "event_outbox", "id", "x"), insertMsg(16384, 1, 10))
 			}
 			msgs = append(msgs, relationMsg(tc.oid, tc.schema, tc.table, "id", "x"))
-			taken, commits, err := handleAll(s, msgs...)
+			taken, _, err := handleAll(s, msgs...)
 			if err != nil || taken != tc.outboxRows {
 				t.Fatalf("before the foreign row: %d items, %v", taken, err)
 			}
-			_, commits, err = handleAll(s, insertMsg(tc.oid, 2, 20), insertMsg(16384, 3, 30), commitMsg(0x3000, 0x3100))
+			_, commits, err := handleAll(s, insertMsg(tc.oid, 2, 20), insertMsg(16384, 3, 30), commitMsg(0x3000, 0x3100))
 			if err == nil {
 				t.Fatal("a row of another relation was accepted")
 			}

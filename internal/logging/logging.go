@@ -40,7 +40,7 @@ func New(w io.Writer, level, format string, isTerminal bool) (*slog.Logger, erro
 	}
 	var h slog.Handler
 	if text {
-		h = tint.NewHandler(w, &tint.Options{
+		h = tint.NewTextHandler(w, &tint.Options{
 			Level:      lvl,
 			TimeFormat: "2006-01-02 15:04:05.000",
 			NoColor:    !isTerminal,
