@@ -269,6 +269,39 @@ mutant source-skips-foreign-rows ./internal/daemon TestSourceRefusesRowsOfAnothe
 			return nil
 		}'
 
+# §3.5: the queue of cut batches is bounded (a ClickHouse outage fills it and
+# the batcher stops taking input).
+mutant pipeline-unbounded-queue ./pipeline TestBoundedMemory \
+	pipeline/pipeline.go \
+	'	queue := make(chan *batch, p.opts.Queue)' \
+	'	queue := make(chan *batch, 1<<20)'
+
+# §3.14: a batch is cut at the byte cap, whatever the row size.
+mutant pipeline-no-byte-cap ./pipeline TestCut \
+	pipeline/pipeline.go \
+	'		if len(cur.rows) >= p.opts.Size || cur.bytes >= p.opts.MaxBytes {' \
+	'		if len(cur.rows) >= p.opts.Size {'
+
+# §3.9: closing the input (SIGTERM's drain) delivers what is buffered.
+mutant pipeline-drops-buffer-on-close ./pipeline TestCloseFlushesEverything \
+	pipeline/pipeline.go \
+	'		case it, ok := <-in:
+			if !ok {
+				return cut()
+			}' \
+	'		case it, ok := <-in:
+			if !ok {
+				return nil
+			}'
+
+# §3.8: one leader at a time: the lease's lock is exclusive.
+mutant lease-ignores-lock ./internal/lease TestTakeoverFencesTheOldHolder \
+	internal/lease/lease.go \
+	'	if !got {
+		return false, nil
+	}' \
+	'	_ = got'
+
 # ---------------------------------------------------------------------------
 
 # apply FILE ANCHOR REPLACEMENT: replace the one occurrence of ANCHOR.
