@@ -345,3 +345,44 @@ func quoteCH(s string) string {
 }
 
 func errf(op string, err error) error { return fmt.Errorf("verify: %s: %w", op, err) }
+
+// IDsCreated is the id range of the outbox rows created in [since, until)
+// (created_at, read as UTC): what --since/--until compare. Every row of that
+// range is compared, whenever it was created. ok is false when no row was
+// created then. It reads the whole table once (created_at has no index).
+func IDsCreated(ctx context.Context, pool *pgxpool.Pool, table string, since, until time.Time) (from, to int64, ok bool, err error) {
+	var mn, mx *int64
+	err = pool.QueryRow(ctx, `SELECT min(id), max(id) FROM `+checkpoint.QuoteTable(table)+` WHERE created_at >= $1 AND created_at < $2`,
+		since.UTC(), until.UTC()).Scan(&mn, &mx)
+	if err != nil {
+		return 0, 0, false, errf("find the ids created from "+since.Format(time.RFC3339)+" to "+until.Format(time.RFC3339), err)
+	}
+	if mn == nil {
+		return 0, 0, false, nil
+	}
+	return *mn, *mx, true, nil
+}
+
+// TrailingIDs is the id range of the newest rows: from just after the last
+// row created before since to the largest id. It reads the primary key
+// backwards from the newest row, so its cost is the window's rows, not the
+// table's (the daemon's periodic verify). It assumes created_at grows with
+// id, as it does for an outbox filled by its sequence; rows committed late
+// only shift the window's edge.
+func TrailingIDs(ctx context.Context, pool *pgxpool.Pool, table string, since time.Time) (from, to int64, ok bool, err error) {
+	q := checkpoint.QuoteTable(table)
+	var mx, before *int64
+	err = pool.QueryRow(ctx, `SELECT (SELECT max(id) FROM `+q+`),
+	  (SELECT id FROM `+q+` WHERE created_at < $1 ORDER BY id DESC LIMIT 1)`, since.UTC()).Scan(&mx, &before)
+	if err != nil {
+		return 0, 0, false, errf("find the ids created since "+since.Format(time.RFC3339), err)
+	}
+	if mx == nil {
+		return 0, 0, false, nil
+	}
+	from = math.MinInt64
+	if before != nil {
+		from = *before + 1
+	}
+	return from, *mx, from <= *mx, nil
+}
