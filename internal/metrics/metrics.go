@@ -34,6 +34,9 @@ type Metrics struct {
 	LagWarning     prometheus.Gauge
 	SlotLost       prometheus.Gauge
 	OutboxDeleted  prometheus.Counter
+	// Set by the periodic verify (verify.interval).
+	VerifyMissing    prometheus.Gauge
+	VerifyDuplicated prometheus.Gauge
 }
 
 // New registers the metrics, plus Go runtime and process collectors.
@@ -63,10 +66,14 @@ func New() *Metrics {
 		LagWarning:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_lag_warning", Help: "1 while the slot's lag exceeds replication.lag_warn_bytes."}),
 		SlotLost:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_lost", Help: "1 when the slot's wal_status is lost: streaming cannot resume without re-creating it."}),
 		OutboxDeleted: prometheus.NewCounter(prometheus.CounterOpts{Name: "cdc_outbox_deleted_rows_total", Help: "Processed rows deleted by outbox.retention."}),
+		VerifyMissing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_verify_missing_rows",
+			Help: "Processed outbox rows the last periodic verify (verify.interval) found missing in ClickHouse."}),
+		VerifyDuplicated: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_verify_duplicated_rows",
+			Help: "Ids the last periodic verify (verify.interval) found stored more than once in ClickHouse."}),
 	}
 	for _, c := range []prometheus.Collector{m.RowsReceived, m.RowsFlushed, m.RowsFailed, m.BatchesFlushed, m.FlushErrors,
 		m.FlushDuration, m.BatchRows, m.BufferRows, m.SlotLagBytes, m.RetainedWAL, m.ConfirmedLSN, m.LastFlush,
-		m.Connected, m.Leader, m.HeartbeatLag, m.Backfilled, m.LagWarning, m.SlotLost, m.OutboxDeleted,
+		m.Connected, m.Leader, m.HeartbeatLag, m.Backfilled, m.LagWarning, m.SlotLost, m.OutboxDeleted, m.VerifyMissing, m.VerifyDuplicated,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
