@@ -174,3 +174,69 @@ func (v *verifier) nextID(ctx context.Context, after int64) (int64, bool, error)
 	}
 	return next, ok, nil
 }
+
+// prefetch runs the PostgreSQL digests of the next chunks ahead of the
+// comparison, Options.Parallel statements at a time, each on its own
+// connection in its own implicit transaction: PostgreSQL scans a chunk per
+// core while the previous one is compared.
+type prefetch struct {
+	v      *verifier
+	hi     int64 // the range's last id
+	ctx    context.Context
+	cancel context.CancelFunc
+	queue  []*pgFuture
+}
+
+// pgFuture is one chunk's digests, ready when done is closed.
+type pgFuture struct {
+	lo, hi  int64
+	done    chan struct{}
+	digests map[int64]digest
+	err     error
+}
+
+// next returns the digests of the chunk that starts at lo, starting the
+// chunks after it. Chunks started for another lo (before a jump over a
+// gap) are dropped.
+func (p *prefetch) next(ctx context.Context, lo int64) (*pgFuture, error) {
+	if len(p.queue) > 0 && p.queue[0].lo != lo {
+		p.stop()
+	}
+	if p.ctx == nil {
+		p.ctx, p.cancel = context.WithCancel(ctx)
+	}
+	for len(p.queue) < max(p.v.opts.Parallel, 1) {
+		start := lo
+		if n := len(p.queue); n > 0 {
+			if p.queue[n-1].hi >= p.hi {
+				break
+			}
+			start = p.queue[n-1].hi + 1
+		}
+		f := &pgFuture{lo: start, hi: p.v.chunkEnd(start, p.hi, p.v.opts.ChunkBuckets), done: make(chan struct{})}
+		go func(ctx context.Context) {
+			defer close(f.done)
+			f.digests, f.err = p.v.pgDigests(ctx, f.lo, f.hi)
+		}(p.ctx)
+		p.queue = append(p.queue, f)
+	}
+	f := p.queue[0]
+	p.queue = p.queue[1:]
+	select {
+	case <-f.done:
+		return f, f.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// stop cancels the chunks in flight and waits for them.
+func (p *prefetch) stop() {
+	if p.cancel != nil {
+		p.cancel()
+	}
+	for _, f := range p.queue {
+		<-f.done
+	}
+	p.queue, p.ctx, p.cancel = nil, nil, nil
+}

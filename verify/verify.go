@@ -61,6 +61,7 @@ const (
 	DefaultWindowChunks = 64
 	DefaultGroupBuckets = 64
 	DefaultSamples      = 100
+	DefaultParallel     = 2
 )
 
 // Options say what to compare and how.
@@ -84,6 +85,9 @@ type Options struct {
 	GroupBuckets int
 	// Samples is how many ids each finding lists.
 	Samples int
+	// Parallel is how many PostgreSQL chunk digests run at once (the pool
+	// needs one connection more).
+	Parallel int
 
 	// Progress, when set, is called after each chunk.
 	Progress func(Progress)
@@ -175,6 +179,9 @@ func newVerifier(pool *pgxpool.Pool, ch driver.Conn, opts Options) *verifier {
 	if opts.GroupBuckets <= 0 {
 		opts.GroupBuckets = DefaultGroupBuckets
 	}
+	if opts.Parallel <= 0 {
+		opts.Parallel = DefaultParallel
+	}
 	if opts.Samples <= 0 {
 		opts.Samples = DefaultSamples
 	}
@@ -198,6 +205,8 @@ func (v *verifier) run(ctx context.Context) error {
 	v.report.FromID, v.report.ToID = lo, hi
 	total := uint64(hi-lo) + 1
 	first := lo
+	ahead := &prefetch{v: v, hi: hi}
+	defer ahead.stop()
 	for {
 		chunkHi := v.chunkEnd(lo, hi, v.opts.ChunkBuckets)
 		if lo > v.win.hi || !v.win.loaded {
@@ -205,10 +214,11 @@ func (v *verifier) run(ctx context.Context) error {
 				return err
 			}
 		}
-		pg, err := v.pgDigests(ctx, lo, chunkHi)
+		f, err := ahead.next(ctx, lo)
 		if err != nil {
 			return err
 		}
+		pg := f.digests
 		empty := len(pg) == 0 && !v.win.hasBuckets(v.bucket(lo), v.bucket(chunkHi))
 		v.diff(pg, lo, chunkHi)
 		if len(v.pending) >= v.opts.GroupBuckets || chunkHi == hi {
