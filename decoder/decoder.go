@@ -398,5 +398,6 @@ func (d *Decoder) decodeInsert(src []byte) (*Insert, error) {
 	}
 	ins := d.arena.insert()
 	ins.Relation, ins.Values = plan.rel, values
+	d.arena.account(len(src))
 	return ins, nil
 }

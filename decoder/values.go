@@ -299,6 +299,13 @@ func daysIn(m time.Month, year int) int {
 // and chunks are never reused: the garbage collector frees a chunk once the
 // last row using it is gone, and every value stays immutable, as an interface
 // value must. A nil *arena allocates every value on its own.
+//
+// A live row keeps its chunks alive, and with them every other row whose
+// values share them: with one 64 KB string per row, one chunk of string
+// headers pointed at 1024 rows, 64 MB, of which the pipeline might hold
+// one. So the chunks are also let go after arenaSpan bytes of rows
+// (account), and a live row pins at most about that much of other rows'
+// memory (DESIGN.md §3 invariant 14).
 type arena struct {
 	text    []byte
 	strs    []string
@@ -307,12 +314,24 @@ type arena struct {
 	times   []time.Time
 	anys    []any
 	inserts []Insert
+	// span is the bytes of rows decoded into the current chunks.
+	span int
 }
 
 const (
 	arenaSlots = 1024     // values per typed chunk
 	arenaText  = 64 << 10 // bytes per text chunk
+	arenaSpan  = 1 << 20  // bytes of rows after which the chunks are let go
 )
+
+// account records a row of n bytes decoded into the current chunks; after
+// arenaSpan bytes the next value starts new chunks.
+func (a *arena) account(n int) {
+	a.span += n
+	if a.span >= arenaSpan {
+		*a = arena{}
+	}
+}
 
 // eface is the layout of an empty interface: the value's type, and a pointer
 // to the value (for the non-pointer types boxed here).

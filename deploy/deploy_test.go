@@ -256,6 +256,25 @@ var (
 	binErr  error
 )
 
+// checkMemoryLimit checks a memory limit of mib MiB against the bound of
+// DESIGN.md §3 invariant 14 at the default batch.max_bytes (peak RSS <
+// 2 × max_bytes + 64 MiB, measured by cdc-bench -scenarios memory): above
+// it, so the process is never killed within it, and at most half as much
+// again, so the limit follows from the bound rather than hiding a leak.
+func checkMemoryLimit(t *testing.T, what, mib string) {
+	t.Helper()
+	n, err := strconv.ParseInt(mib, 10, 64)
+	if err != nil {
+		t.Errorf("%s: %q MiB: %v", what, mib, err)
+		return
+	}
+	bound := (2*config.Default().Batch.MaxBytes + 64<<20) >> 20
+	if n <= bound || n > bound*3/2 {
+		t.Errorf("%s is %d MiB, want above the memory bound of %d MiB (2 × batch.max_bytes + 64 MiB) and at most %d MiB",
+			what, n, bound, bound*3/2)
+	}
+}
+
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if binDir != "" {
@@ -834,6 +853,18 @@ func TestSystemdUnit(t *testing.T) {
 	if !slices.Contains(u.values("Service", "SystemCallFilter"), "@system-service") {
 		t.Error("cdc.service: no SystemCallFilter=@system-service")
 	}
+	if mem, ok := u.last("Service", "MemoryMax"); !ok {
+		t.Error("cdc.service: no MemoryMax=")
+	} else if n, ok := strings.CutSuffix(mem, "M"); !ok {
+		t.Errorf("cdc.service: MemoryMax=%s, want a number of M (MiB)", mem)
+	} else {
+		checkMemoryLimit(t, "cdc.service MemoryMax", n)
+	}
+	for _, env := range u.values("Service", "Environment") {
+		if strings.Contains(env, "GOMEMLIMIT") {
+			t.Errorf("cdc.service: Environment=%s: cdc sets its soft memory limit from batch.max_bytes; an override breaks the bound", env)
+		}
+	}
 	stop, ok := u.last("Service", "TimeoutStopSec")
 	if !ok {
 		t.Fatal("cdc.service: no TimeoutStopSec=")
@@ -1077,8 +1108,15 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	limits := strMap(dig(c, "resources", "limits"))
 	requests := strMap(dig(c, "resources", "requests"))
-	if limits["memory"] != "256Mi" {
-		t.Errorf("container memory limit %q, want 256Mi", limits["memory"])
+	if mem, ok := strings.CutSuffix(limits["memory"], "Mi"); !ok {
+		t.Errorf("container memory limit %q, want a number of Mi", limits["memory"])
+	} else {
+		checkMemoryLimit(t, "deployment.yaml limits.memory", mem)
+	}
+	for _, e := range list(dig(c, "env")) {
+		if str(dig(e, "name")) == "GOMEMLIMIT" {
+			t.Error("container env GOMEMLIMIT: cdc sets its soft memory limit from batch.max_bytes; an override breaks the bound")
+		}
 	}
 	if requests["memory"] == "" || requests["cpu"] == "" {
 		t.Errorf("container requests %v: want cpu and memory", requests)
@@ -1573,7 +1611,8 @@ func TestDocs(t *testing.T) {
 	// What each document must cover (the issue that asked for them).
 	must := map[string][]string{
 		"operations.md": {"cdc status", "max_slot_wal_keep_size", "pg_drop_replication_slot('cdc_outbox')",
-			"cdc retry-failed", "failed.retry_interval", "failed.max_attempts", "cdc migrate", "Celery"},
+			"cdc retry-failed", "failed.retry_interval", "failed.max_attempts", "cdc migrate", "Celery",
+			"postgres.failover_slot", "sync_replication_slots", "synchronized_standby_slots", "hot_standby_feedback", "primary_slot_name"},
 		"producers.md":     {"pgx", "transaction.atomic", "BEGIN"},
 		"scaling.md":       {"postgres.slot", "postgres.publication", "ReplicatedMergeTree", "Distributed", "failover = true", "sync_replication_slots", "_lsn", "_seq"},
 		"security.md":      {"sslmode=verify-full", "REPLICATION", "UPDATE (status, updated_at, last_error, attempts)", "GRANT INSERT, SELECT"},

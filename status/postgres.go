@@ -196,6 +196,17 @@ func gatherPostgres(ctx context.Context, o Options, r *Report) (Code, string) {
 		}
 	}
 
+	// A consumer ahead of the synchronous standby is a warning, not a state:
+	// the exit code stays what the slot says.
+	qctx, cancel = queryCtx()
+	guard, err := replication.ReadStandbyGuard(qctx, conn)
+	cancel()
+	if err != nil {
+		r.Warnings = append(r.Warnings, "synchronous standby settings unavailable: "+oneLine(err))
+	} else if hazard := guard.Hazard(o.Slot, r.Failover); hazard != "" {
+		r.Warnings = append(r.Warnings, "consumer can get ahead of the synchronous standby: "+hazard)
+	}
+
 	if o.Publication != "" {
 		qctx, cancel = queryCtx()
 		err = replication.CheckPublication(qctx, conn, o.Publication, o.Table)

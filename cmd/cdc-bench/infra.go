@@ -31,6 +31,10 @@ type env struct {
 	pgURL string
 	pg    *pgxpool.Pool
 	ch    driver.Conn
+	// chAddr and chAdmin are the ClickHouse server the scenario uses: the
+	// shared one, or a private one it may stop (newEnvOn).
+	chAddr  string
+	chAdmin driver.Conn
 }
 
 // dbURL returns base with its database replaced by name.
@@ -49,6 +53,12 @@ const envPrefix = "cdcbench_"
 
 // newEnv creates fresh databases called name and migrates them.
 func (b *bench) newEnv(ctx context.Context, name string) (*env, error) {
+	return b.newEnvOn(ctx, name, b.cfg.chAddr, b.chAdmin)
+}
+
+// newEnvOn is newEnv with the ClickHouse server at chAddr (chAdmin: a
+// connection to it without a database).
+func (b *bench) newEnvOn(ctx context.Context, name, chAddr string, chAdmin driver.Conn) (*env, error) {
 	name = fmt.Sprintf("%s%s_%d", envPrefix, name, os.Getpid())
 	admin, err := pgx.Connect(ctx, b.cfg.pgURL)
 	if err != nil {
@@ -61,12 +71,12 @@ func (b *bench) newEnv(ctx context.Context, name string) (*env, error) {
 	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
 		return nil, fmt.Errorf("create database %s: %w", name, err)
 	}
-	e := &env{b: b, name: name}
+	e := &env{b: b, name: name, chAddr: chAddr, chAdmin: chAdmin}
 	b.cleanups = append(b.cleanups, e.drop)
 	if e.pgURL, err = dbURL(b.cfg.pgURL, name); err != nil {
 		return nil, err
 	}
-	if err := b.chAdmin.Exec(ctx, "DROP DATABASE IF EXISTS "+name); err != nil {
+	if err := chAdmin.Exec(ctx, "DROP DATABASE IF EXISTS "+name); err != nil {
 		return nil, fmt.Errorf("clickhouse drop database %s: %w", name, err)
 	}
 	if out, err := b.cdcCommand(ctx, e, nil, "migrate").CombinedOutput(); err != nil {
@@ -80,7 +90,7 @@ func (b *bench) newEnv(ctx context.Context, name string) (*env, error) {
 	if e.pg, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
 		return nil, err
 	}
-	e.ch, err = clickhouse.Open(&clickhouse.Options{Addr: []string{b.cfg.chAddr}, Auth: clickhouse.Auth{Database: name}, DialTimeout: 5 * time.Second})
+	e.ch, err = clickhouse.Open(&clickhouse.Options{Addr: []string{chAddr}, Auth: clickhouse.Auth{Database: name}, DialTimeout: 5 * time.Second})
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +134,7 @@ func (e *env) drop(ctx context.Context) error {
 	}
 	defer admin.Close(ctx)
 	err1 := dropPGDatabase(ctx, admin, e.name)
-	err2 := e.b.chAdmin.Exec(ctx, "DROP DATABASE IF EXISTS "+e.name)
+	err2 := e.chAdmin.Exec(ctx, "DROP DATABASE IF EXISTS "+e.name)
 	return errors.Join(err1, err2)
 }
 
@@ -236,7 +246,7 @@ func (b *bench) cdcCommand(ctx context.Context, e *env, extra []string, args ...
 	cmd := exec.CommandContext(ctx, b.cfg.cdcBin, args...)
 	cmd.Env = append(os.Environ(),
 		"CDC_POSTGRES_URL="+e.pgURL,
-		"CDC_CLICKHOUSE_ADDR="+b.cfg.chAddr,
+		"CDC_CLICKHOUSE_ADDR="+e.chAddr,
 		"CDC_CLICKHOUSE_DATABASE="+e.name,
 		"CDC_POSTGRES_SLOT="+e.name, // slots are global: one per scenario
 		"CDC_LOG_FORMAT=json",

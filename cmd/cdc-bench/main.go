@@ -49,6 +49,12 @@ type config struct {
 	profileSeconds   int
 	heapProfiles     bool
 	cdcEnv           []string
+	memRows          int
+	memTxnRows       int
+	memPayload       int
+	memMaxBytes      int64
+	memOutage        time.Duration
+	memPaths         map[string]bool
 }
 
 type bench struct {
@@ -89,7 +95,7 @@ func main() {
 	flag.IntVar(&cfg.latencyTxnRows, "latency-txn-rows", 50, "rows per transaction of the latency run")
 	flag.DurationVar(&cfg.latencyDuration, "latency-duration", 20*time.Second, "length of the latency run")
 	flag.DurationVar(&cfg.poll, "poll", 10*time.Millisecond, "how often the benchmark polls ClickHouse")
-	flag.StringVar(&scenarios, "scenarios", "throughput,polling,latency,backlog,bigtxn", "scenarios to run")
+	flag.StringVar(&scenarios, "scenarios", "throughput,polling,latency,backlog,bigtxn,memory", "scenarios to run")
 	flag.StringVar(&cfg.jsonPath, "json", "cmd/cdc-bench/results/latest.json", "write the results as JSON here")
 	flag.StringVar(&cfg.mdPath, "md", "cmd/cdc-bench/results/latest.md", "write the table as Markdown here (empty: do not)")
 	flag.StringVar(&cfg.workDir, "work", "", "directory for the cdc binary, logs and profiles (default: a new temporary directory)")
@@ -97,7 +103,20 @@ func main() {
 	flag.IntVar(&cfg.profileSeconds, "profile-seconds", 0, "when > 0, save a CPU profile of cdc for this many seconds of the backlog run into the work dir")
 	flag.BoolVar(&cfg.heapProfiles, "heap-profiles", false, "save a heap profile of cdc every second of the backlog and big-transaction runs into the work dir")
 	flag.Var(&cdcEnv, "cdc-env", "extra CDC_KEY=value for every cdc run (repeatable)")
+	flag.IntVar(&cfg.memRows, "memory-rows", 3000, "rows of each path of the memory scenario")
+	flag.IntVar(&cfg.memTxnRows, "memory-txn-rows", 10, "rows per transaction of the memory scenario's backfill, stream, outage and re-drive loads")
+	flag.IntVar(&cfg.memPayload, "memory-payload", 64<<10, "bytes of each row's event_context in the memory scenario")
+	flag.Int64Var(&cfg.memMaxBytes, "memory-max-bytes", 16<<20, "cdc batch.max_bytes of the memory scenario (the default); the bound is 2 × this + 64 MiB")
+	flag.DurationVar(&cfg.memOutage, "memory-outage", 10*time.Second, "how long ClickHouse stays down after the memory scenario's outage rows are committed")
+	var memPaths string
+	flag.StringVar(&memPaths, "memory-paths", "", "paths of the memory scenario to run, by first word: backfill,stream,one,clickhouse,re-drive (default: all)")
 	flag.Parse()
+	cfg.memPaths = map[string]bool{}
+	for _, p := range strings.Split(memPaths, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			cfg.memPaths[p] = true
+		}
+	}
 	cfg.cdcEnv = cdcEnv
 	cfg.scenarios = map[string]bool{}
 	for _, s := range strings.Split(scenarios, ",") {
@@ -163,6 +182,7 @@ func run(cfg config) error {
 		{"latency", b.latency},
 		{"backlog", b.backlog},
 		{"bigtxn", b.bigTxn},
+		{"memory", b.memory},
 	}
 	for _, s := range steps {
 		if !cfg.scenarios[s.name] {

@@ -108,6 +108,7 @@ type result struct {
 	Latency        latencyRun         `json:"latency"`
 	Backlog        deliveryResult     `json:"backlog"`
 	BigTxn         deliveryResult     `json:"big_transaction"`
+	Memory         *memoryResult      `json:"memory,omitempty"`
 	Checks         []check            `json:"checks"`
 	AllPass        bool               `json:"all_pass"`
 	Extra          map[string]string  `json:"extra,omitempty"`
@@ -239,6 +240,11 @@ func (b *bench) evaluate() {
 			r.AllPass = false
 		}
 	}
+	if r.Memory != nil {
+		for _, p := range r.Memory.Paths {
+			r.AllPass = r.AllPass && p.Pass
+		}
+	}
 }
 
 func (c check) result() string {
@@ -260,21 +266,31 @@ func (b *bench) machineLine() string {
 
 func (b *bench) table() string {
 	var sb strings.Builder
-	w := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "metric\tvalue\ttarget\tresult")
-	for _, c := range b.res.Checks {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", c.Metric, c.Value, c.Target, c.result())
+	if len(b.res.Checks) > 0 {
+		w := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(w, "metric\tvalue\ttarget\tresult")
+		for _, c := range b.res.Checks {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", c.Metric, c.Value, c.Target, c.result())
+		}
+		w.Flush()
 	}
-	w.Flush()
+	if m := b.memoryTable(false); m != "" {
+		fmt.Fprintf(&sb, "\n%s", m)
+	}
 	fmt.Fprintf(&sb, "\n%s (%s)\n", b.machineLine(), b.res.Started)
 	return sb.String()
 }
 
 func (b *bench) markdown() string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "| metric | value | target | result |\n|---|---|---|---|\n")
-	for _, c := range b.res.Checks {
-		fmt.Fprintf(&sb, "| %s | %s | %s | %s |\n", c.Metric, c.Value, c.Target, c.result())
+	if len(b.res.Checks) > 0 {
+		fmt.Fprintf(&sb, "| metric | value | target | result |\n|---|---|---|---|\n")
+		for _, c := range b.res.Checks {
+			fmt.Fprintf(&sb, "| %s | %s | %s | %s |\n", c.Metric, c.Value, c.Target, c.result())
+		}
+	}
+	if m := b.memoryTable(true); m != "" {
+		fmt.Fprintf(&sb, "\n%s", m)
 	}
 	fmt.Fprintf(&sb, "\n%s (%s)\n", b.machineLine(), b.res.Started)
 	return sb.String()

@@ -28,6 +28,7 @@ again (also after a crash) never inserts a row twice. It can run while
 			if err != nil {
 				return err
 			}
+			setMemoryLimit(cfg.Batch.MaxBytes)
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			pool, err := daemon.OpenPool(ctx, cfg)

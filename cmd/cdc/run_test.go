@@ -110,7 +110,14 @@ func TestSignalsFlushAndExitZero(t *testing.T) {
 				t.Fatalf("exit code %d, want 0", code)
 			}
 			o.AssertExactlyOnce(ids, nil)
-			// The transaction is confirmed: the slot is past it.
+			// The transaction is confirmed: the slot is past it. The
+			// walsender applies the last status update when it reads it,
+			// which can be after cdc exited: look once it let go of the slot.
+			waitUntil(t, "walsender gone", 10*time.Second, func() bool {
+				var active bool
+				err := o.PG.QueryRow(context.Background(), `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, o.Slot).Scan(&active)
+				return err == nil && !active
+			})
 			var confirmedPast bool
 			if err := o.PG.QueryRow(context.Background(),
 				`SELECT confirmed_flush_lsn > $1::pg_lsn FROM pg_replication_slots WHERE slot_name = $2`, before, o.Slot).Scan(&confirmedPast); err != nil {

@@ -146,23 +146,35 @@ func envInt(name string, def int) int {
 // TestTorture runs the real daemon (a leader and a hot standby) against
 // private servers while producers commit and roll back transactions, one of
 // them very large, and kills daemons with SIGKILL at random moments, stops
-// ClickHouse and restarts PostgreSQL. Afterwards ClickHouse must hold every
-// committed row exactly once, no rolled-back or previously processed row,
-// and the outbox must say processed everywhere.
+// ClickHouse, restarts PostgreSQL and fails PostgreSQL over. Afterwards
+// ClickHouse must hold every committed row exactly once, no rolled-back or
+// previously processed row, and the outbox must say processed everywhere.
+//
+// PostgreSQL is a testenv.StartCluster pair: a primary with a synchronous
+// streaming standby, reached by daemons and producers through the multi-host
+// URL (target_session_attrs=read-write). A failover step stops the primary
+// with `-m immediate`, promotes the standby (cdc re-creates its slot there
+// and backfills what is not `processed`) and makes the old primary's node a
+// new standby (pg_basebackup), ready for the next failover. A restart step
+// restarts the primary `-m immediate`. ClickHouse is a private server
+// (StartPrivateClickHouse) that the ClickHouse steps stop and start.
 //
 // CDC_TORTURE_KILLS sets the number of chaos steps (default 12; the long
-// schedule is 100).
+// schedule is 100). CDC_TORTURE_FAILOVERS sets how many of them fail over,
+// at random steps (default 1, and 1 per 25 steps in longer schedules).
 func TestTorture(t *testing.T) {
 	steps := envInt("CDC_TORTURE_KILLS", 12)
 	bigRows := 20000
 	if steps >= 50 {
 		bigRows = 100000
 	}
+	failoverAt := failoverSteps(steps, envInt("CDC_TORTURE_FAILOVERS", max(1, steps/25)))
 	bin := cdcBinary(t)
-	srv := testenv.StartPrivate(t, "torture")
-	logDir := t.TempDir()
+	srv := testenv.StartPrivateClickHouse(t, "torture")
+	pg := testenv.StartCluster(t, "torture", testenv.ClusterOptions{})
+	logDir := keptDir(t, "torture")
 	env := []string{
-		"CDC_POSTGRES_URL=" + srv.PGURL,
+		"CDC_POSTGRES_URL=" + pg.URL(),
 		"CDC_CLICKHOUSE_ADDR=" + srv.CHAddr,
 		"CDC_CLICKHOUSE_DATABASE=torture",
 		"CDC_BATCH_SIZE=500",
@@ -179,7 +191,7 @@ func TestTorture(t *testing.T) {
 	if out, err := mig.CombinedOutput(); err != nil {
 		t.Fatalf("cdc migrate: %v\n%s", err, out)
 	}
-	o := testenv.OpenOutbox(t, srv.PGURL, srv.CHAddr, "torture")
+	o := testenv.OpenOutbox(t, pg.URL(), srv.CHAddr, "torture")
 	ctx := context.Background()
 	// Rows from the polling era: pending and failed ones must be delivered
 	// by the backfill, processed ones must not be sent again.
@@ -232,11 +244,17 @@ func TestTorture(t *testing.T) {
 	}
 	spawn() // leader
 	spawn() // hot standby
-	kills, chStops, pgRestarts := 0, 0, 0
+	kills, chStops, pgRestarts, failovers := 0, 0, 0, 0
 	start := time.Now()
 	for step := 1; step <= steps; step++ {
 		time.Sleep(time.Duration(300+rand.IntN(2200)) * time.Millisecond)
 		switch {
+		case failoverAt[step]:
+			pg.Failover(t)
+			failovers++
+			// The next failover needs a standby; making it (pg_basebackup
+			// of the new primary, synchronous again) is chaos of its own.
+			pg.AddStandby(t)
 		case step == steps/3:
 			wg.Add(1)
 			go func() {
@@ -251,7 +269,7 @@ func TestTorture(t *testing.T) {
 			srv.Script(t, "ch-start")
 			chStops++
 		case step%11 == 0:
-			srv.Script(t, "pg-restart")
+			pg.RestartPrimary(t)
 			pgRestarts++
 		}
 		// Kill a random live daemon with SIGKILL and start a new one.
@@ -293,7 +311,7 @@ func TestTorture(t *testing.T) {
 			for _, p := range procs {
 				t.Logf("--- %s\n%s", p.name, tail(p.log, 15))
 			}
-			t.Fatalf("not caught up after the schedule: clickhouse %d rows, want %d; statuses %v", c, len(want), st)
+			t.Fatalf("not caught up after the schedule: clickhouse %d rows, want %d; statuses %v%s", c, len(want), st, notProcessedSample(o))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -306,7 +324,7 @@ func TestTorture(t *testing.T) {
 	}
 	count, uniq := o.CHCount()
 	if count != uniq || count != uint64(len(want)) {
-		t.Errorf("ClickHouse count()=%d uniqExact(id)=%d, committed rows to deliver=%d", count, uniq, len(want))
+		t.Errorf("ClickHouse count()=%d uniqExact(id)=%d, committed rows to deliver=%d%s", count, uniq, len(want), duplicateSample(o))
 	}
 	have := map[int64]bool{}
 	for _, id := range o.CHIDs() {
@@ -341,6 +359,22 @@ func TestTorture(t *testing.T) {
 			t.Fatalf("rolled-back id %d reached ClickHouse", id)
 		}
 	}
-	t.Logf("torture: %d steps, %d SIGKILLs, %d ClickHouse stops, %d PostgreSQL restarts, %d daemons started, %d rows delivered (%d rolled back), %s",
-		steps, kills, chStops, pgRestarts, n, len(want), len(rolledBack), time.Since(start).Round(time.Second))
+	t.Logf("torture: %d steps, %d SIGKILLs, %d ClickHouse stops, %d PostgreSQL restarts, %d PostgreSQL failovers, %d daemons started, %d rows delivered (%d rolled back), %s",
+		steps, kills, chStops, pgRestarts, failovers, n, len(want), len(rolledBack), time.Since(start).Round(time.Second))
+}
+
+// failoverSteps picks n distinct random steps of 1..steps for a failover,
+// none of them a step with an event of its own (the big transaction, a
+// ClickHouse stop, a PostgreSQL restart), so every planned event happens.
+func failoverSteps(steps, n int) map[int]bool {
+	at := map[int]bool{}
+	for _, s := range rand.Perm(steps) {
+		if len(at) == n {
+			break
+		}
+		if step := s + 1; step != steps/3 && step%7 != 0 && step%11 != 0 {
+			at[step] = true
+		}
+	}
+	return at
 }

@@ -52,6 +52,12 @@ type Postgres struct {
 	Publication string
 	// Slot is the logical replication slot name (postgres.slot, default cdc_outbox).
 	Slot string
+	// FailoverSlot is "auto", "true" or "false" (postgres.failover_slot,
+	// default auto): whether the slot is a failover slot, which PostgreSQL
+	// 17+ synchronizes to standbys so it survives a promotion. auto: where
+	// the server supports it; true: required (an older server is a start-up
+	// error); false: cdc never asks for it.
+	FailoverSlot string
 }
 
 // SplitTable returns the schema and table name of Table; the schema is

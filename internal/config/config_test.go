@@ -48,7 +48,7 @@ func writeFile(t *testing.T, content string) string {
 // changed default fails here on purpose.
 func wantDefaults() *Config {
 	return &Config{
-		Postgres: Postgres{URL: "", Table: "public.event_outbox", Publication: "cdc_outbox", Slot: "cdc_outbox"},
+		Postgres: Postgres{URL: "", Table: "public.event_outbox", Publication: "cdc_outbox", Slot: "cdc_outbox", FailoverSlot: "auto"},
 		ClickHouse: ClickHouse{
 			Addr: []string{"localhost:9000"}, Database: "default", Table: "events",
 			Username: "default", Password: "", DialTimeout: 10 * time.Second, Compression: "lz4",
@@ -84,6 +84,7 @@ postgres:
   table: outbox.events_v2
   publication: pub_1
   slot: slot_1
+  failover_slot: true
 clickhouse:
   addr: "ch1:9000, ch2:9440"
   database: analytics
@@ -130,7 +131,7 @@ runtime:
   max_procs: 2
 `
 	fullWant := &Config{
-		Postgres: Postgres{URL: "host=db user=cdc dbname=app", Table: "outbox.events_v2", Publication: "pub_1", Slot: "slot_1"},
+		Postgres: Postgres{URL: "host=db user=cdc dbname=app", Table: "outbox.events_v2", Publication: "pub_1", Slot: "slot_1", FailoverSlot: "true"},
 		ClickHouse: ClickHouse{
 			Addr: []string{"ch1:9000", "ch2:9440"}, Database: "analytics", Table: "Events",
 			Username: "writer", Password: "0123", DialTimeout: 3 * time.Second, Compression: "none",
@@ -329,6 +330,10 @@ func TestValidationErrors(t *testing.T) {
 			`postgres.slot must be a valid replication slot name (lower-case letters, digits, underscore; at most 63), got "My-Slot" (from CDC_POSTGRES_SLOT)`},
 		{"postgres.slot", map[string]string{"CDC_POSTGRES_SLOT": strings.Repeat("s", 64)}, "",
 			`postgres.slot must be a valid replication slot name (lower-case letters, digits, underscore; at most 63), got "` + strings.Repeat("s", 64) + `" (from CDC_POSTGRES_SLOT)`},
+		{"postgres.failover_slot", map[string]string{"CDC_POSTGRES_FAILOVER_SLOT": "yes"}, "",
+			`postgres.failover_slot must be one of auto, true, false, got "yes" (from CDC_POSTGRES_FAILOVER_SLOT)`},
+		{"postgres.failover_slot", nil, "postgres:\n  failover_slot: 1\n",
+			`postgres.failover_slot must be one of auto, true, false, got "1" (from FILE line 2)`},
 		{"clickhouse.addr", map[string]string{"CDC_CLICKHOUSE_ADDR": "ch1:9000,ch2"}, "",
 			`clickhouse.addr entries must be host:port with a port from 1 to 65535, got "ch2" (from CDC_CLICKHOUSE_ADDR)`},
 		{"clickhouse.addr", map[string]string{"CDC_CLICKHOUSE_ADDR": "ch:99999"}, "",
@@ -463,6 +468,12 @@ func TestValidateOnStruct(t *testing.T) {
 	c.Batch.Size = -3
 	var ke *KeyError
 	if err := c.Validate(); !errors.As(err, &ke) || err.Error() != "batch.size must be a positive integer, got -3" {
+		t.Fatalf("Validate = %v", err)
+	}
+	c = Default()
+	c.Postgres.URL = sampleURL
+	c.Postgres.FailoverSlot = "on"
+	if err := c.Validate(); !errors.As(err, &ke) || err.Error() != `postgres.failover_slot must be one of auto, true, false, got "on"` {
 		t.Fatalf("Validate = %v", err)
 	}
 	c = Default()

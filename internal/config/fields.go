@@ -23,6 +23,7 @@ const (
 	kindBytes                // positive integer of bytes, optional KiB/MiB/GiB suffix
 	kindBool                 // true/false
 	kindDuration             // Go duration such as 500ms, 2s, 1h30m
+	kindSwitch               // auto, true or false: a YAML boolean or a string, lower-cased
 )
 
 // spec describes one key: its default in the syntax a user would write in
@@ -40,6 +41,7 @@ var specs = []spec{
 	{"postgres.table", kindString, "public.event_outbox", func(c *Config) any { return &c.Postgres.Table }},
 	{"postgres.publication", kindString, "cdc_outbox", func(c *Config) any { return &c.Postgres.Publication }},
 	{"postgres.slot", kindString, "cdc_outbox", func(c *Config) any { return &c.Postgres.Slot }},
+	{"postgres.failover_slot", kindSwitch, "auto", func(c *Config) any { return &c.Postgres.FailoverSlot }},
 
 	{"clickhouse.addr", kindList, "localhost:9000", func(c *Config) any { return &c.ClickHouse.Addr }},
 	{"clickhouse.database", kindString, "default", func(c *Config) any { return &c.ClickHouse.Database }},
@@ -137,6 +139,13 @@ func (s spec) set(c *Config, raw any) error {
 			text = strings.ToLower(strings.TrimSpace(text))
 		}
 		*s.ptr(c).(*string) = text
+	case kindSwitch:
+		// An unquoted YAML true/false arrives as a bool: take it as written.
+		text = strings.ToLower(strings.TrimSpace(text))
+		if text != "auto" && text != "true" && text != "false" {
+			return keyErr(s.key, "must be %s, got %s", s.want(), got)
+		}
+		*s.ptr(c).(*string) = text
 	case kindInt, kindCount:
 		n, err := strconv.ParseInt(strings.TrimSpace(text), 10, strconv.IntSize)
 		if err != nil || n < 0 || (n == 0 && s.kind == kindInt) {
@@ -178,6 +187,8 @@ func (s spec) want() string {
 		return "a positive number of bytes like 16777216 or 16MiB"
 	case kindBool:
 		return "true or false"
+	case kindSwitch:
+		return "one of auto, true, false"
 	case kindDuration:
 		return "a duration like 500ms or 2s"
 	default:

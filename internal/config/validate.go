@@ -54,6 +54,11 @@ func (p Postgres) validate() error {
 	if len(p.Slot) > maxPgIdent || !pgSlot.MatchString(p.Slot) {
 		return keyErr("postgres.slot", "must be a valid replication slot name (lower-case letters, digits, underscore; at most 63), got %q", p.Slot)
 	}
+	switch p.FailoverSlot {
+	case "auto", "true", "false":
+	default:
+		return keyErr("postgres.failover_slot", "must be one of auto, true, false, got %q", p.FailoverSlot)
+	}
 	return nil
 }
 

@@ -102,7 +102,7 @@ func (d *Daemon) Run(stop, hard context.Context) error {
 			}
 			return nil
 		}
-		if errors.Is(err, replication.ErrSlotLost) {
+		if permanent(err) {
 			return err
 		}
 		if time.Since(started) > time.Minute {
@@ -264,6 +264,9 @@ func (d *Daemon) lead(stop, ctx context.Context) error {
 		if slot.Database != db {
 			return fmt.Errorf("postgres: replication slot %q belongs to database %q, not %q: choose another postgres.slot", slotName, slot.Database, db)
 		}
+		if err := d.ensureFailoverSlot(ctx); err != nil {
+			return err
+		}
 		if state, err = backfill.LoadState(ctx, d.pool, slotName); err != nil {
 			return err
 		}
@@ -309,7 +312,7 @@ func (d *Daemon) createSlot(ctx context.Context) (backfill.State, error) {
 		return backfill.State{}, err
 	}
 	defer conn.Close(context.Background())
-	created, err := replication.CreateSlot(ctx, conn, slotName)
+	created, err := d.createReplicationSlot(ctx, conn)
 	if err != nil {
 		return backfill.State{}, err
 	}
@@ -325,11 +328,19 @@ func (d *Daemon) createSlot(ctx context.Context) (backfill.State, error) {
 	return backfill.State{Exists: true, ConsistentLSN: created.ConsistentPoint}, nil
 }
 
-func (d *Daemon) newPipeline(w pipeline.Writer, tracker *checkpoint.Tracker) *pipeline.Pipeline {
-	return pipeline.New(pipeline.Options{
-		Size: d.cfg.Batch.Size, MaxBytes: d.cfg.Batch.MaxBytes, FlushInterval: d.cfg.Batch.FlushInterval,
-		Queue: d.cfg.Batch.QueueBatches, Retry: d.retry,
-	}, w, &reportingMarker{Marker: d.fencedStore(), d: d}, tracker, d.metrics, d.log)
+func (d *Daemon) newPipeline(w pipeline.Writer, tracker *checkpoint.Tracker, budget *pipeline.Budget) *pipeline.Pipeline {
+	return pipeline.New(pipelineOptions(d.cfg, budget), w, &reportingMarker{Marker: d.fencedStore(), d: d}, tracker, d.metrics, d.log)
+}
+
+// pipelineOptions are the batching options of every path (stream,
+// backfill, re-drive); budget is the byte budget its source acquires rows
+// from (pipeline.DefaultBudget: DESIGN.md §3 invariant 14).
+func pipelineOptions(cfg *config.Config, budget *pipeline.Budget) pipeline.Options {
+	return pipeline.Options{
+		Size: cfg.Batch.Size, MaxBytes: cfg.Batch.MaxBytes, FlushInterval: cfg.Batch.FlushInterval,
+		Queue: cfg.Batch.QueueBatches, Retry: backoff.Policy{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff},
+		Budget: budget,
+	}
 }
 
 // report sends err to Sentry (a no-op without sentry.dsn) with the slot,
@@ -405,19 +416,16 @@ func (d *Daemon) backfill(stop, ctx context.Context, state backfill.State) error
 	in := newInput(d.cfg.Batch.Size)
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	pipe := startPipeline(pctx, d.newPipeline(w, checkpoint.NewTracker(0)), in)
+	budget := pipeline.DefaultBudget(d.cfg.Batch.MaxBytes)
+	pipe := startPipeline(pctx, d.newPipeline(w, checkpoint.NewTracker(0), budget), in)
 
 	start := time.Now()
 	n, err := backfill.Run(ctx, d.pool, slotName, d.cfg.Postgres.Table, state.ConsistentLSN, d.cfg.Batch.Size, func(r sink.Row) error {
-		select {
-		case in <- pipeline.Item{Row: &r, Size: 256}:
-			d.metrics.Backfilled.Inc()
-			return nil
-		case <-stop.Done():
-			return stop.Err()
-		case <-pipe.done:
-			return pipelineStopped(pipe.err)
+		if err := pipe.hand(stop, in, budget, &r); err != nil {
+			return err
 		}
+		d.metrics.Backfilled.Inc()
+		return nil
 	})
 	close(in)
 	if err != nil && stop.Err() == nil {
@@ -499,9 +507,10 @@ func (d *Daemon) pump(stop, ctx context.Context, st *replication.Stream, tracker
 	in := newInput(d.cfg.Batch.Size)
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	pipe := startPipeline(pctx, d.newPipeline(d.sink, tracker), in)
+	budget := pipeline.DefaultBudget(d.cfg.Batch.MaxBytes)
+	pipe := startPipeline(pctx, d.newPipeline(d.sink, tracker, budget), in)
 
-	src := newSource(d.cfg.Postgres.Table, d.metrics)
+	src := newSource(d.cfg.Postgres.Table, d.metrics, budget)
 	err := src.read(stop, ctx, st, tracker, in, pipe)
 	if err != nil {
 		cancel()
@@ -567,6 +576,29 @@ func (r *runningPipeline) wait() error {
 	return r.err
 }
 
+// hand passes row to the pipeline (the backfill's and the re-drive's way
+// in), first taking its bytes from budget: it waits while the rows the
+// pipeline holds fill the budget. It gives up when stop ends or the
+// pipeline stops.
+func (r *runningPipeline) hand(stop context.Context, in chan<- pipeline.Item, budget *pipeline.Budget, row *sink.Row) error {
+	size := row.Size()
+	if err := budget.Acquire(stop, size, r.done); err != nil {
+		if errors.Is(err, pipeline.ErrBudgetStopped) {
+			return pipelineStopped(r.err)
+		}
+		return err
+	}
+	select {
+	case in <- pipeline.Item{Row: row, Size: size}:
+		return nil
+	case <-stop.Done():
+		budget.Release(int64(size))
+		return stop.Err()
+	case <-r.done:
+		return pipelineStopped(r.err)
+	}
+}
+
 func pipelineStopped(err error) error {
 	if err == nil {
 		err = errors.New("pipeline stopped")
@@ -574,9 +606,10 @@ func pipelineStopped(err error) error {
 	return err
 }
 
-// newInput is the channel a stream or backfill feeds its pipeline through.
-// It is short: the batcher drains it in bursts, and every item held here is
-// a row kept in memory beyond the batches.
+// newInput is the channel a stream, backfill or re-drive feeds its pipeline
+// through. It is short: the batcher drains it in bursts. The rows it holds
+// count against the pipeline's byte budget, so whatever their size it never
+// holds more bytes than the budget allows.
 func newInput(batchSize int) chan pipeline.Item {
 	return make(chan pipeline.Item, min(batchSize, 1024))
 }

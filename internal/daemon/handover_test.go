@@ -37,6 +37,12 @@ func TestRecreatedSlotBackfillRecognisesDeliveredRows(t *testing.T) {
 	if _, err := o.PG.Exec(ctx, `UPDATE event_outbox SET status = 'pending' WHERE id > $1`, ids[299]); err != nil {
 		t.Fatal(err)
 	}
+	// The walsender lets go of the slot just after the daemon returned.
+	waitFor(t, "slot released", 10*time.Second, func() bool {
+		var active bool
+		err := o.PG.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, cfg.Postgres.Slot).Scan(&active)
+		return err == nil && !active
+	})
 	if err := replication.DropSlot(ctx, o.PG, cfg.Postgres.Slot); err != nil {
 		t.Fatal(err)
 	}

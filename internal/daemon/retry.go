@@ -11,7 +11,6 @@ import (
 
 	"github.com/outbox-cdc/outbox-cdc/backfill"
 	"github.com/outbox-cdc/outbox-cdc/checkpoint"
-	"github.com/outbox-cdc/outbox-cdc/internal/backoff"
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
 	"github.com/outbox-cdc/outbox-cdc/internal/lease"
 	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
@@ -57,24 +56,15 @@ func RetryFailed(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, lo
 	}
 
 	counting := &countingMarker{Marker: checkpoint.NewStore(pool, cfg.Postgres.Table).Fenced(terms...)}
-	p := pipeline.New(pipeline.Options{
-		Size: cfg.Batch.Size, MaxBytes: cfg.Batch.MaxBytes, FlushInterval: cfg.Batch.FlushInterval, Queue: cfg.Batch.QueueBatches,
-		Retry: backoff.Policy{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff},
-	}, s, counting, checkpoint.NewTracker(0), m, log)
+	budget := pipeline.DefaultBudget(cfg.Batch.MaxBytes)
+	p := pipeline.New(pipelineOptions(cfg, budget), s, counting, checkpoint.NewTracker(0), m, log)
 
-	in := make(chan pipeline.Item, cfg.Batch.Size)
+	in := newInput(cfg.Batch.Size)
 	pctx, stopPipe := context.WithCancel(ctx)
 	defer stopPipe()
 	pipe := startPipeline(pctx, p, in)
 	res.Read, err = backfill.Failed(ctx, pool, cfg.Postgres.Table, maxAttempts, cfg.Batch.Size, func(r sink.Row) error {
-		select {
-		case in <- pipeline.Item{Row: &r, Size: 256}:
-			return nil
-		case <-pipe.done:
-			return pipelineStopped(pipe.err)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		return pipe.hand(ctx, in, budget, &r)
 	})
 	close(in)
 	if err != nil {

@@ -33,20 +33,45 @@ type source struct {
 	lastCommitEnd pglogrepl.LSN // end of the last transaction handed on
 	idleEnd       pglogrepl.LSN // keepalive position seen outside a transaction
 
-	// pending is an item handle produced that the pipeline has not taken yet.
+	// pending is an item handle produced that the pipeline has not taken yet;
+	// acquired says whether its bytes are already taken from budget.
 	pending    pipeline.Item
 	hasPending bool
+	acquired   bool
+	budget     *pipeline.Budget
 	// rows hands out the rows of items, a chunk at a time: the pipeline
 	// copies each row into its batch, so a chunk is garbage once its rows
-	// are batched, and the stream costs no allocation per row.
-	rows []sink.Row
+	// are batched, and the stream costs no allocation per row. The chunk
+	// being filled still points at the values of its rows already written,
+	// outside the budget, so a chunk also ends after rowChunkBytes.
+	rows      []sink.Row
+	rowsBytes int
 }
 
-const rowChunk = 256
+const (
+	rowChunk      = 256
+	rowChunkBytes = 256 << 10
+)
 
-func newSource(table string, m *metrics.Metrics) *source {
+// newSource returns a source whose rows are counted against budget (nil:
+// not bounded by bytes).
+func newSource(table string, m *metrics.Metrics, budget *pipeline.Budget) *source {
 	schema, name := checkpoint.SplitTable(table)
-	return &source{schema: schema, table: name, metrics: m, dec: decoder.New(), idCol: map[uint32]int{}}
+	return &source{schema: schema, table: name, metrics: m, dec: decoder.New(), idCol: map[uint32]int{}, budget: budget}
+}
+
+// acquire takes the pending item's bytes from the budget, once; false means
+// the budget is used up and the item must wait for a release.
+func (s *source) acquire() bool {
+	if !s.acquired {
+		s.acquired = s.budget.TryAcquire(s.pending.Size)
+	}
+	return s.acquired
+}
+
+// handedOn records that the pipeline took the pending item.
+func (s *source) handedOn() {
+	s.hasPending, s.acquired = false, false
 }
 
 // confirmable is the LSN to confirm given the durable one. When every
@@ -69,9 +94,20 @@ func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker
 			return err
 		}
 		if s.hasPending {
+			// Wait for the pipeline to take the item or, while its bytes
+			// do not fit the budget, for a release; either way status
+			// keeps going out every 200 ms.
+			var out chan<- pipeline.Item
+			var freed <-chan struct{}
+			if s.acquire() {
+				out = in
+			} else {
+				freed = s.budget.Freed()
+			}
 			select {
-			case in <- s.pending:
-				s.hasPending = false
+			case out <- s.pending:
+				s.handedOn()
+			case <-freed:
 			case <-time.After(200 * time.Millisecond):
 			case <-stop.Done():
 			case <-pipe.done:
@@ -102,10 +138,10 @@ func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker
 		if err := s.handle(msg); err != nil {
 			return err
 		}
-		if s.hasPending {
+		if s.hasPending && s.acquire() {
 			select {
 			case in <- s.pending:
-				s.hasPending = false
+				s.handedOn()
 			default:
 			}
 		}
@@ -136,16 +172,19 @@ func (s *source) handle(msg replication.Message) error {
 		if !ok {
 			return fmt.Errorf("row at %s: id %v is not an integer", msg.WALStart, e.Values[idx])
 		}
-		if len(s.rows) == cap(s.rows) {
-			s.rows = make([]sink.Row, 0, rowChunk)
+		if len(s.rows) == cap(s.rows) || s.rowsBytes >= rowChunkBytes {
+			s.rows, s.rowsBytes = make([]sink.Row, 0, rowChunk), 0
 		}
 		s.rows = append(s.rows, sink.Row{Pos: sink.Position{LSN: uint64(s.txnLSN), Seq: s.seq}, ID: id, Relation: e.Relation, Values: e.Values})
-		s.pending, s.hasPending = pipeline.Item{Row: &s.rows[len(s.rows)-1], Size: len(msg.Data)}, true
+		r := &s.rows[len(s.rows)-1]
+		size := r.Size()
+		s.rowsBytes += size
+		s.pending, s.hasPending, s.acquired = pipeline.Item{Row: r, Size: size}, true, false
 		s.seq++
 	case *decoder.Commit:
 		s.inTxn = false
 		s.lastCommitEnd = e.EndLSN
-		s.pending, s.hasPending = pipeline.Item{CommitEnd: e.EndLSN}, true
+		s.pending, s.hasPending, s.acquired = pipeline.Item{CommitEnd: e.EndLSN}, true, true
 	case *decoder.Message:
 		if e.Prefix == replication.HeartbeatPrefix {
 			if sent, err := time.Parse(time.RFC3339Nano, string(e.Content)); err == nil {

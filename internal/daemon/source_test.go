@@ -88,7 +88,7 @@ func TestSourceRefusesRowsOfAnotherRelation(t *testing.T) {
 		{"outbox of another schema", 16502, "audit", "event_outbox", []string{"audit.event_outbox (OID 16502)"}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newSource("public.event_outbox", metrics.New())
+			s := newSource("public.event_outbox", metrics.New(), nil)
 			msgs := []replication.Message{beginMsg(0x3000)}
 			if tc.outboxRows > 0 {
 				msgs = append(msgs, relationMsg(16384, "public", "event_outbox", "id", "x"), insertMsg(16384, 1, 10))
@@ -121,7 +121,7 @@ func TestSourceRefusesRowsOfAnotherRelation(t *testing.T) {
 // the source's relation map must not grow with them, and a new Relation
 // with the id column moved is followed.
 func TestSourceRelationMapsDoNotGrow(t *testing.T) {
-	s := newSource("public.event_outbox", metrics.New())
+	s := newSource("public.event_outbox", metrics.New(), nil)
 	const n = 1000
 	for i := range n {
 		cols := []string{"id", "x"}

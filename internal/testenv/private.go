@@ -26,6 +26,21 @@ type Servers struct {
 // are stopped and removed when the test ends.
 func StartPrivate(t testing.TB, name string) *Servers {
 	t.Helper()
+	return startPrivate(t, name, "up")
+}
+
+// StartPrivateClickHouse starts only the ClickHouse server of StartPrivate
+// (PGURL is empty), for tests that bring their own PostgreSQL, such as a
+// StartCluster pair. Script(t, "ch-stop") and "ch-start" work on it.
+func StartPrivateClickHouse(t testing.TB, name string) *Servers {
+	t.Helper()
+	s := startPrivate(t, name, "ch-start")
+	s.PGURL = ""
+	return s
+}
+
+func startPrivate(t testing.TB, name, up string) *Servers {
+	t.Helper()
 	script := mustEnv(t, EnvScript)
 	dir, err := os.MkdirTemp("/tmp", "outbox-cdc-"+name+"-")
 	if err != nil {
@@ -60,7 +75,7 @@ func StartPrivate(t testing.TB, name string) *Servers {
 			t.Logf("private servers' files kept in %s", dir)
 		}
 	})
-	s.Script(t, "up")
+	s.Script(t, up)
 	return s
 }
 

@@ -10,6 +10,11 @@
 // Every test gets its own database on each server (NewPostgresDB,
 // NewClickHouseDB), dropped again by t.Cleanup, so tests and packages can run
 // in parallel against the same servers.
+//
+// Tests that stop or kill servers start private ones instead: StartPrivate
+// (PostgreSQL + ClickHouse), StartPrivateClickHouse, and StartCluster (a
+// PostgreSQL primary with a synchronous standby, for failover tests; any
+// major from 14 on through ClusterOptions.BinDir).
 package testenv
 
 import (
