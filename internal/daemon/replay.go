@@ -11,7 +11,6 @@ import (
 	"github.com/outbox-cdc/outbox-cdc/backfill"
 	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/decoder"
-	"github.com/outbox-cdc/outbox-cdc/internal/backoff"
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
 	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/pipeline"
@@ -104,10 +103,9 @@ func Replay(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *sl
 	}
 	w := &countingWriter{Writer: s}
 	mk := &replayMarker{log: log}
-	p := pipeline.New(pipeline.Options{
-		Size: cfg.Batch.Size, MaxBytes: cfg.Batch.MaxBytes, FlushInterval: cfg.Batch.FlushInterval, Queue: cfg.Batch.QueueBatches,
-		Retry: backoff.Policy{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff},
-	}, w, mk, checkpoint.NewTracker(0), m, log)
+	// Bounded in bytes like every path (DESIGN.md §3 invariant 14).
+	budget := pipeline.DefaultBudget(cfg.Batch.MaxBytes)
+	p := pipeline.New(pipelineOptions(cfg, budget), w, mk, checkpoint.NewTracker(0), m, log)
 	in := newInput(cfg.Batch.Size)
 	pctx, stopPipe := context.WithCancel(ctx)
 	defer stopPipe()
@@ -119,14 +117,7 @@ func Replay(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *sl
 		if si := r.Relation.ColumnIndex("status"); si >= 0 && r.Values[si] != "processed" {
 			return nil
 		}
-		select {
-		case in <- pipeline.Item{Row: &r, Size: 256}:
-			return nil
-		case <-pipe.done:
-			return pipelineStopped(pipe.err)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		return pipe.hand(ctx, in, budget, &r)
 	}
 	rep, err := runVerify(ctx, cfg, pool, log, r, progress, func(ctx context.Context, ids []int64) error {
 		res.Found += int64(len(ids))
