@@ -62,10 +62,6 @@ func TestRowHashIsTheSameInBothDatabases(t *testing.T) {
 	for i := int64(0); i < 50; i++ {
 		ids = append(ids, i*i*i*7919+i)
 	}
-	var list []string
-	for _, id := range ids {
-		list = append(list, fmt.Sprint(id))
-	}
 	for _, id := range ids {
 		want := rowHash(id)
 		var pg int64
