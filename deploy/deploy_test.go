@@ -1479,9 +1479,14 @@ func defaultText(t *testing.T, cfg *config.Config, key string) string {
 	if !ok {
 		t.Fatalf("config.Config has no field for section %q (update defaultText)", section)
 	}
-	fv, ok := find(sv, name)
-	if !ok {
-		t.Fatalf("config.Config.%s has no field for key %q (update defaultText)", sv.Type().Name(), key)
+	// A nested group such as clickhouse.tls.ca_file is a struct field.
+	fv := sv
+	for _, part := range strings.Split(name, ".") {
+		next, ok := find(fv, part)
+		if !ok {
+			t.Fatalf("config.Config.%s has no field for key %q (update defaultText)", fv.Type().Name(), key)
+		}
+		fv = next
 	}
 	switch v := fv.Interface().(type) {
 	case time.Duration:
@@ -1495,7 +1500,7 @@ func defaultText(t *testing.T, cfg *config.Config, key string) string {
 	}
 }
 
-var docRowRE = regexp.MustCompile("^\\|\\s*`([a-z_]+\\.[a-z_]+)`\\s*\\|")
+var docRowRE = regexp.MustCompile("^\\|\\s*`([a-z_]+(?:\\.[a-z_]+)+)`\\s*\\|")
 
 // docRows maps each `section.key` in the first column of a table to its cells.
 func docRows(doc string) map[string][]string {
@@ -1554,10 +1559,24 @@ func TestConfigurationDoc(t *testing.T) {
 	if err := yaml.Unmarshal(readFile(t, "config.example.yaml"), &example); err != nil {
 		t.Fatalf("config.example.yaml: %v", err)
 	}
-	seen := map[string]bool{}
+	// Nested groups (clickhouse.tls) are flattened to dotted keys.
+	flat := map[string]any{}
+	var flatten func(prefix string, m map[string]any)
+	flatten = func(prefix string, m map[string]any) {
+		for name, v := range m {
+			if sub, ok := v.(map[string]any); ok {
+				flatten(prefix+name+".", sub)
+				continue
+			}
+			flat[prefix+name] = v
+		}
+	}
 	for section, kv := range example {
-		for name, v := range kv {
-			key := section + "." + name
+		flatten(section+".", kv)
+	}
+	seen := map[string]bool{}
+	{
+		for key, v := range flat {
 			seen[key] = true
 			if !slices.Contains(keys, key) {
 				t.Errorf("config.example.yaml: %s is not a configuration key", key)

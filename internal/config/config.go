@@ -46,6 +46,11 @@ type Postgres struct {
 	// URL is a libpq/pgx connection string: postgres://… URL or key=value
 	// form (postgres.url, required).
 	URL string
+	// URLFile names a file holding URL (postgres.url_file, default empty):
+	// a Kubernetes Secret volume or a systemd credential. [Load] reads it,
+	// trims the trailing newline and puts the content in URL; setting both
+	// is an error.
+	URLFile string
 	// Table is the outbox table as [schema.]name (postgres.table,
 	// default public.event_outbox). See [Postgres.SplitTable].
 	Table string
@@ -83,6 +88,9 @@ type ClickHouse struct {
 	Username string
 	// Password (clickhouse.password, default empty).
 	Password string
+	// PasswordFile names a file holding Password (clickhouse.password_file,
+	// default empty); see [Postgres.URLFile].
+	PasswordFile string
 	// DialTimeout bounds connecting to a server (clickhouse.dial_timeout, default 10s).
 	DialTimeout time.Duration
 	// Compression of the native protocol: "lz4" or "none"
@@ -101,6 +109,40 @@ type ClickHouse struct {
 	// InsertQuorumTimeout bounds the wait for the quorum of one INSERT
 	// (clickhouse.insert_quorum_timeout, default 60s).
 	InsertQuorumTimeout time.Duration
+	// TLS secures every connection cdc opens to ClickHouse (clickhouse.tls.*).
+	TLS ClickHouseTLS
+}
+
+// ClickHouseTLS configures TLS on the native protocol (ClickHouse's
+// tcp_port_secure, 9440 by convention; ClickHouse Cloud accepts nothing
+// else). The files are read again at every new connection, so renewed
+// certificates take effect on the next reconnect without a restart.
+type ClickHouseTLS struct {
+	// Enabled turns TLS on (clickhouse.tls.enabled, default false). The
+	// other clickhouse.tls keys are an error without it, so that a CA file
+	// never gives the impression of a secured plain-text connection.
+	Enabled bool
+	// CAFile is a PEM bundle of the CAs the server's certificate must chain
+	// to (clickhouse.tls.ca_file, default empty: the system's roots).
+	CAFile string
+	// CertFile and KeyFile are a PEM client certificate and its key, for
+	// servers that authenticate clients by certificate
+	// (clickhouse.tls.cert_file / key_file, default empty; both or neither).
+	CertFile string
+	KeyFile  string
+	// ServerName is the name the server's certificate must carry
+	// (clickhouse.tls.server_name, default empty: the host of each
+	// clickhouse.addr entry).
+	ServerName string
+	// InsecureSkipVerify accepts any server certificate
+	// (clickhouse.tls.insecure_skip_verify, default false; logged as a
+	// warning). Traffic is encrypted but open to a man in the middle.
+	InsecureSkipVerify bool
+}
+
+// Any reports whether any clickhouse.tls key other than enabled is set.
+func (t ClickHouseTLS) Any() bool {
+	return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != "" || t.InsecureSkipVerify
 }
 
 // QuorumAuto is what [ClickHouse.Quorum] returns for insert_quorum: auto.
@@ -152,6 +194,7 @@ type Log struct {
 // Sentry configures error reporting; an empty DSN turns it off.
 type Sentry struct {
 	DSN         string // sentry.dsn, default empty (off)
+	DSNFile     string // sentry.dsn_file, default empty; see [Postgres.URLFile]
 	Environment string // sentry.environment, default empty
 	Release     string // sentry.release, default empty
 }

@@ -5,12 +5,16 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 )
+
+// fileWord is the placeholder for a test's config file path in wanted errors.
+var fileWord = regexp.MustCompile(`\bFILE\b`)
 
 const sampleURL = "postgres://cdc:cdc@localhost:5432/app?sslmode=disable"
 
@@ -322,6 +326,10 @@ func TestValidationErrors(t *testing.T) {
 			`postgres.url must be a postgres:// or postgresql:// URL or a key=value connection string (value not shown, it may contain a password) (from CDC_POSTGRES_URL)`},
 		{"postgres.url", map[string]string{"CDC_POSTGRES_URL": ""}, "postgres:\n  url: 5432\n",
 			`postgres.url must be a string (quote it in YAML) (from FILE line 2)`},
+		{"postgres.url_file", map[string]string{"CDC_POSTGRES_URL_FILE": "/etc/cdc/url"}, "",
+			`postgres.url_file must not be set together with postgres.url (postgres.url is set from CDC_POSTGRES_URL): set only one of them (from CDC_POSTGRES_URL_FILE)`},
+		{"postgres.url_file", map[string]string{"CDC_POSTGRES_URL": "", "CDC_POSTGRES_URL_FILE": "/nonexistent/cdc/url"}, "",
+			`postgres.url_file names a file that cannot be read: /nonexistent/cdc/url: no such file or directory (from CDC_POSTGRES_URL_FILE)`},
 		{"postgres.table", map[string]string{"CDC_POSTGRES_TABLE": "public.Event-Outbox"}, "",
 			`postgres.table must be [schema.]name with lower-case letters, digits and underscores (each part at most 63 characters), got "public.Event-Outbox" (from CDC_POSTGRES_TABLE)`},
 		{"postgres.table", map[string]string{"CDC_POSTGRES_TABLE": "a.b.c"}, "",
@@ -354,6 +362,10 @@ func TestValidationErrors(t *testing.T) {
 			`clickhouse.username must not be empty (ClickHouse's built-in user is "default") (from CDC_CLICKHOUSE_USERNAME)`},
 		{"clickhouse.password", nil, "clickhouse:\n  password: 0123\n",
 			`clickhouse.password must be a string (quote it in YAML) (from FILE line 2)`},
+		{"clickhouse.password_file", map[string]string{"CDC_CLICKHOUSE_PASSWORD_FILE": "/nonexistent/ch"}, "clickhouse:\n  password: \"hunter2\"\n",
+			`clickhouse.password_file must not be set together with clickhouse.password (clickhouse.password is set from FILE line 2): set only one of them (from CDC_CLICKHOUSE_PASSWORD_FILE)`},
+		{"clickhouse.password_file", nil, "clickhouse:\n  password_file: /nonexistent/ch\n",
+			`clickhouse.password_file names a file that cannot be read: /nonexistent/ch: no such file or directory (from FILE line 2)`},
 		{"clickhouse.dial_timeout", map[string]string{"CDC_CLICKHOUSE_DIAL_TIMEOUT": "0"}, "",
 			`clickhouse.dial_timeout must be a duration greater than 0 like 500ms or 2s, got 0s (from CDC_CLICKHOUSE_DIAL_TIMEOUT)`},
 		{"clickhouse.compression", map[string]string{"CDC_CLICKHOUSE_COMPRESSION": "zstd"}, "",
@@ -366,6 +378,22 @@ func TestValidationErrors(t *testing.T) {
 			`clickhouse.insert_quorum must be auto (a majority of the replicas on a Replicated* table, else off), 0 (off) or a number of replicas up to 255, got "-1" (from FILE line 2)`},
 		{"clickhouse.insert_quorum_timeout", map[string]string{"CDC_CLICKHOUSE_INSERT_QUORUM_TIMEOUT": "500ms"}, "",
 			`clickhouse.insert_quorum_timeout must be a duration of at least 1s in whole milliseconds like 60s, got 500ms (from CDC_CLICKHOUSE_INSERT_QUORUM_TIMEOUT)`},
+		{"clickhouse.tls.enabled", map[string]string{"CDC_CLICKHOUSE_TLS_ENABLED": "yes please"}, "",
+			`clickhouse.tls.enabled must be true or false, got "yes please" (from CDC_CLICKHOUSE_TLS_ENABLED)`},
+		{"clickhouse.tls.enabled", nil, "clickhouse:\n  tls:\n    ca_file: /etc/ssl/ca.pem\n",
+			`clickhouse.tls.enabled must be true when other clickhouse.tls keys are set (they would be ignored and the connection left unencrypted)`},
+		{"clickhouse.tls.ca_file", nil, "clickhouse:\n  tls:\n    enabled: true\n    ca_file: /nonexistent/ca.pem\n",
+			`clickhouse.tls.ca_file names a file that cannot be read: /nonexistent/ca.pem: no such file or directory (from FILE line 4)`},
+		{"clickhouse.tls.cert_file", map[string]string{"CDC_CLICKHOUSE_TLS_ENABLED": "true", "CDC_CLICKHOUSE_TLS_KEY_FILE": "/k.pem"}, "",
+			`clickhouse.tls.cert_file must be set together with clickhouse.tls.key_file (a client certificate and its key)`},
+		{"clickhouse.tls.cert_file", map[string]string{"CDC_CLICKHOUSE_TLS_ENABLED": "true", "CDC_CLICKHOUSE_TLS_CERT_FILE": "/nonexistent/c.pem", "CDC_CLICKHOUSE_TLS_KEY_FILE": "/nonexistent/k.pem"}, "",
+			`clickhouse.tls.cert_file names a file that cannot be read: /nonexistent/c.pem: no such file or directory (from CDC_CLICKHOUSE_TLS_CERT_FILE)`},
+		{"clickhouse.tls.key_file", map[string]string{"CDC_CLICKHOUSE_TLS_ENABLED": "true", "CDC_CLICKHOUSE_TLS_CERT_FILE": "/c.pem"}, "",
+			`clickhouse.tls.key_file must be set together with clickhouse.tls.cert_file (a client certificate and its key)`},
+		{"clickhouse.tls.server_name", map[string]string{"CDC_CLICKHOUSE_TLS_ENABLED": "true", "CDC_CLICKHOUSE_TLS_SERVER_NAME": "ch.example.com:9440"}, "",
+			`clickhouse.tls.server_name must be a host name like clickhouse.example.com (empty: the host of each clickhouse.addr entry), got "ch.example.com:9440" (from CDC_CLICKHOUSE_TLS_SERVER_NAME)`},
+		{"clickhouse.tls.insecure_skip_verify", nil, "clickhouse:\n  tls:\n    insecure_skip_verify: sometimes\n",
+			`clickhouse.tls.insecure_skip_verify must be true or false, got "sometimes" (from FILE line 3)`},
 		{"batch.size", map[string]string{"CDC_BATCH_SIZE": "banana"}, "",
 			`batch.size must be a positive integer, got "banana" (from CDC_BATCH_SIZE)`},
 		{"batch.size", nil, "batch:\n  size: 0\n",
@@ -400,6 +428,8 @@ func TestValidationErrors(t *testing.T) {
 			`log.format must be one of auto, json, text, got "pretty" (from FILE line 2)`},
 		{"sentry.dsn", map[string]string{"CDC_SENTRY_DSN": "not-a-dsn"}, "",
 			`sentry.dsn must be empty (off) or a Sentry DSN like https://PUBLIC_KEY@o0.ingest.sentry.io/PROJECT_ID (value not shown) (from CDC_SENTRY_DSN)`},
+		{"sentry.dsn_file", map[string]string{"CDC_SENTRY_DSN_FILE": "/nonexistent/dsn"}, "",
+			`sentry.dsn_file names a file that cannot be read: /nonexistent/dsn: no such file or directory (from CDC_SENTRY_DSN_FILE)`},
 		{"sentry.environment", nil, "sentry:\n  environment: [a]\n",
 			`sentry.environment must be a string, got a list (from FILE line 2)`},
 		{"sentry.release", nil, "sentry:\n  release: 1.10\n",
@@ -449,7 +479,8 @@ func TestValidationErrors(t *testing.T) {
 			if err == nil {
 				t.Fatalf("Load succeeded: %+v", c)
 			}
-			want := strings.ReplaceAll(tt.want, "FILE", path)
+			// FILE as a word: CDC_POSTGRES_URL_FILE stays as it is.
+			want := fileWord.ReplaceAllLiteralString(tt.want, path)
 			if err.Error() != want {
 				t.Fatalf("error\n got: %s\nwant: %s", err, want)
 			}
@@ -511,6 +542,12 @@ func TestFileErrors(t *testing.T) {
 			`config file FILE line 1: unknown key "batch.size": write it nested, as batch: then size: indented below it`},
 		{"section given a value", "batch: 10\n",
 			`config file FILE line 1: batch must be a mapping of keys (size, flush_interval, max_bytes, queue)`},
+		{"nested group given a value", "clickhouse:\n  tls: true\n",
+			`config file FILE line 2: clickhouse.tls must be a mapping of keys (enabled, ca_file, cert_file, key_file, server_name, insecure_skip_verify)`},
+		{"typo in a nested key", "clickhouse:\n  tls:\n    ca_fil: /ca.pem\n",
+			`config file FILE line 3: unknown key "clickhouse.tls.ca_fil" (did you mean "clickhouse.tls.ca_file"?)`},
+		{"flat dotted nested key", "clickhouse:\n  tls.enabled: true\n",
+			`config file FILE line 2: unknown key "clickhouse.tls.enabled": write it nested, as tls: then enabled: indented below it`},
 		{"key set twice", "batch:\n  size: 1\n  Size: 2\n",
 			`config file FILE line 3: batch.size is set twice (first at line 2)`},
 		{"section twice", "batch:\n  size: 1\nlog:\n  level: info\nbatch:\n  queue: 3\n",
@@ -575,15 +612,17 @@ func TestExampleFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	comments := map[string]string{}
-	root := doc.Content[0]
-	for i := 0; i < len(root.Content); i += 2 {
-		sec := root.Content[i].Value
-		body := root.Content[i+1]
-		for j := 0; j < len(body.Content); j += 2 {
-			k := body.Content[j]
-			comments[sec+"."+k.Value] = k.HeadComment + k.LineComment
+	var walk func(prefix string, body *yaml.Node)
+	walk = func(prefix string, body *yaml.Node) {
+		for j := 0; j+1 < len(body.Content); j += 2 {
+			k, v := body.Content[j], body.Content[j+1]
+			comments[prefix+k.Value] = k.HeadComment + k.LineComment
+			if v.Kind == yaml.MappingNode {
+				walk(prefix+k.Value+".", v)
+			}
 		}
 	}
+	walk("", doc.Content[0])
 	for _, k := range Keys() {
 		if _, ok := lines[k]; !ok {
 			t.Errorf("config.example.yaml does not set %s", k)
@@ -624,11 +663,19 @@ func TestEveryFieldHasAKey(t *testing.T) {
 	var c Config
 	fields := map[uintptr]string{}
 	cv := reflect.ValueOf(&c).Elem()
-	for i := 0; i < cv.NumField(); i++ {
-		sec := cv.Field(i)
-		for j := 0; j < sec.NumField(); j++ {
-			fields[sec.Field(j).Addr().Pointer()] = cv.Type().Field(i).Name + "." + sec.Type().Field(j).Name
+	var walk func(v reflect.Value, name string)
+	walk = func(v reflect.Value, name string) {
+		for j := 0; j < v.NumField(); j++ {
+			f, fname := v.Field(j), name+"."+v.Type().Field(j).Name
+			if f.Kind() == reflect.Struct {
+				walk(f, fname) // a nested group such as ClickHouse.TLS
+				continue
+			}
+			fields[f.Addr().Pointer()] = fname
 		}
+	}
+	for i := 0; i < cv.NumField(); i++ {
+		walk(cv.Field(i), cv.Type().Field(i).Name)
 	}
 	for _, s := range specs {
 		p := reflect.ValueOf(s.ptr(&c)).Pointer()
@@ -639,5 +686,64 @@ func TestEveryFieldHasAKey(t *testing.T) {
 	}
 	for _, name := range fields {
 		t.Errorf("field Config.%s has no key", name)
+	}
+}
+
+// TestSecretFiles: each _file twin fills its secret from the file, without
+// the trailing newline, and errors name the key and the file, never the
+// secret.
+func TestSecretFiles(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	urlFile := write("url", sampleURL+"\n")
+	pwFile := write("pw", "s3cr3t-hunter2\r\n")
+	dsnFile := write("dsn", "https://k@sentry.example.com/7")
+	empty := write("empty", "\n")
+	badURL := write("bad-url", "mysql://root:hunter2@db/app\n")
+
+	t.Run("read", func(t *testing.T) {
+		clearEnv(t)
+		setEnv(t, map[string]string{"CDC_POSTGRES_URL_FILE": urlFile, "CDC_SENTRY_DSN_FILE": dsnFile})
+		c, err := Load(writeFile(t, "clickhouse:\n  password_file: "+pwFile+"\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Postgres.URL != sampleURL || c.ClickHouse.Password != "s3cr3t-hunter2" || c.Sentry.DSN != "https://k@sentry.example.com/7" {
+			t.Fatalf("secrets = %q, %q, %q", c.Postgres.URL, c.ClickHouse.Password, c.Sentry.DSN)
+		}
+		if c.Postgres.URLFile != urlFile || c.ClickHouse.PasswordFile != pwFile {
+			t.Fatalf("paths = %q, %q", c.Postgres.URLFile, c.ClickHouse.PasswordFile)
+		}
+	})
+	for _, tt := range []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"empty file", map[string]string{"CDC_CLICKHOUSE_PASSWORD_FILE": empty},
+			"clickhouse.password_file names an empty file: " + empty + " (from CDC_CLICKHOUSE_PASSWORD_FILE)"},
+		{"bad value in the file", map[string]string{"CDC_POSTGRES_URL": "", "CDC_POSTGRES_URL_FILE": badURL},
+			"postgres.url must be a postgres:// or postgresql:// URL or a key=value connection string (value not shown, it may contain a password) (read from postgres.url_file " + badURL + ")"},
+		{"both from the environment", map[string]string{"CDC_SENTRY_DSN": "https://k@sentry.example.com/7", "CDC_SENTRY_DSN_FILE": dsnFile},
+			"sentry.dsn_file must not be set together with sentry.dsn (sentry.dsn is set from CDC_SENTRY_DSN): set only one of them (from CDC_SENTRY_DSN_FILE)"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			clearEnv(t)
+			t.Setenv("CDC_POSTGRES_URL", sampleURL)
+			setEnv(t, tt.env)
+			_, err := Load("")
+			if err == nil || err.Error() != tt.want {
+				t.Fatalf("error\n got: %v\nwant: %s", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Fatalf("error leaks the secret: %s", err)
+			}
+		})
 	}
 }

@@ -39,6 +39,7 @@ type spec struct {
 
 var specs = []spec{
 	{"postgres.url", kindSecret, "", func(c *Config) any { return &c.Postgres.URL }},
+	{"postgres.url_file", kindString, "", func(c *Config) any { return &c.Postgres.URLFile }},
 	{"postgres.table", kindString, "public.event_outbox", func(c *Config) any { return &c.Postgres.Table }},
 	{"postgres.publication", kindString, "cdc_outbox", func(c *Config) any { return &c.Postgres.Publication }},
 	{"postgres.slot", kindString, "cdc_outbox", func(c *Config) any { return &c.Postgres.Slot }},
@@ -49,11 +50,18 @@ var specs = []spec{
 	{"clickhouse.table", kindString, "events", func(c *Config) any { return &c.ClickHouse.Table }},
 	{"clickhouse.username", kindString, "default", func(c *Config) any { return &c.ClickHouse.Username }},
 	{"clickhouse.password", kindSecret, "", func(c *Config) any { return &c.ClickHouse.Password }},
+	{"clickhouse.password_file", kindString, "", func(c *Config) any { return &c.ClickHouse.PasswordFile }},
 	{"clickhouse.dial_timeout", kindDuration, "10s", func(c *Config) any { return &c.ClickHouse.DialTimeout }},
 	{"clickhouse.compression", kindWord, "lz4", func(c *Config) any { return &c.ClickHouse.Compression }},
 	{"clickhouse.cluster", kindString, "", func(c *Config) any { return &c.ClickHouse.Cluster }},
 	{"clickhouse.insert_quorum", kindWordOrInt, "auto", func(c *Config) any { return &c.ClickHouse.InsertQuorum }},
 	{"clickhouse.insert_quorum_timeout", kindDuration, "60s", func(c *Config) any { return &c.ClickHouse.InsertQuorumTimeout }},
+	{"clickhouse.tls.enabled", kindBool, "false", func(c *Config) any { return &c.ClickHouse.TLS.Enabled }},
+	{"clickhouse.tls.ca_file", kindString, "", func(c *Config) any { return &c.ClickHouse.TLS.CAFile }},
+	{"clickhouse.tls.cert_file", kindString, "", func(c *Config) any { return &c.ClickHouse.TLS.CertFile }},
+	{"clickhouse.tls.key_file", kindString, "", func(c *Config) any { return &c.ClickHouse.TLS.KeyFile }},
+	{"clickhouse.tls.server_name", kindString, "", func(c *Config) any { return &c.ClickHouse.TLS.ServerName }},
+	{"clickhouse.tls.insecure_skip_verify", kindBool, "false", func(c *Config) any { return &c.ClickHouse.TLS.InsecureSkipVerify }},
 
 	{"batch.size", kindInt, "1000", func(c *Config) any { return &c.Batch.Size }},
 	{"batch.flush_interval", kindDuration, "1s", func(c *Config) any { return &c.Batch.FlushInterval }},
@@ -67,6 +75,7 @@ var specs = []spec{
 	{"log.format", kindWord, "auto", func(c *Config) any { return &c.Log.Format }},
 
 	{"sentry.dsn", kindSecret, "", func(c *Config) any { return &c.Sentry.DSN }},
+	{"sentry.dsn_file", kindString, "", func(c *Config) any { return &c.Sentry.DSNFile }},
 	{"sentry.environment", kindString, "", func(c *Config) any { return &c.Sentry.Environment }},
 	{"sentry.release", kindString, "", func(c *Config) any { return &c.Sentry.Release }},
 

@@ -47,7 +47,11 @@ func Load(path string) (*Config, error) {
 		}
 	}
 
+	readFrom := map[string]string{} // secret key -> "its _file key (path)"
 	source := func(key string) string {
+		if from, ok := readFrom[key]; ok {
+			return "read from " + from
+		}
 		if val, ok := os.LookupEnv(EnvVar(key)); ok && val != "" {
 			return "from " + EnvVar(key)
 		}
@@ -63,10 +67,62 @@ func Load(path string) (*Config, error) {
 			return nil, withSource(err, source)
 		}
 	}
+	for _, sf := range secretFiles {
+		if err := sf.read(c, source, readFrom); err != nil {
+			return nil, withSource(err, source)
+		}
+	}
 	if err := c.Validate(); err != nil {
 		return nil, withSource(err, source)
 	}
 	return c, nil
+}
+
+// secretFile pairs a secret key with its _file twin, which names a file
+// holding the secret: how Kubernetes (a Secret mounted as files) and systemd
+// (LoadCredential=) hand secrets over without an environment variable that
+// /proc/PID/environ, a crash dump or `docker inspect` would show.
+type secretFile struct {
+	key, fileKey string
+	ptr          func(*Config) (value, path *string)
+}
+
+var secretFiles = []secretFile{
+	{"postgres.url", "postgres.url_file", func(c *Config) (*string, *string) { return &c.Postgres.URL, &c.Postgres.URLFile }},
+	{"clickhouse.password", "clickhouse.password_file", func(c *Config) (*string, *string) { return &c.ClickHouse.Password, &c.ClickHouse.PasswordFile }},
+	{"sentry.dsn", "sentry.dsn_file", func(c *Config) (*string, *string) { return &c.Sentry.DSN, &c.Sentry.DSNFile }},
+}
+
+// read fills the secret from the file its twin names, once, at start. The
+// file's trailing newline (editors and `echo` add one) is not part of the
+// secret. Errors name the _file key and the path, never the content.
+func (sf secretFile) read(c *Config, source func(string) string, readFrom map[string]string) error {
+	value, path := sf.ptr(c)
+	if *path == "" {
+		return nil
+	}
+	if *value != "" {
+		msg := "must not be set together with " + sf.key
+		if src := source(sf.key); src != "" {
+			msg += " (" + sf.key + " is set " + src + ")"
+		}
+		return keyErr(sf.fileKey, "%s: set only one of them", msg)
+	}
+	data, err := os.ReadFile(*path)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return keyErr(sf.fileKey, "names a file that cannot be read: %s: %v", *path, err)
+	}
+	secret := strings.TrimRight(string(data), "\r\n")
+	if secret == "" {
+		return keyErr(sf.fileKey, "names an empty file: %s", *path)
+	}
+	*value = secret
+	readFrom[sf.key] = sf.fileKey + " " + *path
+	return nil
 }
 
 func withSource(err error, source func(key string) string) error {
@@ -106,17 +162,11 @@ func checkFile(path string, data []byte) (map[string]int, error) {
 		return nil, fail(root.Line, "the top level must be a mapping of sections such as postgres: and batch:")
 	}
 
-	sections := map[string][]string{}
-	for _, s := range specs {
-		sec, leaf, _ := strings.Cut(s.key, ".")
-		sections[sec] = append(sections[sec], leaf)
-	}
 	seenSection := map[string]int{}
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		kn, vn := root.Content[i], deref(root.Content[i+1])
 		sec := strings.ToLower(kn.Value)
-		leaves, ok := sections[sec]
-		if !ok {
+		if len(children(sec)) == 0 {
 			if knownKey(sec) {
 				s, l, _ := strings.Cut(sec, ".")
 				return nil, fail(kn.Line, "unknown key %q: write it nested, as %s: then %s: indented below it", kn.Value, s, l)
@@ -127,25 +177,63 @@ func checkFile(path string, data []byte) (map[string]int, error) {
 			return nil, fail(kn.Line, "section %s appears twice (first at line %d)", sec, prev)
 		}
 		seenSection[sec] = kn.Line
-		if isNull(vn) {
-			continue
-		}
-		if vn.Kind != yaml.MappingNode {
-			return nil, fail(kn.Line, "%s must be a mapping of keys (%s)", sec, strings.Join(leaves, ", "))
-		}
-		for j := 0; j+1 < len(vn.Content); j += 2 {
-			lk := vn.Content[j]
-			key := sec + "." + strings.ToLower(lk.Value)
-			if !contains(leaves, strings.ToLower(lk.Value)) {
-				return nil, fail(lk.Line, "unknown key %q%s", sec+"."+lk.Value, suggest(key))
-			}
-			if prev, dup := lines[key]; dup {
-				return nil, fail(lk.Line, "%s is set twice (first at line %d)", key, prev)
-			}
-			lines[key] = lk.Line
+		if err := checkGroup(sec, kn, vn, lines, fail); err != nil {
+			return nil, err
 		}
 	}
 	return lines, nil
+}
+
+// checkGroup checks the mapping vn under the group key (a section such as
+// batch, or a nested group such as clickhouse.tls) and records the line of
+// every key it sets.
+func checkGroup(group string, kn, vn *yaml.Node, lines map[string]int, fail func(int, string, ...any) error) error {
+	if isNull(vn) {
+		return nil
+	}
+	names := children(group)
+	if vn.Kind != yaml.MappingNode {
+		return fail(kn.Line, "%s must be a mapping of keys (%s)", group, strings.Join(names, ", "))
+	}
+	for j := 0; j+1 < len(vn.Content); j += 2 {
+		lk, lv := vn.Content[j], deref(vn.Content[j+1])
+		key := group + "." + strings.ToLower(lk.Value)
+		if !contains(names, strings.ToLower(lk.Value)) {
+			if knownKey(key) {
+				head, rest, _ := strings.Cut(strings.ToLower(lk.Value), ".")
+				return fail(lk.Line, "unknown key %q: write it nested, as %s: then %s: indented below it", group+"."+lk.Value, head, rest)
+			}
+			return fail(lk.Line, "unknown key %q%s", group+"."+lk.Value, suggest(key))
+		}
+		if prev, dup := lines[key]; dup {
+			return fail(lk.Line, "%s is set twice (first at line %d)", key, prev)
+		}
+		lines[key] = lk.Line
+		if len(children(key)) > 0 {
+			if err := checkGroup(key, lk, lv, lines, fail); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// children returns the names directly under group ("batch" gives size,
+// flush_interval, …; "clickhouse" gives addr, …, tls), in documentation
+// order; none for a key or an unknown name.
+func children(group string) []string {
+	var names []string
+	for _, s := range specs {
+		rest, ok := strings.CutPrefix(s.key, group+".")
+		if !ok {
+			continue
+		}
+		name, _, _ := strings.Cut(rest, ".")
+		if !contains(names, name) {
+			names = append(names, name)
+		}
+	}
+	return names
 }
 
 func deref(n *yaml.Node) *yaml.Node {

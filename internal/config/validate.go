@@ -1,8 +1,11 @@
 package config
 
 import (
+	"errors"
+	"io/fs"
 	"net"
 	"net/url"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -129,6 +132,46 @@ func (ch ClickHouse) validate() error {
 	}
 	if ch.InsertQuorumTimeout < time.Second || ch.InsertQuorumTimeout%time.Millisecond != 0 {
 		return keyErr("clickhouse.insert_quorum_timeout", "must be a duration of at least 1s in whole milliseconds like 60s, got %s", ch.InsertQuorumTimeout)
+	}
+	return ch.TLS.validate()
+}
+
+// validate checks the TLS keys and that the files they name can be read
+// now, so that a typo fails at start rather than at the first reconnect.
+// The files are read again at every connection (certificate rotation).
+func (t ClickHouseTLS) validate() error {
+	if !t.Enabled {
+		if t.Any() {
+			return keyErr("clickhouse.tls.enabled", "must be true when other clickhouse.tls keys are set (they would be ignored and the connection left unencrypted)")
+		}
+		return nil
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		if t.CertFile == "" {
+			return keyErr("clickhouse.tls.cert_file", "must be set together with clickhouse.tls.key_file (a client certificate and its key)")
+		}
+		return keyErr("clickhouse.tls.key_file", "must be set together with clickhouse.tls.cert_file (a client certificate and its key)")
+	}
+	for _, f := range []struct{ key, path string }{
+		{"clickhouse.tls.ca_file", t.CAFile},
+		{"clickhouse.tls.cert_file", t.CertFile},
+		{"clickhouse.tls.key_file", t.KeyFile},
+	} {
+		if f.path == "" {
+			continue
+		}
+		fh, err := os.Open(f.path)
+		if err != nil {
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return keyErr(f.key, "names a file that cannot be read: %s: %v", f.path, err)
+		}
+		fh.Close()
+	}
+	if strings.ContainsAny(t.ServerName, " /:") {
+		return keyErr("clickhouse.tls.server_name", "must be a host name like clickhouse.example.com (empty: the host of each clickhouse.addr entry), got %q", t.ServerName)
 	}
 	return nil
 }
