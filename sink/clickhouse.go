@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -79,6 +80,10 @@ type Options struct {
 	Password    string
 	DialTimeout time.Duration
 	Compression bool
+	// DialContext, when set, opens the network connection to one address:
+	// TLS (internal/chclient.DialContext), for this connection and the peer
+	// connections of the fence alike. Nil dials plain TCP.
+	DialContext func(ctx context.Context, addr string) (net.Conn, error)
 	// CheckEveryRow makes Write look up every row's id in the whole table
 	// before inserting: for re-drives of failed rows and for the backfill of
 	// a re-created slot, whose rows may be stored under unrelated positions.
@@ -179,6 +184,7 @@ func Dial(opts Options) (driver.Conn, error) {
 		Addr:        opts.Addr,
 		Auth:        clickhouse.Auth{Database: opts.Database, Username: opts.Username, Password: opts.Password},
 		DialTimeout: opts.DialTimeout,
+		DialContext: opts.DialContext,
 		ReadTimeout: 5 * time.Minute,
 	}
 	if opts.Compression {

@@ -154,6 +154,7 @@ func (c *ClickHouse) peers() []driver.Conn {
 				Addr:        []string{a},
 				Auth:        clickhouse.Auth{Database: c.opts.Database, Username: c.opts.Username, Password: c.opts.Password},
 				DialTimeout: 5 * time.Second,
+				DialContext: c.opts.DialContext,
 			})
 			if err != nil {
 				continue // an address that does not parse: the main connection reports it

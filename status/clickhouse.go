@@ -34,6 +34,7 @@ func readClickHouse(ctx context.Context, o Options, info *ClickHouseInfo) error 
 		Addr:         c.Addr,
 		Auth:         clickhouse.Auth{Database: c.Database, Username: c.Username, Password: c.Password},
 		DialTimeout:  dial,
+		DialContext:  c.DialContext,
 		ReadTimeout:  timeout,
 		MaxOpenConns: 1,
 	})

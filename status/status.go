@@ -30,12 +30,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 )
@@ -124,6 +126,9 @@ type ClickHouseOptions struct {
 	Password string
 	// DialTimeout is used when it is shorter than Options.Timeout.
 	DialTimeout time.Duration
+	// DialContext, when set, opens the connection (clickhouse.tls, see
+	// internal/chclient); nil dials plain TCP.
+	DialContext func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // FromConfig returns the options for cfg with the given timeout (0 means
@@ -141,6 +146,7 @@ func FromConfig(cfg *config.Config, timeout time.Duration) Options {
 			Username:    cfg.ClickHouse.Username,
 			Password:    cfg.ClickHouse.Password,
 			DialTimeout: cfg.ClickHouse.DialTimeout,
+			DialContext: chclient.DialContext(cfg.ClickHouse),
 		},
 		Timeout:       timeout,
 		LagWarnBytes:  cfg.Replication.LagWarnBytes,

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
 	"github.com/outbox-cdc/outbox-cdc/internal/errclass"
 	"github.com/outbox-cdc/outbox-cdc/migrations"
@@ -73,11 +74,10 @@ func runMigrate(ctx context.Context, cfg *config.Config, log *slog.Logger) error
 		return fmt.Errorf("postgres: connect: %w", err)
 	}
 	defer pg.Close(context.Background())
-	ch, err := clickhouse.Open(&clickhouse.Options{
-		Addr:        cfg.ClickHouse.Addr,
-		Auth:        clickhouse.Auth{Database: "default", Username: cfg.ClickHouse.Username, Password: cfg.ClickHouse.Password},
-		DialTimeout: cfg.ClickHouse.DialTimeout,
-	})
+	chOpts := chclient.Options(cfg.ClickHouse)
+	chOpts.Auth.Database = "default" // migrate creates clickhouse.database
+	chOpts.Compression = nil
+	ch, err := clickhouse.Open(chOpts)
 	if err != nil {
 		return fmt.Errorf("clickhouse: open: %w", err)
 	}

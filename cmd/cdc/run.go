@@ -17,6 +17,7 @@ import (
 	"github.com/getsentry/sentry-go"
 	"github.com/spf13/cobra"
 
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
 	"github.com/outbox-cdc/outbox-cdc/internal/daemon"
 	"github.com/outbox-cdc/outbox-cdc/internal/httpapi"
@@ -33,6 +34,7 @@ func loadConfig(path string) (*config.Config, *slog.Logger, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	chclient.Warn(log, cfg.ClickHouse)
 	return cfg, log, nil
 }
 

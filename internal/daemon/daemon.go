@@ -23,6 +23,7 @@ import (
 	"github.com/outbox-cdc/outbox-cdc/backfill"
 	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/internal/backoff"
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
 	"github.com/outbox-cdc/outbox-cdc/internal/errclass"
 	"github.com/outbox-cdc/outbox-cdc/internal/lease"
@@ -403,6 +404,7 @@ func sinkOptions(cfg *config.Config, log *slog.Logger, checkEveryRow bool, fence
 		Addr: c.Addr, Database: c.Database, Table: c.Table, Username: c.Username, Password: c.Password,
 		DialTimeout: c.DialTimeout, Compression: c.Compression == "lz4", CheckEveryRow: checkEveryRow, Fence: fence, Logger: log,
 		Cluster: c.Cluster, InsertQuorum: c.Quorum(), InsertQuorumTimeout: c.InsertQuorumTimeout,
+		DialContext: chclient.DialContext(c),
 	}
 }
 
