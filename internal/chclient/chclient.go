@@ -62,8 +62,30 @@ func DialContext(c config.ClickHouse) Dialer {
 		if err != nil {
 			return nil, explain(addr, cfg.ServerName, t, err)
 		}
-		return conn, nil
+		return &alertConn{Conn: conn, addr: addr, tls: t}, nil
 	}
+}
+
+// alertConn explains the server's TLS alerts. With TLS 1.3 the client's
+// handshake is over before the server has checked the client certificate,
+// so a refused (or missing) certificate arrives as an alert at the first
+// read, inside clickhouse-go's handshake, not from the dial.
+type alertConn struct {
+	net.Conn
+	addr string
+	tls  config.ClickHouseTLS
+}
+
+func (c *alertConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	var op *net.OpError
+	if err != nil && errors.As(err, &op) && op.Op == "remote error" {
+		if c.tls.CertFile == "" {
+			return n, fmt.Errorf("clickhouse %s: TLS: the server refused the connection; if it requires a client certificate, set clickhouse.tls.cert_file and key_file: %w", c.addr, err)
+		}
+		return n, fmt.Errorf("clickhouse %s: TLS: the server refused the connection or the client certificate clickhouse.tls.cert_file %s (is it signed by a CA the server trusts?): %w", c.addr, c.tls.CertFile, err)
+	}
+	return n, err
 }
 
 // Warn logs the settings that weaken TLS; commands call it once at start.
@@ -116,7 +138,7 @@ func explain(addr, serverName string, t config.ClickHouseTLS, err error) error {
 		unknown  x509.UnknownAuthorityError
 		hostname x509.HostnameError
 		invalid  x509.CertificateInvalidError
-		alert    tls.AlertError
+		remote   *net.OpError
 		header   tls.RecordHeaderError
 	)
 	ca := "the system's roots"
@@ -132,7 +154,7 @@ func explain(addr, serverName string, t config.ClickHouseTLS, err error) error {
 		return fmt.Errorf("clickhouse %s: TLS: the server certificate is not valid: %w", addr, err)
 	case errors.As(err, &header):
 		return fmt.Errorf("clickhouse %s: TLS: the server did not answer in TLS (is this its tcp_port_secure, 9440 by convention?): %w", addr, err)
-	case errors.As(err, &alert):
+	case errors.As(err, &remote) && remote.Op == "remote error":
 		return fmt.Errorf("clickhouse %s: TLS: the server refused the handshake (does it require a client certificate, clickhouse.tls.cert_file and key_file?): %w", addr, err)
 	}
 	return fmt.Errorf("clickhouse %s: TLS: %w", addr, err)

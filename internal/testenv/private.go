@@ -26,7 +26,7 @@ type Servers struct {
 // are stopped and removed when the test ends.
 func StartPrivate(t testing.TB, name string) *Servers {
 	t.Helper()
-	return startPrivate(t, name, "up")
+	return startPrivateWith(t, name, "up", nil)
 }
 
 // StartPrivateClickHouse starts only the ClickHouse server of StartPrivate
@@ -34,12 +34,15 @@ func StartPrivate(t testing.TB, name string) *Servers {
 // StartCluster pair. Script(t, "ch-stop") and "ch-start" work on it.
 func StartPrivateClickHouse(t testing.TB, name string) *Servers {
 	t.Helper()
-	s := startPrivate(t, name, "ch-start")
+	s := startPrivateWith(t, name, "ch-start", nil)
 	s.PGURL = ""
 	return s
 }
 
-func startPrivate(t testing.TB, name, up string) *Servers {
+// startPrivateWith runs prepare(dir), when given, in the servers' fresh
+// directory before they start: files testenv.sh leaves alone, such as
+// ClickHouse's ch/config.d and ch/users.d.
+func startPrivateWith(t testing.TB, name, up string, prepare func(dir string)) *Servers {
 	t.Helper()
 	script := mustEnv(t, EnvScript)
 	dir, err := os.MkdirTemp("/tmp", "outbox-cdc-"+name+"-")
@@ -75,6 +78,9 @@ func startPrivate(t testing.TB, name, up string) *Servers {
 			t.Logf("private servers' files kept in %s", dir)
 		}
 	})
+	if prepare != nil {
+		prepare(dir)
+	}
 	s.Script(t, up)
 	return s
 }
