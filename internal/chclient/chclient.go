@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 
@@ -70,22 +71,51 @@ func DialContext(c config.ClickHouse) Dialer {
 // handshake is over before the server has checked the client certificate,
 // so a refused (or missing) certificate arrives as an alert at the first
 // read, inside clickhouse-go's handshake, not from the dial.
+//
+// The alert can also lose the race against the client's first write, which
+// then fails with a reset connection: the alert is usually still in the
+// receive buffer, so a failed first write looks for it.
 type alertConn struct {
 	net.Conn
-	addr string
-	tls  config.ClickHouseTLS
+	addr  string
+	tls   config.ClickHouseTLS
+	wrote bool
 }
 
 func (c *alertConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	var op *net.OpError
-	if err != nil && errors.As(err, &op) && op.Op == "remote error" {
-		if c.tls.CertFile == "" {
-			return n, fmt.Errorf("clickhouse %s: TLS: the server refused the connection; if it requires a client certificate, set clickhouse.tls.cert_file and key_file: %w", c.addr, err)
-		}
-		return n, fmt.Errorf("clickhouse %s: TLS: the server refused the connection or the client certificate clickhouse.tls.cert_file %s (is it signed by a CA the server trusts?): %w", c.addr, c.tls.CertFile, err)
+	if e := c.explainAlert(err); e != nil {
+		return n, e
 	}
 	return n, err
+}
+
+func (c *alertConn) Write(p []byte) (int, error) {
+	first := !c.wrote
+	c.wrote = true
+	n, err := c.Conn.Write(p)
+	if err == nil || !first {
+		return n, err
+	}
+	c.Conn.SetReadDeadline(time.Now().Add(time.Second))
+	_, rerr := c.Conn.Read(make([]byte, 1))
+	if e := c.explainAlert(rerr); e != nil {
+		return n, e
+	}
+	return n, fmt.Errorf("clickhouse %s: TLS: the server closed the connection right after the handshake (does it require a client certificate it accepts, clickhouse.tls.cert_file and key_file?): %w", c.addr, err)
+}
+
+// explainAlert returns the explained error for a TLS alert from the server,
+// else nil.
+func (c *alertConn) explainAlert(err error) error {
+	var op *net.OpError
+	if err == nil || !errors.As(err, &op) || op.Op != "remote error" {
+		return nil
+	}
+	if c.tls.CertFile == "" {
+		return fmt.Errorf("clickhouse %s: TLS: the server refused the connection; if it requires a client certificate, set clickhouse.tls.cert_file and key_file: %w", c.addr, err)
+	}
+	return fmt.Errorf("clickhouse %s: TLS: the server refused the connection or the client certificate clickhouse.tls.cert_file %s (is it signed by a CA the server trusts?): %w", c.addr, c.tls.CertFile, err)
 }
 
 // Warn logs the settings that weaken TLS; commands call it once at start.
