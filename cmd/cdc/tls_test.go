@@ -162,15 +162,6 @@ func TestTLSPipeline(t *testing.T) {
 		t.Errorf("cdc verify over TLS: exit %d\n%s", code, out)
 	}
 
-	// A set-up error reaches Sentry: its event must not carry the secrets.
-	bad := startDaemon(t, c.bin, append(withListen(env, testenv.FreePort(t)), "CDC_CLICKHOUSE_TABLE=no_such_table"), c.dir, "run-bad")
-	waitUntil(t, "a Sentry event", 60*time.Second, func() bool { return c.sentry.find("no_such_table") != "" })
-	waitUntil(t, "the failing cdc run to stop", 60*time.Second, func() bool { return !bad.running() })
-	c.outputs["run-bad log"] = readFile(bad.log)
-	c.sentry.mu.Lock()
-	c.outputs["sentry events"] = strings.Join(c.sentry.envelopes, "\n")
-	c.sentry.mu.Unlock()
-
 	// SIGQUIT: the Go runtime dumps every goroutine's stack, as a panic does.
 	d.cmd.Process.Signal(syscall.SIGQUIT)
 	select {
@@ -185,6 +176,16 @@ func TestTLSPipeline(t *testing.T) {
 	if !strings.Contains(c.outputs["run log and goroutine dump"], `"level":"DEBUG"`) {
 		t.Errorf("the run log has no debug lines: the check would miss what debug logs")
 	}
+	// A set-up error reaches Sentry: its event must not carry the secrets.
+	// (The leader is gone: a second instance would stand by.)
+	bad := startDaemon(t, c.bin, append(withListen(env, testenv.FreePort(t)), "CDC_CLICKHOUSE_TABLE=no_such_table"), c.dir, "run-bad")
+	waitUntil(t, "a Sentry event", 60*time.Second, func() bool { return c.sentry.find("no_such_table") != "" })
+	waitUntil(t, "the failing cdc run to stop", 60*time.Second, func() bool { return !bad.running() })
+	c.outputs["run-bad log"] = readFile(bad.log)
+	c.sentry.mu.Lock()
+	c.outputs["sentry events"] = strings.Join(c.sentry.envelopes, "\n")
+	c.sentry.mu.Unlock()
+
 	c.assertNoMarker()
 }
 
