@@ -34,6 +34,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -522,7 +523,13 @@ func TestCompose(t *testing.T) {
 	if c.StopSignal != "" && c.StopSignal != "SIGTERM" {
 		t.Errorf("cdc stop_signal %s, want SIGTERM", c.StopSignal)
 	}
-	cfg := loadComposeConfig(t, c)
+	if len(c.Secrets) == 0 || c.Environment["CDC_POSTGRES_URL_FILE"] == nil {
+		t.Errorf("cdc: want its secrets as files (secrets: and CDC_POSTGRES_URL_FILE), beside migrate's environment variables")
+	}
+	if v := get("migrate").Environment["CDC_POSTGRES_URL"]; v == nil || *v == "" {
+		t.Errorf("migrate: want CDC_POSTGRES_URL as an environment variable (the other way to pass a secret)")
+	}
+	cfg := loadComposeConfig(t, p, c)
 	if c.StopGracePeriod == nil || time.Duration(*c.StopGracePeriod) <= cfg.Shutdown.Grace {
 		t.Errorf("cdc stop_grace_period %v must exceed shutdown.grace %v", c.StopGracePeriod, cfg.Shutdown.Grace)
 	}
@@ -737,13 +744,38 @@ func checkComposeEnv(t *testing.T, name string, s types.ServiceConfig) {
 	}
 }
 
-// loadComposeConfig loads the configuration a compose service's environment gives.
-func loadComposeConfig(t *testing.T, s types.ServiceConfig) *config.Config {
+// loadComposeConfig loads the configuration a compose service's environment
+// gives, its secrets read from the files compose would mount at
+// /run/secrets/<name>.
+func loadComposeConfig(t *testing.T, p *types.Project, s types.ServiceConfig) *config.Config {
 	t.Helper()
 	clearCDCEnv(t)
+	mounted := map[string]string{}
+	for _, ref := range s.Secrets {
+		target := ref.Target
+		if target == "" {
+			target = ref.Source
+		}
+		sec, ok := p.Secrets[ref.Source]
+		if !ok || sec.File == "" {
+			t.Fatalf("service %s: secret %s is not a top-level secret with a file", s.Name, ref.Source)
+		}
+		if !path.IsAbs(target) { // the loader may have made it absolute already
+			target = path.Join("/run/secrets", target)
+		}
+		mounted[target] = sec.File
+	}
 	for k, v := range s.Environment {
 		if strings.HasPrefix(k, "CDC_") && v != nil {
-			t.Setenv(k, *v)
+			val := *v
+			if strings.HasSuffix(k, "_FILE") && val != "" {
+				file, ok := mounted[val]
+				if !ok {
+					t.Fatalf("service %s: %s=%s is not a secret compose mounts", s.Name, k, val)
+				}
+				val = file
+			}
+			t.Setenv(k, val)
 		}
 	}
 	cfg, err := config.Load("")
@@ -842,6 +874,27 @@ func TestSystemdUnit(t *testing.T) {
 	if dyn, _ := u.last("Service", "DynamicUser"); dyn != "yes" {
 		if user, ok := u.last("Service", "User"); !ok || user == "root" || user == "0" {
 			t.Error("cdc.service: want DynamicUser=yes or a dedicated User=")
+		}
+	}
+	// Secrets come as systemd credentials, read through the _file keys.
+	creds := map[string]bool{}
+	for _, lc := range u.values("Service", "LoadCredential") {
+		name, src, ok := strings.Cut(lc, ":")
+		if !ok || !strings.HasPrefix(src, "/etc/cdc/") {
+			t.Errorf("cdc.service: LoadCredential=%s, want NAME:/etc/cdc/…", lc)
+		}
+		creds[name] = true
+	}
+	envs := map[string]string{}
+	for _, e := range u.values("Service", "Environment") {
+		k, v, _ := strings.Cut(e, "=")
+		envs[k] = v
+	}
+	for _, key := range []string{"postgres.url_file", "clickhouse.password_file"} {
+		v, ok := envs[config.EnvVar(key)]
+		name, isCred := strings.CutPrefix(v, "%d/")
+		if !ok || !isCred || !creds[name] {
+			t.Errorf("cdc.service: want Environment=%s=%%d/NAME with LoadCredential=NAME:…, got %q", config.EnvVar(key), v)
 		}
 	}
 	fams, _ := u.last("Service", "RestrictAddressFamilies")
@@ -1127,14 +1180,28 @@ func TestKubernetesManifests(t *testing.T) {
 			t.Errorf("container env %s matches no configuration key", n)
 		}
 	}
-	secretRef := ""
-	for _, e := range list(dig(c, "envFrom")) {
-		if n := str(dig(e, "secretRef", "name")); n != "" {
-			secretRef = n
+	// The Secret is mounted as files, and the _file keys name them.
+	secretMount := ""
+	for _, vm := range list(dig(c, "volumeMounts")) {
+		for _, v := range list(dig(pod, "volumes")) {
+			if str(dig(v, "name")) == str(dig(vm, "name")) && str(dig(v, "secret", "secretName")) == sec.name() {
+				secretMount = str(dig(vm, "mountPath"))
+			}
 		}
 	}
-	if secretRef != sec.name() {
-		t.Errorf("container envFrom secretRef %q, want the Secret %q", secretRef, sec.name())
+	if secretMount == "" {
+		t.Errorf("the Secret %s is not mounted as files in the container", sec.name())
+	}
+	fileEnv := map[string]string{} // CDC_*_FILE -> the Secret's key it names
+	for _, e := range list(dig(c, "env")) {
+		n, v := str(dig(e, "name")), str(dig(e, "value"))
+		if strings.HasPrefix(n, "CDC_") && strings.HasSuffix(n, "_FILE") {
+			key, ok := strings.CutPrefix(v, secretMount+"/")
+			if !ok || secretMount == "" {
+				t.Errorf("container env %s=%s is not a file of the mounted Secret", n, v)
+			}
+			fileEnv[n] = key
+		}
 	}
 
 	// The config file the pod reads: mounted from the ConfigMap, named by --config.
@@ -1165,19 +1232,24 @@ func TestKubernetesManifests(t *testing.T) {
 	// The Secret's keys are configuration variables; with them the
 	// ConfigMap's config.yaml loads.
 	secretData := strMap(dig(sec.doc, "stringData"))
-	for _, k := range []string{"CDC_POSTGRES_URL", "CDC_CLICKHOUSE_PASSWORD"} {
-		if secretData[k] == "" {
-			t.Errorf("Secret %s: no %s", sec.name(), k)
-		}
-	}
-	for k := range secretData {
-		if !known[k] {
-			t.Errorf("Secret %s: key %s matches no configuration key", sec.name(), k)
-		}
-	}
+	secretDir := t.TempDir()
 	clearCDCEnv(t)
-	for k, v := range secretData {
-		t.Setenv(k, v)
+	for _, n := range []string{"CDC_POSTGRES_URL_FILE", "CDC_CLICKHOUSE_PASSWORD_FILE"} {
+		key, ok := fileEnv[n]
+		if !ok {
+			t.Errorf("container env: no %s", n)
+			continue
+		}
+		if secretData[key] == "" {
+			t.Errorf("%s names %s, which the Secret %s does not have", n, key, sec.name())
+			continue
+		}
+		// The file as the kubelet would write it, where this test can.
+		p := filepath.Join(secretDir, key)
+		if err := os.WriteFile(p, []byte(secretData[key]), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv(n, p)
 	}
 	file := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(file, []byte(str(dig(cm.doc, "data", "config.yaml"))), 0o644); err != nil {
