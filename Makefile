@@ -6,6 +6,7 @@
 #                  then test-modern and test-pg-matrix
 #   make test-modern  the sink and migration checks on ClickHouse 18.16 and on an embedded ClickHouse 26
 #   make test-pg-matrix  the end-to-end, failover and status tests on PostgreSQL 14, 16, 17 and 18
+#   make mutants   plant each guarded bug in a scratch copy; fail unless every one is caught
 #   make vet       go vet ./...
 #   make lint      gofmt, go vet, staticcheck, go mod tidy without diff (CI runs it)
 #   make testenv-down   stop the test servers (data kept)
@@ -62,6 +63,15 @@ test-pg-matrix:
 
 vet:
 	$(GO) vet ./...
+
+# Mutation checks (scripts/mutants.sh, docs/architecture.md): each mutant is a
+# small bug breaking one rule of DESIGN.md §3/§8, applied to a scratch copy of
+# the tree; its fast guard tests must fail. Under 10 minutes; run it before
+# resolving an issue that touches replication, pipeline, sink, checkpoint,
+# backfill, lease or daemon. Select mutants: make mutants MUTANTS='sink|lease'.
+.PHONY: mutants
+mutants: testenv
+	scripts/mutants.sh '$(MUTANTS)'
 
 # Hygiene CI enforces: gofmt, go vet, staticcheck (pinned, run through
 # `go run`), and `go mod tidy` leaving go.mod and go.sum as they are.

@@ -138,6 +138,16 @@ func Failed(ctx context.Context, pool *pgxpool.Pool, table string, maxAttempts, 
 	return scan(ctx, pool, table, chunk, q, []any{maxAttempts}, FailedPosition, emit)
 }
 
+// Rows emits the rows whose ids are listed, whatever their status, in id
+// order, read and decoded as the backfill reads them: `cdc replay` re-delivers
+// rows `cdc verify` found missing, and verify hashes a row's identity with
+// them. Ids that are gone are skipped.
+func Rows(ctx context.Context, pool *pgxpool.Pool, table string, ids []int64, chunk int,
+	pos func(rel *decoder.Relation, id int64, vals []any) sink.Position, emit func(sink.Row) error) (int64, error) {
+	q := `SELECT o.* FROM ` + checkpoint.QuoteTable(table) + ` o WHERE o.id = ANY($2) AND o.id > $1 ORDER BY o.id LIMIT $3`
+	return scan(ctx, pool, table, chunk, q, []any{ids}, pos, emit)
+}
+
 // FailedPosition is where a failed row (values of rel, read as the backfill
 // reads them) is stored when it is re-driven: its recorded stream position,
 // or (0, id).

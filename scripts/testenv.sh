@@ -344,6 +344,9 @@ deps_install() {
 	command -v clickhouse-server >/dev/null 2>&1 || missing+=(clickhouse-server)
 	command -v clickhouse-client >/dev/null 2>&1 || missing+=(clickhouse-client)
 	command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+	# The replicated-ClickHouse tests start their own ZooKeeper: install it
+	# here once, not from tests running in parallel (dpkg has one lock).
+	[ -x /usr/share/zookeeper/bin/zkServer.sh ] || missing+=(zookeeper)
 	[ ${#missing[@]} -eq 0 ] && return
 	is_root || die "missing ${missing[*]}; run as root or: apt-get install -y ${missing[*]}"
 	log "installing ${missing[*]} (apt)"

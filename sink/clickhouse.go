@@ -160,6 +160,25 @@ func Open(ctx context.Context, opts Options) (*ClickHouse, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	conn, err := Dial(opts)
+	if err != nil {
+		return nil, err
+	}
+	c := &ClickHouse{conn: conn, opts: opts, log: opts.Logger, digest: xxhash.New()}
+	if err := c.loadColumns(ctx); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if err := c.detectMode(ctx); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Dial opens a connection with the sink's settings (address, credentials,
+// compression), for readers of the same table such as `cdc verify`.
+func Dial(opts Options) (driver.Conn, error) {
 	chOpts := &clickhouse.Options{
 		Addr:        opts.Addr,
 		Auth:        clickhouse.Auth{Database: opts.Database, Username: opts.Username, Password: opts.Password},
@@ -173,16 +192,7 @@ func Open(ctx context.Context, opts Options) (*ClickHouse, error) {
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse %s: open: %w", strings.Join(opts.Addr, ","), err)
 	}
-	c := &ClickHouse{conn: conn, opts: opts, log: opts.Logger, digest: xxhash.New()}
-	if err := c.loadColumns(ctx); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	if err := c.detectMode(ctx); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return c, nil
+	return conn, nil
 }
 
 // Close closes the connections.

@@ -93,3 +93,10 @@ func writeBytes(h *xxhash.Digest, tag byte, buf []byte, s string) {
 	h.Write(buf[:9])
 	h.WriteString(s)
 }
+
+// Fingerprint is the identity of a row of rel (values as the decoder
+// produces them), as Write stores it in _fingerprint: what `cdc verify`
+// compares a stored row against when an id has several identities.
+func Fingerprint(rel *decoder.Relation, values []any) uint64 {
+	return fingerprint(xxhash.New(), values, identityIndexes(rel))
+}

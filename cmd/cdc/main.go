@@ -46,6 +46,6 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&configFile, "config", "", "configuration file (YAML); every key can be overridden by CDC_<SECTION>_<KEY>")
-	root.AddCommand(runCmd(&configFile), migrateCmd(&configFile), statusCmd(&configFile), retryFailedCmd(&configFile), versionCmd(&configFile))
+	root.AddCommand(runCmd(&configFile), migrateCmd(&configFile), statusCmd(&configFile), retryFailedCmd(&configFile), verifyCmd(&configFile), replayCmd(&configFile), versionCmd(&configFile))
 	return root
 }

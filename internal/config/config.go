@@ -37,6 +37,7 @@ type Config struct {
 	Replication Replication
 	Heartbeat   Heartbeat
 	Outbox      Outbox
+	Verify      Verify
 	Runtime     Runtime
 }
 
@@ -208,6 +209,16 @@ type Outbox struct {
 	// Retention deletes processed rows older than this; 0 keeps them
 	// forever (outbox.retention, default 0).
 	Retention time.Duration
+}
+
+// Verify configures the daemon's periodic verify (package verify).
+type Verify struct {
+	// Interval runs a verify of the trailing window this often while this
+	// instance leads; 0 turns it off (verify.interval, default 0).
+	Interval time.Duration
+	// Window is how far back, by created_at, each periodic verify looks
+	// (verify.window, default 1h).
+	Window time.Duration
 }
 
 // Runtime tunes the Go runtime of the daemon.

@@ -64,6 +64,7 @@ func wantDefaults() *Config {
 		Replication: Replication{StatusInterval: 10 * time.Second, StandbyRetry: 5 * time.Second, LeaderLease: 10 * time.Second, LagWarnBytes: 1 << 30},
 		Heartbeat:   Heartbeat{Interval: 0},
 		Outbox:      Outbox{Retention: 0},
+		Verify:      Verify{Interval: 0, Window: time.Hour},
 		Runtime:     Runtime{MaxProcs: 1},
 	}
 }
@@ -124,6 +125,9 @@ heartbeat:
   interval: 15s
 outbox:
   retention: 168h
+verify:
+  interval: 10m
+  window: 2h
 runtime:
   max_procs: 2
 `
@@ -144,6 +148,7 @@ runtime:
 		Replication: Replication{StatusInterval: 3 * time.Second, StandbyRetry: 2 * time.Second, LeaderLease: 10 * time.Second, LagWarnBytes: 64 << 20},
 		Heartbeat:   Heartbeat{Interval: 15 * time.Second},
 		Outbox:      Outbox{Retention: 168 * time.Hour},
+		Verify:      Verify{Interval: 10 * time.Minute, Window: 2 * time.Hour},
 		Runtime:     Runtime{MaxProcs: 2},
 	}
 
@@ -423,6 +428,10 @@ func TestValidationErrors(t *testing.T) {
 			`heartbeat.interval must be a duration of 0 (off) or more like 30s, got -1s (from CDC_HEARTBEAT_INTERVAL)`},
 		{"outbox.retention", map[string]string{"CDC_OUTBOX_RETENTION": "7d"}, "",
 			`outbox.retention must be a duration like 500ms or 2s, got "7d" (from CDC_OUTBOX_RETENTION)`},
+		{"verify.interval", map[string]string{"CDC_VERIFY_INTERVAL": "-1m"}, "",
+			`verify.interval must be a duration of 0 (off) or more like 30s, got -1m0s (from CDC_VERIFY_INTERVAL)`},
+		{"verify.window", map[string]string{"CDC_VERIFY_WINDOW": "0s"}, "",
+			`verify.window must be a positive duration like 1h, got 0s (from CDC_VERIFY_WINDOW)`},
 	}
 
 	covered := map[string]bool{}

@@ -87,6 +87,9 @@ var specs = []spec{
 
 	{"outbox.retention", kindDuration, "0s", func(c *Config) any { return &c.Outbox.Retention }},
 
+	{"verify.interval", kindDuration, "0s", func(c *Config) any { return &c.Verify.Interval }},
+	{"verify.window", kindDuration, "1h0m0s", func(c *Config) any { return &c.Verify.Window }},
+
 	{"runtime.max_procs", kindInt, "1", func(c *Config) any { return &c.Runtime.MaxProcs }},
 }
 

@@ -209,6 +209,12 @@ func (c *Config) validateRest() error {
 	if err := notNegative("outbox.retention", c.Outbox.Retention); err != nil {
 		return err
 	}
+	if err := notNegative("verify.interval", c.Verify.Interval); err != nil {
+		return err
+	}
+	if c.Verify.Window <= 0 {
+		return keyErr("verify.window", "must be a positive duration like 1h, got %s", c.Verify.Window)
+	}
 	if c.Runtime.MaxProcs <= 0 {
 		return keyErr("runtime.max_procs", "must be a positive integer, got %d", c.Runtime.MaxProcs)
 	}

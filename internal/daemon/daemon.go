@@ -312,6 +312,7 @@ func (d *Daemon) lead(stop, ctx context.Context) error {
 	defer wg.Wait()
 	defer cancel()
 	wg.Go(func() { defer reportPanic(); d.retryLoop(ctx) })
+	wg.Go(func() { defer reportPanic(); d.verifyLoop(ctx) })
 	wg.Go(func() { defer reportPanic(); d.heartbeat(ctx) })
 	wg.Go(func() { defer reportPanic(); d.retention(ctx) })
 	return d.stream(stop, ctx)

@@ -37,8 +37,9 @@ func TestRecreatedSlotBackfillRecognisesDeliveredRows(t *testing.T) {
 	if _, err := o.PG.Exec(ctx, `UPDATE event_outbox SET status = 'pending' WHERE id > $1`, ids[299]); err != nil {
 		t.Fatal(err)
 	}
-	// The walsender lets go of the slot just after the daemon returned.
-	waitFor(t, "slot released", 10*time.Second, func() bool {
+	// The walsender of the stopped daemon leaves the slot a moment after
+	// the daemon closed its connection.
+	waitFor(t, "the slot released", 30*time.Second, func() bool {
 		var active bool
 		err := o.PG.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, cfg.Postgres.Slot).Scan(&active)
 		return err == nil && !active

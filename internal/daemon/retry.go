@@ -18,8 +18,9 @@ import (
 	"github.com/outbox-cdc/outbox-cdc/sink"
 )
 
-// ErrRetryBusy means another re-drive of the same outbox is running.
-var ErrRetryBusy = errors.New("another retry of failed rows is running on this outbox")
+// ErrRetryBusy means another re-drive of the same outbox is running: only
+// one of retry-failed, the periodic re-drive and replay writes at a time.
+var ErrRetryBusy = errors.New("another re-drive (retry-failed, a periodic re-drive or replay) is running on this outbox")
 
 // RetryResult counts what a re-drive did.
 type RetryResult struct {
@@ -37,44 +38,12 @@ type RetryResult struct {
 // twice. leader, when set (the daemon's periodic re-drive), fences it too.
 func RetryFailed(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger, m *metrics.Metrics, maxAttempts int, leader *lease.Lease) (RetryResult, error) {
 	var res RetryResult
-	own, err := lease.TryAcquire(ctx, cfg.Postgres.URL, lease.Options{
-		Name: "retry:" + cfg.Postgres.Table, LockKey: "outbox-cdc:retry:" + cfg.Postgres.Table,
-		TTL: cfg.Replication.LeaderLease, Logger: log,
-	})
+	h, err := holdRedrive(ctx, cfg, log, leader)
 	if err != nil {
 		return res, err
 	}
-	if own == nil {
-		return res, ErrRetryBusy
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	var keeper sync.WaitGroup
-	defer func() {
-		cancel(nil)
-		keeper.Wait()
-		own.Release(context.Background())
-	}()
-	keeper.Go(func() {
-		if err := own.Keep(ctx); err != nil {
-			cancel(err)
-		}
-	})
-	leases := []*lease.Lease{own}
-	if leader != nil {
-		leases = append(leases, leader)
-	}
-	fence := func() error {
-		for _, l := range leases {
-			if err := l.Check(); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	terms := make([]checkpoint.Term, len(leases))
-	for i, l := range leases {
-		terms[i] = checkpoint.Term{Lease: l.Name(), Term: l.Term()}
-	}
+	defer h.release()
+	ctx, fence, terms := h.ctx, h.fence, h.terms
 
 	s, err := sink.Open(ctx, sinkOptions(cfg, log, true, fence))
 	if err != nil {
@@ -111,6 +80,64 @@ func RetryFailed(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, lo
 	}
 	res.StillFailed = counting.failed
 	return res, nil
+}
+
+// redrive is what a re-drive of an outbox (retry-failed, the periodic
+// re-drive, replay) holds while it writes: the retry:<table> lease, renewed
+// in the background, which serialises re-drives of one outbox and fences
+// them (a re-drive whose lock session was killed stops writing before a
+// successor may start), plus the daemon's leader lease when it runs inside
+// the daemon.
+type redrive struct {
+	// ctx ends when the lease cannot be kept.
+	ctx   context.Context
+	fence func() error
+	terms []checkpoint.Term
+	// release stops keeping the lease and gives it up.
+	release func()
+}
+
+// holdRedrive takes the retry:<table> lease, or fails with ErrRetryBusy.
+func holdRedrive(ctx context.Context, cfg *config.Config, log *slog.Logger, leader *lease.Lease) (*redrive, error) {
+	own, err := lease.TryAcquire(ctx, cfg.Postgres.URL, lease.Options{
+		Name: "retry:" + cfg.Postgres.Table, LockKey: "outbox-cdc:retry:" + cfg.Postgres.Table,
+		TTL: cfg.Replication.LeaderLease, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if own == nil {
+		return nil, ErrRetryBusy
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	var keeper sync.WaitGroup
+	keeper.Go(func() {
+		if err := own.Keep(ctx); err != nil {
+			cancel(err)
+		}
+	})
+	leases := []*lease.Lease{own}
+	if leader != nil {
+		leases = append(leases, leader)
+	}
+	h := &redrive{ctx: ctx, release: func() {
+		cancel(nil)
+		keeper.Wait()
+		own.Release(context.Background())
+	}}
+	h.fence = func() error {
+		for _, l := range leases {
+			if err := l.Check(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	h.terms = make([]checkpoint.Term, len(leases))
+	for i, l := range leases {
+		h.terms[i] = checkpoint.Term{Lease: l.Name(), Term: l.Term()}
+	}
+	return h, nil
 }
 
 // countingMarker counts rows marked failed again.

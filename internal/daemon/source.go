@@ -86,6 +86,15 @@ func (s *source) confirmable(durable pglogrepl.LSN) pglogrepl.LSN {
 	return durable
 }
 
+// keepalive notes the walsender's position from a keepalive. Only one seen
+// between transactions counts: inside one, the rows before it are not all
+// handed on yet.
+func (s *source) keepalive(serverWALEnd pglogrepl.LSN) {
+	if !s.inTxn && serverWALEnd > s.idleEnd {
+		s.idleEnd = serverWALEnd
+	}
+}
+
 func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker *checkpoint.Tracker, in chan<- pipeline.Item, pipe *runningPipeline) error {
 	for {
 		if stop.Err() != nil {
@@ -134,9 +143,7 @@ func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker
 			continue
 		}
 		if msg.Keepalive {
-			if !s.inTxn && msg.ServerWALEnd > s.idleEnd {
-				s.idleEnd = msg.ServerWALEnd
-			}
+			s.keepalive(msg.ServerWALEnd)
 			continue
 		}
 		if err := s.handle(msg); err != nil {

@@ -42,6 +42,9 @@ type Metrics struct {
 	OutboxPending       prometheus.Gauge
 	OutboxFailed        prometheus.Gauge
 	OutboxOldestPending prometheus.Gauge
+	// Set by the periodic verify (verify.interval).
+	VerifyMissing    prometheus.Gauge
+	VerifyDuplicated prometheus.Gauge
 }
 
 // New registers the metrics, plus Go runtime and process collectors.
@@ -80,11 +83,15 @@ func New() *Metrics {
 		OutboxFailed:  newOptionalGauge(prometheus.GaugeOpts{Name: "cdc_outbox_failed_rows", Help: "Outbox rows with status failed (rejected by ClickHouse)."}),
 		OutboxOldestPending: newOptionalGauge(prometheus.GaugeOpts{Name: "cdc_outbox_oldest_pending_age_seconds",
 			Help: "Age of the oldest pending outbox row (now - created_at); 0 when none is pending."}),
+		VerifyMissing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_verify_missing_rows",
+			Help: "Processed outbox rows the last periodic verify (verify.interval) found missing in ClickHouse."}),
+		VerifyDuplicated: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_verify_duplicated_rows",
+			Help: "Ids the last periodic verify (verify.interval) found stored more than once in ClickHouse."}),
 	}
 	m.collectors = []prometheus.Collector{m.RowsReceived, m.RowsFlushed, m.RowsFailed, m.BatchesFlushed, m.FlushErrors,
 		m.FlushDuration, m.BatchRows, m.BufferRows, m.SlotLagBytes, m.RetainedWAL, m.ConfirmedLSN, m.LastFlush,
 		m.Connected, m.Leader, m.HeartbeatLag, m.Backfilled, m.LagWarning, m.SlotLost, m.OutboxDeleted,
-		m.OutboxPending, m.OutboxFailed, m.OutboxOldestPending,
+		m.OutboxPending, m.OutboxFailed, m.OutboxOldestPending, m.VerifyMissing, m.VerifyDuplicated,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}
 	for _, c := range m.collectors {
 		f(c)
