@@ -164,12 +164,8 @@ func Open(ctx context.Context, opts Options) (*ClickHouse, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &ClickHouse{conn: conn, opts: opts, log: opts.Logger, digest: xxhash.New()}
-	if err := c.loadColumns(ctx); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	if err := c.detectMode(ctx); err != nil {
+	c, err := OpenConn(ctx, conn, opts)
+	if err != nil {
 		conn.Close()
 		return nil, err
 	}

@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/outbox-cdc/outbox-cdc/decoder"
 	"github.com/outbox-cdc/outbox-cdc/internal/chdb"
 	"github.com/outbox-cdc/outbox-cdc/migrations"
 )
@@ -120,4 +123,36 @@ func spreadOverMonths(rows []Row) []Row {
 		rows[i].Values[2] = time.Date(2026, time.Month(1+i%12), 1, 0, 0, 0, 0, time.UTC)
 	}
 	return rows
+}
+
+// A NULL into Nullable columns of a current server (DateTime64 among them)
+// is stored as NULL, never as the type's default (1970-01-01).
+func TestNullIntoNullableColumnsModern(t *testing.T) {
+	e := modernEngine(t)
+	ctx := context.Background()
+	if err := e.conn.Exec(ctx, "CREATE TABLE `"+e.db+"`.events (id Int64, created_at Nullable(DateTime64(6, 'UTC')), event_date_time Nullable(DateTime('UTC')), "+
+		"note Nullable(String), n Nullable(Int64), _lsn UInt64, _seq UInt64, _fingerprint UInt64) ENGINE = MergeTree ORDER BY id"); err != nil {
+		t.Fatal(err)
+	}
+	s := e.open(t, "events")
+	rel := &decoder.Relation{ID: 1, Name: "event_outbox", Columns: []decoder.Column{
+		{Name: "id", TypeOID: pgtype.Int8OID}, {Name: "created_at", TypeOID: pgtype.TimestampOID}, {Name: "event_date_time", TypeOID: pgtype.TimestampOID},
+		{Name: "note", TypeOID: pgtype.TextOID}, {Name: "n", TypeOID: pgtype.Int8OID},
+	}}
+	ts := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	rows := []Row{
+		{Pos: Position{LSN: 10, Seq: 0}, ID: 1, Relation: rel, Values: []any{int64(1), nil, nil, nil, nil}},
+		{Pos: Position{LSN: 10, Seq: 1}, ID: 2, Relation: rel, Values: []any{int64(2), ts, ts, "x", int64(7)}},
+	}
+	if res, err := s.Write(ctx, rows); err != nil || res.Inserted != 2 {
+		t.Fatalf("write: %+v, %v", res, err)
+	}
+	var nulls, values uint64
+	if err := e.conn.QueryRow(ctx, "SELECT countIf(created_at IS NULL AND event_date_time IS NULL AND note IS NULL AND n IS NULL), "+
+		"countIf(created_at IS NOT NULL AND event_date_time IS NOT NULL AND note = 'x' AND n = 7) FROM `"+e.db+"`.events").Scan(&nulls, &values); err != nil {
+		t.Fatal(err)
+	}
+	if nulls != 1 || values != 1 {
+		t.Errorf("rows with NULLs stored as NULL: %d, rows with values: %d; want 1 and 1", nulls, values)
+	}
 }
