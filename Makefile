@@ -18,7 +18,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-GOTESTFLAGS ?= -race -count=1 -timeout 25m
+GOTESTFLAGS ?= -race -count=1 -timeout 45m
 
 .PHONY: all build test testenv testenv-down vet demo
 

@@ -166,3 +166,25 @@ func TestInterruptedRecreationIsRedone(t *testing.T) {
 	}
 	o.AssertExactlyOnce(append(append(first, second...), third...), nil)
 }
+
+// The runbook's reset of used-up attempts (docs/operations.md, failed rows)
+// makes the periodic re-drive take the rows again.
+func TestRunbookResetOfAttemptsRedrivesRows(t *testing.T) {
+	o := testenv.NewOutbox(t)
+	ctx := context.Background()
+	ids := o.MustInsert(3, true)
+	if _, err := o.PG.Exec(ctx, `UPDATE event_outbox SET status = 'failed', attempts = 5, last_error = 'old'`); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if res, err := RetryFailed(ctx, o.Config(), o.PG, log, metrics.New(), 5, nil); err != nil || res.Read != 0 {
+		t.Fatalf("rows with used-up attempts: read %d, %v; want 0", res.Read, err)
+	}
+	if _, err := o.PG.Exec(ctx, `UPDATE event_outbox SET attempts = 1 WHERE status = 'failed'`); err != nil { // the runbook's statement
+		t.Fatal(err)
+	}
+	if res, err := RetryFailed(ctx, o.Config(), o.PG, log, metrics.New(), 5, nil); err != nil || res.Read != 3 {
+		t.Fatalf("after the runbook's reset: read %d, %v; want 3", res.Read, err)
+	}
+	o.AssertExactlyOnce(ids, nil)
+}
