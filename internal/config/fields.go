@@ -53,7 +53,7 @@ var specs = []spec{
 	{"clickhouse.compression", kindWord, "lz4", func(c *Config) any { return &c.ClickHouse.Compression }},
 	{"clickhouse.cluster", kindString, "", func(c *Config) any { return &c.ClickHouse.Cluster }},
 	{"clickhouse.insert_quorum", kindWordOrInt, "auto", func(c *Config) any { return &c.ClickHouse.InsertQuorum }},
-	{"clickhouse.insert_quorum_timeout", kindDuration, "60s", func(c *Config) any { return &c.ClickHouse.InsertQuorumTimeout }},
+	{"clickhouse.insert_quorum_timeout", kindDuration, "1m0s", func(c *Config) any { return &c.ClickHouse.InsertQuorumTimeout }},
 
 	{"batch.size", kindInt, "1000", func(c *Config) any { return &c.Batch.Size }},
 	{"batch.flush_interval", kindDuration, "1s", func(c *Config) any { return &c.Batch.FlushInterval }},
