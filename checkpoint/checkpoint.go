@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -94,45 +95,109 @@ func (s *Store) Fenced(terms ...Term) *Store {
 	return &f
 }
 
-// exec runs a marking statement, inside the fence when there is one: the
-// check and the update are one statement, so a term taken over before it
-// started refuses it.
-func (s *Store) exec(ctx context.Context, q string, args ...any) error {
-	if len(s.fence) == 0 {
+// exec runs a marking statement q (an UPDATE ending in its WHERE clause),
+// with its conditions checked inside it, on the snapshot the update itself
+// uses: the fence (a term taken over before the statement started refuses
+// it: ErrFenced) and, when xids are given, their visibility (the update
+// does nothing unless every one of those transactions is visible to it:
+// visible is false).
+func (s *Store) exec(ctx context.Context, xids []uint32, q string, args ...any) (visible bool, err error) {
+	if len(s.fence) == 0 && len(xids) == 0 {
 		_, err := s.pool.Exec(ctx, q, args...)
-		return err
+		return err == nil, err
 	}
-	names := make([]string, len(s.fence))
-	terms := make([]int64, len(s.fence))
-	for i, t := range s.fence {
-		names[i], terms[i] = t.Lease, t.Term
+	var ctes []string
+	fenceOK, visibleOK := "true", "true"
+	if len(s.fence) > 0 {
+		names := make([]string, len(s.fence))
+		terms := make([]int64, len(s.fence))
+		for i, t := range s.fence {
+			names[i], terms[i] = t.Lease, t.Term
+		}
+		args = append(args, names, terms)
+		ctes = append(ctes, fmt.Sprintf(`fence AS (SELECT count(*) = %d AS ok FROM cdc_lease l
+	    JOIN unnest($%d::text[], $%d::bigint[]) AS f(name, term) ON l.name = f.name AND l.term = f.term)`,
+			len(s.fence), len(args)-1, len(args)))
+		fenceOK = "(SELECT ok FROM fence)"
 	}
-	n := len(args)
-	args = append(args, names, terms)
-	fenced := fmt.Sprintf(`WITH fence AS (SELECT count(*) = %d AS ok FROM cdc_lease l
-	    JOIN unnest($%d::text[], $%d::bigint[]) AS f(name, term) ON l.name = f.name AND l.term = f.term),
-	  marked AS (%s AND (SELECT ok FROM fence) RETURNING 1)
-	SELECT ok FROM fence`, len(s.fence), n+1, n+2, q)
+	if len(xids) > 0 {
+		wide := make([]int64, len(xids))
+		for i, x := range xids {
+			wide[i] = int64(x)
+		}
+		args = append(args, wide)
+		ctes = append(ctes, visibleCTE(len(args)))
+		visibleOK = "(SELECT ok FROM visible)"
+	}
+	stmt := fmt.Sprintf(`WITH %s,
+	  marked AS (%s AND %s AND %s RETURNING 1)
+	SELECT %s, %s`, strings.Join(ctes, ",\n\t  "), q, fenceOK, visibleOK, fenceOK, visibleOK)
 	var ok bool
-	if err := s.pool.QueryRow(ctx, fenced, args...).Scan(&ok); err != nil {
-		return err
+	if err := s.pool.QueryRow(ctx, stmt, args...).Scan(&ok, &visible); err != nil {
+		return false, err
 	}
 	if !ok {
-		return ErrFenced
+		return false, ErrFenced
 	}
-	return nil
+	return visible, nil
 }
 
-// MarkProcessed sets status 'processed' on the given rows in one statement.
+// visibleCTE says whether every transaction of parameter param, a bigint[]
+// of 32-bit xids, is visible to the statement's snapshot, which
+// pg_current_snapshot() returns (the active one: the update's).
+func visibleCTE(param int) string {
+	return `visible AS (SELECT coalesce(bool_and(pg_visible_in_snapshot(` + widenXid("x.xid", "r.ref") + `, r.snap)), true) AS ok
+	    FROM (SELECT pg_current_snapshot() AS snap, pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS ref) r,
+	      unnest($` + strconv.Itoa(param) + `::bigint[]) AS x(xid))`
+}
+
+// widenXid is the SQL for the xid8 whose low 32 bits are the bigint
+// expression xid and which is nearest the bigint expression ref (a
+// snapshot's xmax): the stream's transactions are recent, far within 2^31
+// of it, whatever the epoch.
+func widenXid(xid, ref string) string {
+	return fmt.Sprintf("(%[2]s + ((%[1]s - %[2]s %% 4294967296) %% 4294967296 + 6442450944) %% 4294967296 - 2147483648)::text::xid8", xid, ref)
+}
+
+// markVisible runs a marking statement once every transaction of xids is
+// visible to it. PostgreSQL decodes a transaction as soon as its commit
+// record is flushed, but shows its rows to other sessions only when the
+// committing backend is done, after its wait for a synchronous standby
+// (and any scheduling delay): cdc can receive, insert and mark a
+// transaction in between. An update whose snapshot does not see the rows
+// skips them without an error, the slot then moves past them, and they stay
+// pending forever while ClickHouse has them. So the marking retries, with a
+// new snapshot each time, until it sees them all; the wait ends when the
+// commit does (or with ctx). Rows of the backfill and of re-drives are read
+// from a snapshot, so they come with no xids.
+func (s *Store) markVisible(ctx context.Context, xids []uint32, q string, args ...any) error {
+	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+		visible, err := s.exec(ctx, xids, q, args...)
+		if err != nil || visible {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("waiting for the rows' transactions to become visible: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// MarkProcessed sets status 'processed' on the given rows in one statement,
+// once the transactions xids (those the rows were streamed from; nil for
+// rows read from a snapshot) are visible to it (markVisible).
 // Rows already processed are left alone, so re-delivery after a crash costs
 // no extra WAL. The statement sets no indexed column, so it stays a HOT
 // update (see migration 0005).
-func (s *Store) MarkProcessed(ctx context.Context, ids []int64) error {
+func (s *Store) MarkProcessed(ctx context.Context, ids []int64, xids []uint32) error {
 	if len(ids) == 0 {
 		return nil
 	}
 	q, args := markProcessedQuery(s.table, ids)
-	if err := s.exec(ctx, q, args...); err != nil {
+	if err := s.markVisible(ctx, xids, q, args...); err != nil {
 		return fmt.Errorf("postgres: mark %d rows processed in %s: %w", len(ids), s.table, err)
 	}
 	return nil
@@ -210,8 +275,11 @@ func splitRuns(ids []int64) (lo, hi, rest []int64) {
 }
 
 // MarkFailed sets status 'failed', the error text, one more attempt and the
-// stream position (when it has one) on rows ClickHouse rejected.
-func (s *Store) MarkFailed(ctx context.Context, failures []Failure) error {
+// stream position (when it has one) on rows ClickHouse rejected, once the
+// transactions xids are visible to it (as MarkProcessed: an update that
+// skipped an invisible rejected row would leave it pending, in neither
+// place).
+func (s *Store) MarkFailed(ctx context.Context, failures []Failure, xids []uint32) error {
 	if len(failures) == 0 {
 		return nil
 	}
@@ -226,7 +294,7 @@ func (s *Store) MarkFailed(ctx context.Context, failures []Failure) error {
 	        failed_lsn = CASE WHEN f.lsn = '0/0' THEN o.failed_lsn ELSE f.lsn END,
 	        failed_seq = CASE WHEN f.lsn = '0/0' THEN o.failed_seq ELSE f.seq END
 	      FROM unnest($1::bigint[], $2::text[], $3::pg_lsn[], $4::bigint[]) AS f(id, err, lsn, seq) WHERE o.id = f.id`
-	if err := s.exec(ctx, q, ids, msgs, lsns, seqs); err != nil {
+	if err := s.markVisible(ctx, xids, q, ids, msgs, lsns, seqs); err != nil {
 		return fmt.Errorf("postgres: mark %d rows failed in %s: %w", len(ids), s.table, err)
 	}
 	return nil

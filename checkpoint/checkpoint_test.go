@@ -42,10 +42,10 @@ func TestMarkProcessedIsHOT(t *testing.T) {
 	}
 	defer pool.Close()
 	store := checkpoint.NewStore(pool, "public.event_outbox")
-	if err := store.MarkProcessed(ctx, mark); err != nil {
+	if err := store.MarkProcessed(ctx, mark, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := store.MarkProcessed(ctx, mark); err != nil { // re-delivery: no second update
+	if err := store.MarkProcessed(ctx, mark, nil); err != nil { // re-delivery: no second update
 		t.Fatal(err)
 	}
 	if _, err := pool.Exec(ctx, `SELECT pg_stat_force_next_flush()`); err != nil {
@@ -185,7 +185,7 @@ func TestMarkProcessedExactRowsAndPlan(t *testing.T) {
 			if _, err := pool.Exec(ctx, `UPDATE event_outbox SET status = 'pending' WHERE status <> 'pending'`); err != nil {
 				t.Fatal(err)
 			}
-			if err := store.MarkProcessed(ctx, tc.ids); err != nil {
+			if err := store.MarkProcessed(ctx, tc.ids, nil); err != nil {
 				t.Fatal(err)
 			}
 			var marked, wrong int

@@ -5,3 +5,6 @@ var (
 	SplitRuns          = splitRuns
 	MarkProcessedQuery = markProcessedQuery
 )
+
+// WidenXid is widenXid, for its table test.
+var WidenXid = widenXid

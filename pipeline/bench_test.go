@@ -26,8 +26,10 @@ type nopDest struct{}
 func (nopDest) Write(_ context.Context, rows []sink.Row) (sink.Result, error) {
 	return sink.Result{Inserted: len(rows)}, nil
 }
-func (nopDest) MarkProcessed(context.Context, []int64) error           { return nil }
-func (nopDest) MarkFailed(context.Context, []checkpoint.Failure) error { return nil }
+func (nopDest) MarkProcessed(context.Context, []int64, []uint32) error { return nil }
+func (nopDest) MarkFailed(context.Context, []checkpoint.Failure, []uint32) error {
+	return nil
+}
 
 func BenchmarkPipeline(b *testing.B) {
 	for _, tc := range []struct {

@@ -43,6 +43,11 @@ type Item struct {
 	// A source with a Budget acquires it before sending the item; the
 	// pipeline releases it once the row's batch is inserted.
 	Size int
+	// Xid is the transaction a streamed row comes from (0 for rows read
+	// from a snapshot: backfill, re-drive). Its batch is marked only once
+	// that transaction is visible to the marking (checkpoint.Store
+	// markVisible): decoded is not yet visible.
+	Xid uint32
 }
 
 // Writer stores rows in ClickHouse (sink.ClickHouse).
@@ -50,10 +55,12 @@ type Writer interface {
 	Write(ctx context.Context, rows []sink.Row) (sink.Result, error)
 }
 
-// Marker records delivery in PostgreSQL (checkpoint.Store).
+// Marker records delivery in PostgreSQL (checkpoint.Store). xids are the
+// transactions the batch's rows were streamed from: a marking must see
+// every one of them, or it would skip their rows.
 type Marker interface {
-	MarkProcessed(ctx context.Context, ids []int64) error
-	MarkFailed(ctx context.Context, failures []checkpoint.Failure) error
+	MarkProcessed(ctx context.Context, ids []int64, xids []uint32) error
+	MarkFailed(ctx context.Context, failures []checkpoint.Failure, xids []uint32) error
 }
 
 // Options tune batching.
@@ -114,6 +121,9 @@ type batch struct {
 	bytes int64
 	// safe is the end LSN of the last transaction complete at the cut.
 	safe pglogrepl.LSN
+	// xids are the transactions of the streamed rows, once each (a
+	// transaction's rows come together; one cut in two batches is in both).
+	xids []uint32
 }
 
 // Run delivers items until in is closed (then everything received is
@@ -212,6 +222,9 @@ func (p *Pipeline) batch(ctx context.Context, in <-chan Item, queue chan<- *batc
 		}
 		cur.rows = append(cur.rows, *it.Row)
 		cur.bytes += int64(it.Size)
+		if it.Xid != 0 && (len(cur.xids) == 0 || cur.xids[len(cur.xids)-1] != it.Xid) {
+			cur.xids = append(cur.xids, it.Xid)
+		}
 		unreported++
 		if len(cur.rows) >= p.opts.Size || cur.bytes >= p.opts.MaxBytes {
 			return cut()
@@ -335,7 +348,7 @@ func (p *Pipeline) write(ctx context.Context, queue <-chan *batch) error {
 		marking = make(chan error, 1)
 		safe.Store(uint64(b.safe))
 		go func(n int, done chan<- error) {
-			err := p.mark(ctx, n, b.safe, ids, start)
+			err := p.mark(ctx, n, b.safe, ids, b.xids, start)
 			if err == nil {
 				p.advance(pglogrepl.LSN(safe.Load()))
 			}
@@ -388,7 +401,7 @@ func (p *Pipeline) insert(ctx context.Context, b *batch) (ids []int64, start tim
 		p.log.Error("row rejected by ClickHouse, marked failed", "id", r.ID, "err", r.Err)
 	}
 	if err := backoff.Retry(ctx, p.opts.Retry, p.log, "postgres mark failed", func(ctx context.Context) error {
-		return p.marker.MarkFailed(ctx, failures)
+		return p.marker.MarkFailed(ctx, failures, b.xids)
 	}); err != nil {
 		return nil, start, err
 	}
@@ -402,12 +415,12 @@ func (p *Pipeline) insert(ctx context.Context, b *batch) (ids []int64, start tim
 }
 
 // mark marks a batch's delivered rows processed (ids, of the n rows of a
-// batch whose safe LSN is safe); start is when its insert began, for the
-// flush duration.
-func (p *Pipeline) mark(ctx context.Context, n int, safe pglogrepl.LSN, ids []int64, start time.Time) error {
+// batch whose safe LSN is safe, streamed from transactions xids); start is
+// when its insert began, for the flush duration.
+func (p *Pipeline) mark(ctx context.Context, n int, safe pglogrepl.LSN, ids []int64, xids []uint32, start time.Time) error {
 	marked := time.Now()
 	if err := backoff.Retry(ctx, p.opts.Retry, p.log, "postgres mark processed", func(ctx context.Context) error {
-		return p.marker.MarkProcessed(ctx, ids)
+		return p.marker.MarkProcessed(ctx, ids, xids)
 	}); err != nil {
 		return err
 	}

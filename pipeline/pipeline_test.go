@@ -32,6 +32,7 @@ var tinyRetry = backoff.Policy{Initial: time.Millisecond, Max: 2 * time.Millisec
 type op struct {
 	kind    string // "write", "failed" or "processed"
 	ids     []int64
+	xids    []uint32      // "failed", "processed": the transactions the marking must see
 	errs    []string      // "failed": the error texts
 	durable pglogrepl.LSN // the tracker's durable LSN when the call was made
 	err     error         // what the fake returned
@@ -81,8 +82,8 @@ func (f *fakeDest) Write(ctx context.Context, rows []sink.Row) (sink.Result, err
 	return res, err
 }
 
-func (f *fakeDest) MarkProcessed(ctx context.Context, ids []int64) error {
-	o := op{kind: "processed", ids: slices.Clone(ids), durable: f.tracker.Durable()}
+func (f *fakeDest) MarkProcessed(ctx context.Context, ids []int64, xids []uint32) error {
+	o := op{kind: "processed", ids: slices.Clone(ids), xids: slices.Clone(xids), durable: f.tracker.Durable()}
 	var err error
 	if f.markProcessed != nil {
 		err = f.markProcessed(ctx, ids)
@@ -94,8 +95,8 @@ func (f *fakeDest) MarkProcessed(ctx context.Context, ids []int64) error {
 	return err
 }
 
-func (f *fakeDest) MarkFailed(ctx context.Context, failures []checkpoint.Failure) error {
-	o := op{kind: "failed", durable: f.tracker.Durable()}
+func (f *fakeDest) MarkFailed(ctx context.Context, failures []checkpoint.Failure, xids []uint32) error {
+	o := op{kind: "failed", xids: slices.Clone(xids), durable: f.tracker.Durable()}
 	for _, x := range failures {
 		o.ids = append(o.ids, x.ID)
 		o.errs = append(o.errs, x.Error)
@@ -314,6 +315,73 @@ func TestCut(t *testing.T) {
 			}
 			if got := h.dest.processed(); !slices.Equal(got, want) {
 				t.Errorf("processed %v, want %v", got, want)
+			}
+		})
+	}
+}
+
+// TestMarkingNamesItsTransactions: every marking of a batch (processed and
+// failed) carries the transactions its streamed rows come from, once each,
+// in stream order; a transaction cut across batches is named by each of
+// them, since each marks some of its rows (the marker waits until they are
+// visible: checkpoint.Store). Rows read from a snapshot (xid 0) add none.
+func TestMarkingNamesItsTransactions(t *testing.T) {
+	// streamed returns rows from..to of transaction xid.
+	streamed := func(xid uint32, from, to int64) []pipeline.Item {
+		its := rows(from, to)
+		for i := range its {
+			its[i].Xid = xid
+		}
+		return its
+	}
+	tests := []struct {
+		name   string
+		size   int
+		items  []pipeline.Item
+		reject int64 // a row ClickHouse rejects (0: none)
+		want   [][]uint32
+	}{
+		{name: "one transaction", size: 10, items: streamed(7, 1, 5), want: [][]uint32{{7}}},
+		{name: "transactions in one batch", size: 10,
+			items: items(streamed(7, 1, 3), []pipeline.Item{commitItem(10)}, streamed(9, 4, 6), []pipeline.Item{commitItem(20)}),
+			want:  [][]uint32{{7, 9}}},
+		{name: "cut after the first row of a transaction", size: 4,
+			items: items(streamed(7, 1, 3), []pipeline.Item{commitItem(10)}, streamed(9, 4, 6), []pipeline.Item{commitItem(20)}),
+			want:  [][]uint32{{7, 9}, {9}}},
+		{name: "a transaction over three batches", size: 2,
+			items: items(streamed(9, 1, 5), []pipeline.Item{commitItem(20)}),
+			want:  [][]uint32{{9}, {9}, {9}}},
+		{name: "rows from a snapshot", size: 10, items: rows(1, 5), want: [][]uint32{nil}},
+		{name: "a rejected row's marking too", size: 10, items: streamed(7, 1, 5), reject: 3, want: [][]uint32{{7}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, pipeline.Options{Size: tt.size, FlushInterval: time.Hour}, 0, 0, func(f *fakeDest) {
+				f.write = func(_ context.Context, ids []int64) (sink.Result, error) {
+					res := sink.Result{Inserted: len(ids)}
+					if slices.Contains(ids, tt.reject) {
+						res.Inserted--
+						res.Rejected = []sink.Rejected{{ID: tt.reject, Err: errors.New("bad row")}}
+					}
+					return res, nil
+				}
+			})
+			h.send(tt.items...)
+			if err := h.closeAndWait(); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			var got [][]uint32
+			for _, o := range h.dest.calls("processed") {
+				got = append(got, o.xids)
+			}
+			if !slices.EqualFunc(got, tt.want, slices.Equal) {
+				t.Errorf("markings name transactions %v, want %v", got, tt.want)
+			}
+			if tt.reject != 0 {
+				failed := h.dest.calls("failed")
+				if len(failed) != 1 || !slices.Equal(failed[0].xids, tt.want[0]) {
+					t.Errorf("failed markings %v, want one naming %v", failed, tt.want[0])
+				}
 			}
 		})
 	}

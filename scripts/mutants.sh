@@ -101,12 +101,12 @@ mutant decoder-keeps-wal-buffer ./decoder TestDecodeDoesNotRetainInput \
 # §3.1: durable only after the batch is marked.
 mutant pipeline-durable-before-marking ./pipeline TestDurableOnlyAfterWholeTransaction \
 	pipeline/pipeline.go \
-	'			err := p.mark(ctx, n, b.safe, ids, start)
+	'			err := p.mark(ctx, n, b.safe, ids, b.xids, start)
 			if err == nil {
 				p.advance(pglogrepl.LSN(safe.Load()))
 			}' \
 	'			p.advance(pglogrepl.LSN(safe.Load()))
-			err := p.mark(ctx, n, b.safe, ids, start)'
+			err := p.mark(ctx, n, b.safe, ids, b.xids, start)'
 
 # §3.1: marked processed only once in ClickHouse.
 mutant pipeline-marks-before-insert ./pipeline TestCancel \
@@ -116,7 +116,7 @@ mutant pipeline-marks-before-insert ./pipeline TestCancel \
 		for i := range b.rows {
 			ids[i] = b.rows[i].ID
 		}
-		if err := p.marker.MarkProcessed(ctx, ids); err != nil {
+		if err := p.marker.MarkProcessed(ctx, ids, b.xids); err != nil {
 			return err
 		}
 		res, err = p.sink.Write(ctx, b.rows)'
@@ -132,11 +132,11 @@ mutant pipeline-commit-durable-before-its-last-batch ./pipeline TestPositionBatc
 # §3.6: a batch is durable when marked, not when the next insert succeeds.
 mutant pipeline-advances-only-at-next-batch ./pipeline TestDurableWhenMarkedWhileNextInsertWaits \
 	pipeline/pipeline.go \
-	'			err := p.mark(ctx, n, b.safe, ids, start)
+	'			err := p.mark(ctx, n, b.safe, ids, b.xids, start)
 			if err == nil {
 				p.advance(pglogrepl.LSN(safe.Load()))
 			}' \
-	'			err := p.mark(ctx, n, b.safe, ids, start)'
+	'			err := p.mark(ctx, n, b.safe, ids, b.xids, start)'
 
 # §3.2: re-sent rows after a restart are checked by id.
 mutant sink-no-check-after-restart ./sink 'TestRecoverSkipsStoredRows|TestBigBatchIsCheckedAfterARestart' \
@@ -216,8 +216,25 @@ mutant sink-fence-always-passes ./sink TestFenceStopsEveryInsert \
 # §3.10: a marking checks its term in the same statement.
 mutant marking-ignores-term ./internal/lease TestTakeoverFencesTheOldHolder \
 	checkpoint/checkpoint.go \
-	'	  marked AS (%s AND (SELECT ok FROM fence) RETURNING 1)' \
-	'	  marked AS (%s RETURNING 1)'
+	'strings.Join(ctes, ",\n\t  "), q, fenceOK, visibleOK, fenceOK, visibleOK)' \
+	'strings.Join(ctes, ",\n\t  "), q, "true", visibleOK, fenceOK, visibleOK)'
+
+# §3.1 / §3.11: a marking sees every row it marks: it waits until the
+# rows' transactions are visible (decoded is not yet visible).
+mutant marking-ignores-visibility ./checkpoint TestMarkingWaitsUntilItsTransactionsAreVisible \
+	checkpoint/checkpoint.go \
+	'		visibleOK = "(SELECT ok FROM visible)"' \
+	'		visibleOK = "true"'
+
+mutant pipeline-forgets-xids ./pipeline TestMarkingNamesItsTransactions \
+	pipeline/pipeline.go \
+	'		if it.Xid != 0 && (len(cur.xids) == 0 || cur.xids[len(cur.xids)-1] != it.Xid) {' \
+	'		if false {'
+
+mutant source-drops-xid ./internal/daemon TestSourceRowsCarryTheirTransaction \
+	internal/daemon/source.go \
+	'pipeline.Item{Row: r, Size: size, Xid: s.txnXid}' \
+	'pipeline.Item{Row: r, Size: size}'
 
 # §3.10: a successor waits out the old holder's lease before writing.
 mutant lease-successor-does-not-wait ./internal/lease TestTakeoverFencesTheOldHolder \

@@ -55,7 +55,7 @@ var specs = []spec{
 	{"clickhouse.compression", kindWord, "lz4", func(c *Config) any { return &c.ClickHouse.Compression }},
 	{"clickhouse.cluster", kindString, "", func(c *Config) any { return &c.ClickHouse.Cluster }},
 	{"clickhouse.insert_quorum", kindWordOrInt, "auto", func(c *Config) any { return &c.ClickHouse.InsertQuorum }},
-	{"clickhouse.insert_quorum_timeout", kindDuration, "60s", func(c *Config) any { return &c.ClickHouse.InsertQuorumTimeout }},
+	{"clickhouse.insert_quorum_timeout", kindDuration, "1m0s", func(c *Config) any { return &c.ClickHouse.InsertQuorumTimeout }},
 	{"clickhouse.tls.enabled", kindBool, "false", func(c *Config) any { return &c.ClickHouse.TLS.Enabled }},
 	{"clickhouse.tls.ca_file", kindString, "", func(c *Config) any { return &c.ClickHouse.TLS.CAFile }},
 	{"clickhouse.tls.cert_file", kindString, "", func(c *Config) any { return &c.ClickHouse.TLS.CertFile }},

@@ -386,8 +386,8 @@ type reportingMarker struct {
 	d *Daemon
 }
 
-func (m *reportingMarker) MarkFailed(ctx context.Context, f []checkpoint.Failure) error {
-	if err := m.Marker.MarkFailed(ctx, f); err != nil {
+func (m *reportingMarker) MarkFailed(ctx context.Context, f []checkpoint.Failure, xids []uint32) error {
+	if err := m.Marker.MarkFailed(ctx, f, xids); err != nil {
 		return err
 	}
 	ids := make([]int64, len(f))

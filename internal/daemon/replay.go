@@ -168,9 +168,9 @@ func (c *countingWriter) Write(ctx context.Context, rows []sink.Row) (sink.Resul
 // failed.
 type replayMarker struct{ log *slog.Logger }
 
-func (m *replayMarker) MarkProcessed(context.Context, []int64) error { return nil }
+func (m *replayMarker) MarkProcessed(context.Context, []int64, []uint32) error { return nil }
 
-func (m *replayMarker) MarkFailed(_ context.Context, f []checkpoint.Failure) error {
+func (m *replayMarker) MarkFailed(_ context.Context, f []checkpoint.Failure, _ []uint32) error {
 	for _, r := range f {
 		m.log.Error("replay: ClickHouse rejects a processed row; it keeps its status", "id", r.ID, "err", r.Error)
 	}

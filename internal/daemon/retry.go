@@ -146,8 +146,8 @@ type countingMarker struct {
 	failed int64
 }
 
-func (c *countingMarker) MarkFailed(ctx context.Context, f []checkpoint.Failure) error {
-	if err := c.Marker.MarkFailed(ctx, f); err != nil {
+func (c *countingMarker) MarkFailed(ctx context.Context, f []checkpoint.Failure, xids []uint32) error {
+	if err := c.Marker.MarkFailed(ctx, f, xids); err != nil {
 		return err
 	}
 	c.failed += int64(len(f))

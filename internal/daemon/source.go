@@ -29,6 +29,7 @@ type source struct {
 
 	inTxn         bool
 	txnLSN        pglogrepl.LSN
+	txnXid        uint32
 	seq           uint64
 	lastCommitEnd pglogrepl.LSN // end of the last transaction handed on
 	idleEnd       pglogrepl.LSN // keepalive position seen outside a transaction
@@ -165,7 +166,7 @@ func (s *source) handle(msg replication.Message) error {
 	}
 	switch e := ev.(type) {
 	case *decoder.Begin:
-		s.inTxn, s.txnLSN, s.seq = true, e.FinalLSN, 0
+		s.inTxn, s.txnLSN, s.txnXid, s.seq = true, e.FinalLSN, e.Xid, 0
 	case *decoder.Relation:
 		// A Relation of another table is harmless until a row of it comes;
 		// a new one of ours (after DDL) may have moved the id column.
@@ -189,7 +190,7 @@ func (s *source) handle(msg replication.Message) error {
 		r := &s.rows[len(s.rows)-1]
 		size := r.Size()
 		s.rowsBytes += size
-		s.pending, s.hasPending, s.acquired = pipeline.Item{Row: r, Size: size}, true, false
+		s.pending, s.hasPending, s.acquired = pipeline.Item{Row: r, Size: size, Xid: s.txnXid}, true, false
 		s.seq++
 	case *decoder.Commit:
 		s.inTxn = false

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"encoding/binary"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -143,5 +144,42 @@ func TestSourceRelationMapsDoNotGrow(t *testing.T) {
 	}
 	if len(s.idCol) != 1 {
 		t.Errorf("source relation map has %d entries after %d re-sent Relation messages, want 1", len(s.idCol), n)
+	}
+}
+
+// Each row the source hands on carries its transaction's xid (the Begin
+// message's): the pipeline's marking waits until that transaction is
+// visible, since decoded is not yet visible (TestMarkingSeesRowsOfCommitsNotYetVisible).
+func TestSourceRowsCarryTheirTransaction(t *testing.T) {
+	s := newSource("public.event_outbox", metrics.New(), nil)
+	begin := func(final pglogrepl.LSN, xid uint32) replication.Message {
+		return (&pgoutput{}).u8('B').u64(uint64(final)).u64(0).u32(xid).msg()
+	}
+	msgs := []replication.Message{
+		begin(0x3000, 700), relationMsg(16384, "public", "event_outbox", "id", "x"), insertMsg(16384, 1, 10), insertMsg(16384, 2, 20),
+		commitMsg(0x3000, 0x3100),
+		begin(0x4000, 4_000_000_001), insertMsg(16384, 3, 30), commitMsg(0x4000, 0x4100),
+	}
+	type item struct {
+		id  int64
+		xid uint32
+	}
+	var got []item
+	for _, m := range msgs {
+		if err := s.handle(m); err != nil {
+			t.Fatal(err)
+		}
+		if s.hasPending {
+			if s.pending.Row != nil {
+				got = append(got, item{s.pending.Row.ID, s.pending.Xid})
+			} else if s.pending.Xid != 0 {
+				t.Errorf("commit item carries xid %d", s.pending.Xid)
+			}
+			s.hasPending = false
+		}
+	}
+	want := []item{{1, 700}, {2, 700}, {3, 4_000_000_001}}
+	if !slices.Equal(got, want) {
+		t.Errorf("rows (id, xid) %v, want %v", got, want)
 	}
 }

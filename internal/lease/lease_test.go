@@ -67,7 +67,7 @@ func TestTakeoverFencesTheOldHolder(t *testing.T) {
 	ids := o.MustInsert(3, true)
 	store := checkpoint.NewStore(o.PG, "public.event_outbox")
 	oldStore := store.Fenced(checkpoint.Term{Lease: old.Name(), Term: old.Term()})
-	if err := oldStore.MarkProcessed(ctx, ids[:1]); err != nil {
+	if err := oldStore.MarkProcessed(ctx, ids[:1], nil); err != nil {
 		t.Fatalf("marking under a held lease: %v", err)
 	}
 
@@ -103,14 +103,14 @@ func TestTakeoverFencesTheOldHolder(t *testing.T) {
 	if err := old.Check(); !errors.Is(err, ErrLost) {
 		t.Errorf("old holder's Check after takeover: %v, want ErrLost", err)
 	}
-	if err := oldStore.MarkProcessed(ctx, ids[1:]); !errors.Is(err, checkpoint.ErrFenced) {
+	if err := oldStore.MarkProcessed(ctx, ids[1:], nil); !errors.Is(err, checkpoint.ErrFenced) {
 		t.Errorf("old holder's marking after takeover: %v, want ErrFenced", err)
 	}
 	if n := o.StatusCounts()["processed"]; n != 1 {
 		t.Errorf("%d rows processed, want only the one marked before the takeover", n)
 	}
 	newStore := store.Fenced(checkpoint.Term{Lease: next.Name(), Term: next.Term()})
-	if err := newStore.MarkProcessed(ctx, ids[1:]); err != nil {
+	if err := newStore.MarkProcessed(ctx, ids[1:], nil); err != nil {
 		t.Errorf("successor's marking: %v", err)
 	}
 
