@@ -117,7 +117,7 @@ type failoverResult struct {
 	// Rows in ClickHouse that stayed `pending` in the outbox after the slot
 	// was confirmed past them.
 	stuckPending int
-	reconnect                 time.Duration // failover → cdc streaming from its slot on the new primary (backfill included)
+	reconnect    time.Duration // failover → cdc streaming from its slot on the new primary (backfill included)
 	// With a carried slot: how far the standby's synced copy of the slot
 	// was behind the primary's confirmed_flush_lsn just before the
 	// failover (what cdc streams again), and cdc's slot creations and
