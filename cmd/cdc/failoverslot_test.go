@@ -99,8 +99,7 @@ func syncedBehind(t *testing.T, c *testenv.Cluster, slot string) int64 {
 }
 
 // assertSlotCarried checks, once cdc streams on the new primary, that the
-// slot came through the promotion: a failover slot that is no longer a
-// synced copy (synced=false after promotion), not invalidated, and
+// slot came through the promotion: a failover slot, not invalidated, and
 // cdc_slot_state still the first slot's row; and that cdc neither created a
 // slot nor backfilled again, nor had to upgrade the slot. It returns the
 // slot creations and backfills cdc logged in the whole run.
@@ -110,9 +109,14 @@ func assertSlotCarried(t *testing.T, pg *pgx.Conn, slot string, first slotState,
 	var invalidation string
 	err := pg.QueryRow(context.Background(), `SELECT failover, synced, coalesce(invalidation_reason, '') FROM pg_replication_slots WHERE slot_name = $1`, slot).
 		Scan(&failover, &synced, &invalidation)
-	if err != nil || !failover || synced || invalidation != "" {
-		t.Errorf("slot %q on the new primary: failover=%v synced=%v invalidation=%q (want true, false, none), err %v", slot, failover, synced, invalidation, err)
+	// synced is not asserted: PostgreSQL 17 leaves it true on a promoted
+	// standby's slots (its docs: the column has no meaning on a primary and
+	// "may (if leftover from a promoted standby) also be true"); measured on
+	// 17.10 in 10 of 10 runs. A slot cdc created anew would say false.
+	if err != nil || !failover || invalidation != "" {
+		t.Errorf("slot %q on the new primary: failover=%v invalidation=%q (want true, none), err %v", slot, failover, invalidation, err)
 	}
+	t.Logf("slot %q on the new primary: failover=%v synced=%v", slot, failover, synced)
 	if st := readSlotState(t, pg, slot); st.ConsistentLSN != first.ConsistentLSN || !st.CreatedAt.Equal(first.CreatedAt) || !st.BackfillDone {
 		t.Errorf("cdc_slot_state of %q on the new primary is %+v, was %+v on the first primary: the slot was created again", slot, st, first)
 	}
