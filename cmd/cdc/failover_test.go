@@ -31,6 +31,11 @@ package main
 // the rows to deliver on the new primary, exactly those ids, and every
 // outbox row is `processed`.
 //
+// TestPrimaryFailoverCarriesTheSlot runs the same steps on PostgreSQL 17+
+// with failover slots (ClusterOptions.FailoverSlots): there the checks are
+// the opposite for the slot — carried over by the promotion, not created
+// again, no second backfill (failoverslot_test.go) — and the same for rows.
+//
 // CDC_FAILOVER_RUNS repeats the whole run (default 1, about 30–40 s).
 
 import (
@@ -54,31 +59,77 @@ import (
 const failoverApp = "cdc-failover-test"
 
 func TestPrimaryFailover(t *testing.T) {
+	repeatFailover(t, failoverCase{})
+}
+
+// TestPrimaryFailoverCarriesTheSlot is the failover on PostgreSQL 17+ with
+// failover slots (issue 24): cdc creates its slot with FAILOVER (the default
+// postgres.failover_slot: auto), the standby's slot sync worker keeps a copy,
+// and after the promotion cdc goes on streaming from that copy. Unlike
+// TestPrimaryFailover: the slot is not created again, nothing is backfilled
+// again (cdc_slot_state keeps the first slot's row), and the slot on the new
+// primary is a failover slot that is no longer a synced copy. Rows the copy
+// had not confirmed yet are streamed again from the new primary and must be
+// recognised as stored.
+//
+// On a PostgreSQL older than 17 (CDC_TEST_PGBIN, Debian's 15 by default)
+// the cluster runs `scripts/pg.sh 17`'s binaries, so the default `make test`
+// runs it too; it fails when it cannot get them.
+func TestPrimaryFailoverCarriesTheSlot(t *testing.T) {
+	pgbin, major := testenv.PGBinAtLeast(t, 17)
+	t.Logf("PostgreSQL %d from %s", major, pgbin)
+	repeatFailover(t, failoverCase{opts: testenv.ClusterOptions{BinDir: pgbin, FailoverSlots: true}, carriesSlot: true})
+}
+
+// failoverCase is what tells the two failovers apart: the cluster, and
+// whether the slot comes through the promotion (17+ failover slots) or cdc
+// re-creates it on the new primary and backfills.
+type failoverCase struct {
+	opts        testenv.ClusterOptions
+	carriesSlot bool
+}
+
+// repeatFailover runs the failover CDC_FAILOVER_RUNS times (default 1) and
+// logs a line per run.
+func repeatFailover(t *testing.T, fc failoverCase) {
 	bin := cdcBinary(t)
 	runs := envInt("CDC_FAILOVER_RUNS", 1)
 	var summary []string
 	failed := 0
 	for i := 1; i <= runs; i++ {
 		var res failoverResult
-		ok := t.Run(fmt.Sprintf("run%d", i), func(t *testing.T) { primaryFailoverRun(t, bin, &res) })
+		ok := t.Run(fmt.Sprintf("run%d", i), func(t *testing.T) { primaryFailoverRun(t, bin, fc, &res) })
 		if !ok {
 			failed++
 		}
-		summary = append(summary, fmt.Sprintf("run%d: ok=%v rows=%d duplicates=%d missing=%d reconnect=%s",
-			i, ok, res.rows, res.duplicates, res.missing, res.reconnect.Round(time.Millisecond)))
+		line := fmt.Sprintf("run%d: ok=%v rows=%d duplicates=%d missing=%d stuck_pending=%d reconnect=%s",
+			i, ok, res.rows, res.duplicates, res.missing, res.stuckPending, res.reconnect.Round(time.Millisecond))
+		if fc.carriesSlot {
+			line += fmt.Sprintf(" synced_copy_behind=%dB slot_creations=%d backfills=%d", res.syncedBehind, res.creations, res.backfills)
+		}
+		summary = append(summary, line)
 	}
 	t.Logf("%d of %d failover runs failed\n%s", failed, runs, strings.Join(summary, "\n"))
 }
 
 type failoverResult struct {
 	rows, duplicates, missing int
-	reconnect                 time.Duration // failover → cdc streaming from its slot on the new primary (backfill included)
+	// Rows in ClickHouse that stayed `pending` in the outbox after the slot
+	// was confirmed past them.
+	stuckPending int
+	reconnect    time.Duration // failover → cdc streaming from its slot on the new primary (backfill included)
+	// With a carried slot: how far the standby's synced copy of the slot
+	// was behind the primary's confirmed_flush_lsn just before the
+	// failover (what cdc streams again), and cdc's slot creations and
+	// backfills in the whole run (want 1 and 1: the first primary's).
+	syncedBehind         int64
+	creations, backfills int
 }
 
 // primaryFailoverRun fills res as it goes, so a run that stops with Fatal
 // still reports what it measured.
-func primaryFailoverRun(t *testing.T, bin string, res *failoverResult) {
-	c := testenv.StartCluster(t, "failover", testenv.ClusterOptions{})
+func primaryFailoverRun(t *testing.T, bin string, fc failoverCase, res *failoverResult) {
+	c := testenv.StartCluster(t, "failover", fc.opts)
 	chAddr, chDB := testenv.ClickHouseAddr(t), testenv.NewClickHouseDB(t)
 	const slot = "cdc_failover"
 	env := []string{
@@ -102,12 +153,21 @@ func primaryFailoverRun(t *testing.T, bin string, res *failoverResult) {
 
 	p := startDaemon(t, bin, env, keptDir(t, "failover"), "cdc")
 	waitUntil(t, "cdc streaming on the first primary", 60*time.Second, func() bool { return logContains(p.log, `"msg":"streaming"`) })
-	if n := slotsOn(t, c.StandbyURL(), slot); n != 0 {
+	var first slotState
+	if fc.carriesSlot {
+		first = carriedSlotBefore(t, c, slot)
+	} else if n := slotsOn(t, c.StandbyURL(), slot); n != 0 {
 		t.Fatalf("the standby has %d slot(s) %q before the failover: this test expects PostgreSQL < 17 without failover slots", n, slot)
 	}
 
 	prod := startFailoverProducers(o, 3)
+	if fc.carriesSlot {
+		waitSynced(t, c, slot)
+	}
 	time.Sleep(time.Duration(4000+rand.IntN(3000)) * time.Millisecond)
+	if fc.carriesSlot {
+		res.syncedBehind = syncedBehind(t, c, slot)
+	}
 	before, _ := o.CHCount()
 	var produced int64
 	if err := o.PG.QueryRow(ctx, `SELECT count(*) FROM event_outbox`).Scan(&produced); err != nil {
@@ -165,11 +225,28 @@ func primaryFailoverRun(t *testing.T, bin string, res *failoverResult) {
 	t.Logf("rows to deliver: %d (%d legacy, %d acknowledged, %d of %d unknown commits made it); %d producer errors during the failover",
 		len(want), len(legacy), len(prod.committed), unknownCommitted, len(prod.unknown), prod.errors)
 
+	// Caught up: ClickHouse has every row and either every row is marked
+	// or the slot was confirmed past the end of the producers' WAL (cdc
+	// confirms a transaction only after marking its rows), after which no
+	// status changes any more.
+	var endLSN string
+	if err := newPG.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&endLSN); err != nil {
+		t.Fatal(err)
+	}
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		n, _ := o.CHCount()
 		st := o.StatusCounts()
 		if n >= uint64(len(want)) && st["processed"] == int64(len(want)+len(preProcessed)) {
+			break
+		}
+		var confirmedPast bool
+		err := newPG.QueryRow(ctx, `SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1`, slot, endLSN).Scan(&confirmedPast)
+		if n >= uint64(len(want)) && err == nil && confirmedPast {
+			stuck := deliveredButNotProcessed(t, o)
+			res.stuckPending = len(stuck)
+			t.Errorf("%d rows are in ClickHouse but not `processed` in the outbox, and the slot was confirmed past them (to %s): nothing marks them any more; e.g. %v%s",
+				len(stuck), endLSN, stuck[:min(len(stuck), 10)], notProcessedSample(o))
 			break
 		}
 		if !p.running() {
@@ -182,7 +259,12 @@ func primaryFailoverRun(t *testing.T, bin string, res *failoverResult) {
 		time.Sleep(200 * time.Millisecond)
 	}
 
-	assertReconnected(t, newPG, slot, p.log)
+	creations := 2 // the first primary, then the promoted standby
+	if fc.carriesSlot {
+		creations = 1
+		res.creations, res.backfills = assertSlotCarried(t, newPG, slot, first, p.log)
+	}
+	assertReconnected(t, newPG, slot, p.log, creations)
 	if code := p.terminate(t, 45*time.Second); code != 0 {
 		t.Errorf("cdc exited %d after SIGTERM\n%s", code, tail(p.log, 20))
 	}
@@ -209,6 +291,31 @@ func primaryFailoverRun(t *testing.T, bin string, res *failoverResult) {
 	if st := o.StatusCounts(); len(st) != 1 || st["processed"] != int64(len(want)+len(preProcessed)) {
 		t.Errorf("outbox statuses %v, want all %d processed", st, len(want)+len(preProcessed))
 	}
+}
+
+// deliveredButNotProcessed are the outbox rows that are not `processed`
+// although ClickHouse has them.
+func deliveredButNotProcessed(t *testing.T, o *testenv.Outbox) []int64 {
+	t.Helper()
+	inCH := map[int64]bool{}
+	for _, id := range o.CHIDs() {
+		inCH[id] = true
+	}
+	var stuck []int64
+	rows, err := o.PG.Query(context.Background(), `SELECT id FROM event_outbox WHERE status IS DISTINCT FROM 'processed' ORDER BY id`)
+	if err != nil {
+		t.Fatalf("rows not processed: %v", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		t.Fatalf("rows not processed: %v", err)
+	}
+	for _, id := range ids {
+		if inCH[id] {
+			stuck = append(stuck, id)
+		}
+	}
+	return stuck
 }
 
 // notProcessedSample describes a few rows that are not `processed`: whether
@@ -262,11 +369,11 @@ func duplicateSample(o *testenv.Outbox) string {
 	return b.String()
 }
 
-// assertReconnected checks, on the new primary, that cdc re-created its slot
-// there and that each kind of connection cdc opens came back through the
+// assertReconnected checks, on the new primary, that cdc created its slot
+// the given number of times in the whole run (the log) and that each kind of connection cdc opens came back through the
 // multi-host URL: the walsender streaming from the slot, the session holding
 // the leader lock, and pool connections.
-func assertReconnected(t *testing.T, pg *pgx.Conn, slot, log string) {
+func assertReconnected(t *testing.T, pg *pgx.Conn, slot, log string, creations int) {
 	t.Helper()
 	ctx := context.Background()
 	var active bool
@@ -276,8 +383,8 @@ func assertReconnected(t *testing.T, pg *pgx.Conn, slot, log string) {
 	if err != nil || !active || walsenderApp != failoverApp {
 		t.Errorf("slot %q on the new primary: active=%v, streamed by %q (want %q), err %v", slot, active, walsenderApp, failoverApp, err)
 	}
-	if n := strings.Count(readFile(log), `"msg":"created replication slot"`); n != 2 {
-		t.Errorf("cdc logged %d slot creations, want 2 (the first primary, then the promoted standby)", n)
+	if n := strings.Count(readFile(log), `"msg":"created replication slot"`); n != creations {
+		t.Errorf("cdc logged %d slot creations, want %d", n, creations)
 	}
 	var lockHolders, poolConns, walsenders int
 	err = pg.QueryRow(ctx, `SELECT
