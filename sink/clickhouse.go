@@ -399,7 +399,7 @@ func (c *ClickHouse) presentChunk(ctx context.Context, rows []Row, present map[i
 	q := fmt.Sprintf("SELECT id, %s FROM %s WHERE %s >= %d AND %s <= %d AND id IN (%s)",
 		ColumnFingerprint, c.table(), ColumnLSN, lo, ColumnLSN, hi, b.String())
 	if c.opts.CheckEveryRow {
-		q = fmt.Sprintf("SELECT id, %s FROM %s WHERE id IN (%s)", ColumnFingerprint, c.table(), b.String())
+		q = fmt.Sprintf("SELECT id, %s FROM %s WHERE id IN (%s)%s", ColumnFingerprint, c.table(), b.String(), c.dateRange(rows))
 	}
 	res, err := c.conn.Query(c.readContext(ctx), q)
 	if err != nil {
@@ -418,6 +418,48 @@ func (c *ClickHouse) presentChunk(ctx context.Context, rows []Row, present map[i
 		return fmt.Errorf("clickhouse %s: check stored ids: %w", c.addr(), err)
 	}
 	return nil
+}
+
+// dateRange narrows an every-row lookup to the rows' event_date_time range,
+// when the table has that column as a DateTime and every row a value: the
+// events table is partitioned and sorted by it, so the lookup reads the
+// parts of those days instead of the whole id column (a backfill after a
+// failover looks up millions of rows). A stored row can only be this row if
+// its fingerprint matches, and event_date_time is part of the fingerprint,
+// so the range never hides a match. The bounds are whole seconds around
+// the values (a DateTime column keeps seconds).
+func (c *ClickHouse) dateRange(rows []Row) string {
+	const col = "event_date_time"
+	typed := false
+	for _, tc := range c.columns {
+		if tc.name == col && strings.HasPrefix(strings.TrimPrefix(tc.typ, "Nullable("), "DateTime") {
+			typed = true
+		}
+	}
+	if !typed {
+		return ""
+	}
+	var lo, hi int64
+	for i, r := range rows {
+		if r.Relation == nil {
+			return ""
+		}
+		j := r.Relation.ColumnIndex(col)
+		if j < 0 || j >= len(r.Values) {
+			return ""
+		}
+		t, ok := r.Values[j].(time.Time)
+		if !ok || t.Unix() < 0 || t.Unix() > 1<<32-2 {
+			return "" // out of DateTime's range: the row cannot be stored anyway
+		}
+		if i == 0 || t.Unix() < lo {
+			lo = t.Unix()
+		}
+		if i == 0 || t.Unix() > hi {
+			hi = t.Unix()
+		}
+	}
+	return fmt.Sprintf(" AND %s >= toDateTime(%d) AND %s < toDateTime(%d)", col, lo, col, hi+1)
 }
 
 // stored reports whether r is among the rows present found: a stored row
