@@ -146,6 +146,13 @@ func TestInterruptedRecreationIsRedone(t *testing.T) {
 	if err := r.shutdown(t); err != nil {
 		t.Fatal(err)
 	}
+	// The walsender of the stopped daemon leaves the slot a moment after
+	// the daemon closed its connection.
+	waitFor(t, "the slot released", 30*time.Second, func() bool {
+		var active bool
+		err := o.PG.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, cfg.Postgres.Slot).Scan(&active)
+		return err == nil && !active
+	})
 	if err := replication.DropSlot(ctx, o.PG, cfg.Postgres.Slot); err != nil {
 		t.Fatal(err)
 	}
