@@ -2,6 +2,7 @@ package replication
 
 import (
 	"context"
+	"fmt"
 	"syscall"
 	"testing"
 	"time"
@@ -86,30 +87,38 @@ func TestBulkModeFollowsTheStream(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Quiet: waits run out and the socket wakes per change again.
-	for deadline := time.Now().Add(5 * time.Second); st.bulk.on; {
-		if _, _, err := st.Receive(ctx, 500*time.Millisecond); err != nil {
-			t.Fatal(err)
+	// Quiet: waits run out and the socket wakes per change again. Then one
+	// small row must not wait for a bulk of bytes. On a loaded machine a late
+	// burst of the 20,000 rows' messages can still switch bulk mode on, so
+	// the quiet-then-one-row round gets three tries; a reader that never
+	// switches back fails every one (and the 5 s check below).
+	var failures []string
+	for try := 1; try <= 3; try++ {
+		for deadline := time.Now().Add(5 * time.Second); st.bulk.on; {
+			if _, _, err := st.Receive(ctx, 500*time.Millisecond); err != nil {
+				t.Fatal(err)
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("still in bulk mode 5s after the stream went quiet")
+			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("still in bulk mode 5s after the stream went quiet")
+		if lw := lowWater(t, st); lw != 1 {
+			t.Fatalf("low-water mark %d after the stream went quiet, want 1", lw)
+		}
+		o.MustInsert(1, true)
+		start := time.Now()
+		sawBulk := inserts(1)
+		d := time.Since(start)
+		// A behavioural deadline, not a latency measurement: a reader left
+		// in bulk mode would wait for 32 KiB that never come.
+		switch {
+		case sawBulk:
+			failures = append(failures, "a single row switched the stream to bulk mode")
+		case d > 3*time.Second:
+			failures = append(failures, fmt.Sprintf("a single committed row took %v to arrive", d))
+		default:
+			return
 		}
 	}
-	if lw := lowWater(t, st); lw != 1 {
-		t.Fatalf("low-water mark %d after the stream went quiet, want 1", lw)
-	}
-
-	// One small row must not wait for a bulk of bytes, nor for more than
-	// one receive timeout.
-	o.MustInsert(1, true)
-	start := time.Now()
-	if sawBulk := inserts(1); sawBulk {
-		t.Fatal("a single row switched the stream to bulk mode")
-	}
-	// A behavioural deadline, not a latency measurement: a reader left in
-	// bulk mode would wait for 32 KiB that never come. Generous, because
-	// the walsender itself can take a second to decode under a loaded CI.
-	if d := time.Since(start); d > 3*time.Second {
-		t.Fatalf("a single committed row took %v to arrive", d)
-	}
+	t.Fatalf("three tries: %v", failures)
 }

@@ -567,7 +567,13 @@ func TestInterruptedSlotRecreationIsRedone(t *testing.T) {
 	if !backfillDone(t, o) {
 		t.Fatal("the first slot's state is not recorded as done")
 	}
-	// The slot goes away; rows committed meanwhile wait as `pending`.
+	// The slot goes away; rows committed meanwhile wait as `pending`. The
+	// stopped daemon's walsender lets go of it a moment after the exit.
+	waitUntil(t, "the slot released", 30*time.Second, func() bool {
+		var active bool
+		err := o.PG.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, o.Slot).Scan(&active)
+		return err == nil && !active
+	})
 	if _, err := o.PG.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, o.Slot); err != nil {
 		t.Fatal(err)
 	}
