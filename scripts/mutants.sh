@@ -61,9 +61,9 @@ mutant() {
 mutant source-confirms-commit-lsn ./internal/daemon TestSourceConfirmsOnlyWhatIsDurable \
 	internal/daemon/source.go \
 	'		s.lastCommitEnd = e.EndLSN
-		s.pending, s.hasPending = pipeline.Item{CommitEnd: e.EndLSN}, true' \
+		s.pending, s.hasPending, s.acquired = pipeline.Item{CommitEnd: e.EndLSN}, true, true' \
 	'		s.lastCommitEnd = e.CommitLSN
-		s.pending, s.hasPending = pipeline.Item{CommitEnd: e.CommitLSN}, true'
+		s.pending, s.hasPending, s.acquired = pipeline.Item{CommitEnd: e.CommitLSN}, true, true'
 
 # §3.1 / §3.6 / §8: the keepalive position only when nothing is in flight.
 mutant source-keepalive-while-rows-in-flight ./internal/daemon 'TestSourceConfirmsOnlyWhatIsDurable|TestSlotNeverConfirmedPastBufferedRows' \
@@ -294,8 +294,10 @@ mutant pipeline-unbounded-queue ./pipeline TestBoundedMemory \
 	'	queue := make(chan *batch, 1<<20)'
 
 # §3.14: a batch is cut at the byte cap, whatever the row size.
-mutant pipeline-no-byte-cap ./pipeline TestCut \
+mutant pipeline-no-byte-cap ./pipeline 'TestCut|TestBoundedBytes' \
 	pipeline/pipeline.go \
+	'		if len(cur.rows) > 0 && cur.bytes+int64(it.Size) > p.opts.MaxBytes {' \
+	'		if false {' \
 	'		if len(cur.rows) >= p.opts.Size || cur.bytes >= p.opts.MaxBytes {' \
 	'		if len(cur.rows) >= p.opts.Size {'
 
