@@ -39,11 +39,7 @@ func TestRecreatedSlotBackfillRecognisesDeliveredRows(t *testing.T) {
 	}
 	// The walsender of the stopped daemon leaves the slot a moment after
 	// the daemon closed its connection.
-	waitFor(t, "the slot released", 30*time.Second, func() bool {
-		var active bool
-		err := o.PG.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, cfg.Postgres.Slot).Scan(&active)
-		return err == nil && !active
-	})
+	waitSlotReleased(t, o, cfg.Postgres.Slot)
 	if err := replication.DropSlot(ctx, o.PG, cfg.Postgres.Slot); err != nil {
 		t.Fatal(err)
 	}
@@ -148,11 +144,7 @@ func TestInterruptedRecreationIsRedone(t *testing.T) {
 	}
 	// The walsender of the stopped daemon leaves the slot a moment after
 	// the daemon closed its connection.
-	waitFor(t, "the slot released", 30*time.Second, func() bool {
-		var active bool
-		err := o.PG.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, cfg.Postgres.Slot).Scan(&active)
-		return err == nil && !active
-	})
+	waitSlotReleased(t, o, cfg.Postgres.Slot)
 	if err := replication.DropSlot(ctx, o.PG, cfg.Postgres.Slot); err != nil {
 		t.Fatal(err)
 	}
@@ -194,4 +186,16 @@ func TestRunbookResetOfAttemptsRedrivesRows(t *testing.T) {
 		t.Fatalf("after the runbook's reset: read %d, %v; want 3", res.Read, err)
 	}
 	o.AssertExactlyOnce(ids, nil)
+}
+
+// waitSlotReleased waits until the stopped daemon's walsender has let go of
+// slot: it does so a moment after the daemon closed its connection, and the
+// slot cannot be dropped before.
+func waitSlotReleased(t *testing.T, o *testenv.Outbox, slot string) {
+	t.Helper()
+	waitFor(t, "the slot released", 30*time.Second, func() bool {
+		var active bool
+		err := o.PG.QueryRow(context.Background(), `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
+		return err == nil && !active
+	})
 }

@@ -189,11 +189,7 @@ func TestRowOfAnotherTableIsNeverConfirmedPast(t *testing.T) {
 	// The recovery the errors give: fix the publication; the row written
 	// before the fix stays in the slot, so drop it and start again: the new
 	// slot's backfill delivers the pending rows, once.
-	waitFor(t, "the slot released", 30*time.Second, func() bool {
-		var active bool
-		err := o.PG.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, o.Slot).Scan(&active)
-		return err == nil && !active
-	})
+	waitSlotReleased(t, o, o.Slot)
 	for _, q := range []string{`ALTER PUBLICATION cdc_outbox DROP TABLE other`, `SELECT pg_drop_replication_slot('` + o.Slot + `')`} {
 		if _, err := o.PG.Exec(ctx, q); err != nil {
 			t.Fatal(err)
