@@ -63,6 +63,16 @@ type Marker interface {
 	MarkFailed(ctx context.Context, failures []checkpoint.Failure, xids []uint32) error
 }
 
+// Positions takes the durable LSN as it advances (checkpoint.Confirmer for
+// the stream; checkpoint.Tracker): every transaction ending at or before it
+// is inserted and marked. Calls come from the pipeline's goroutines, in
+// order but not from one goroutine. A nil Positions (the backfill, the
+// re-drives, replay: their rows have no slot position to confirm) is not
+// told.
+type Positions interface {
+	Advance(lsn pglogrepl.LSN)
+}
+
 // Options tune batching.
 type Options struct {
 	Size          int
@@ -93,13 +103,13 @@ type Pipeline struct {
 	opts    Options
 	sink    Writer
 	marker  Marker
-	tracker *checkpoint.Tracker
+	tracker Positions
 	metrics *metrics.Metrics
 	log     *slog.Logger
 }
 
 // New returns a pipeline; m may be nil.
-func New(opts Options, w Writer, mk Marker, t *checkpoint.Tracker, m *metrics.Metrics, log *slog.Logger) *Pipeline {
+func New(opts Options, w Writer, mk Marker, t Positions, m *metrics.Metrics, log *slog.Logger) *Pipeline {
 	if opts.Size <= 0 {
 		opts.Size = 1000
 	}
@@ -357,11 +367,13 @@ func (p *Pipeline) write(ctx context.Context, queue <-chan *batch) error {
 	}
 }
 
-// advance moves the tracker. It does not touch cdc_confirmed_lsn: a
-// pipeline does not know whether its positions are the slot's (a re-drive's
-// tracker starts at 0); the stream sets the gauge from what it confirms.
+// advance tells the positions' owner that safe is durable. Which LSN is
+// then confirmed to the slot is not the pipeline's to decide
+// (checkpoint.Confirmer).
 func (p *Pipeline) advance(safe pglogrepl.LSN) {
-	p.tracker.Advance(safe)
+	if p.tracker != nil {
+		p.tracker.Advance(safe)
+	}
 }
 
 // insert writes a batch to ClickHouse, marks the rows it rejected failed,

@@ -60,16 +60,31 @@ mutant() {
 # §3.1 / §8: confirm the Commit's TransactionEndLSN, not its CommitLSN.
 mutant source-confirms-commit-lsn ./internal/daemon TestSourceConfirmsOnlyWhatIsDurable \
 	internal/daemon/source.go \
-	'		s.lastCommitEnd = e.EndLSN
-		s.pending, s.hasPending, s.acquired = pipeline.Item{CommitEnd: e.EndLSN}, true, true' \
-	'		s.lastCommitEnd = e.CommitLSN
-		s.pending, s.hasPending, s.acquired = pipeline.Item{CommitEnd: e.CommitLSN}, true, true'
+	'		s.pending, s.hasPending, s.acquired = pipeline.Item{CommitEnd: e.EndLSN}, true, true' \
+	'		s.pending, s.hasPending, s.acquired = pipeline.Item{CommitEnd: e.CommitLSN}, true, true'
 
-# §3.1 / §3.6 / §8: the keepalive position only when nothing is in flight.
+# §3.1 / §3.6 / §8: the keepalive position only when nothing is in flight
+# (checkpoint.Confirmer, which the stream asks).
 mutant source-keepalive-while-rows-in-flight ./internal/daemon 'TestSourceConfirmsOnlyWhatIsDurable|TestSlotNeverConfirmedPastBufferedRows' \
-	internal/daemon/source.go \
-	'!s.hasPending && !s.inTxn && durable >= s.lastCommitEnd && s.idleEnd > durable' \
-	'!s.hasPending && !s.inTxn && s.idleEnd > durable'
+	checkpoint/confirm.go \
+	'	if !c.open && lsn >= c.handedOn && c.idle > lsn {' \
+	'	if !c.open && c.idle > lsn {'
+
+# §3.1 / §8: a keepalive seen inside a transaction does not count.
+mutant confirmer-keepalive-inside-transaction ./checkpoint TestConfirmer \
+	checkpoint/confirm.go \
+	'	if !c.open {
+		c.idle = max(c.idle, serverWALEnd)' \
+	'	if true {
+		c.idle = max(c.idle, serverWALEnd)'
+
+# §3.6: the confirmed position never moves backwards.
+mutant confirmer-moves-backwards ./checkpoint TestConfirmer \
+	checkpoint/confirm.go \
+	'	c.answered = max(c.answered, lsn)
+	return c.answered' \
+	'	c.answered = lsn
+	return lsn'
 
 # §8: only flush advances the slot; a flush left 0 gets pglogrepl's copy of
 # the write position (here, as in many clients, the position received).

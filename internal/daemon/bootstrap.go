@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/outbox-cdc/outbox-cdc/backfill"
-	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 	"github.com/outbox-cdc/outbox-cdc/sink"
 )
@@ -130,7 +129,7 @@ func (d *Daemon) backfill(ctx context.Context, sd *Shutdown, state backfill.Stat
 	}
 	d.setUp.Store(true)
 	d.log.Info("backfill: delivering rows that predate the slot", "slot", slotName)
-	dl := d.startDelivery(ctx, w, checkpoint.NewTracker(0))
+	dl := d.startDelivery(ctx, w, nil)
 	start := time.Now()
 	n, err := backfill.Run(ctx, d.pool, slotName, d.cfg.Postgres.Table, state.ConsistentLSN, d.cfg.Batch.Size, func(r sink.Row) error {
 		if err := dl.hand(ctx, sd.Drain(), &r); err != nil {

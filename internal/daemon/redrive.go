@@ -63,7 +63,7 @@ func RetryFailed(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, lo
 	}
 
 	counting := &countingMarker{Marker: checkpoint.NewStore(pool, cfg.Postgres.Table).Fenced(terms...)}
-	dl := startDelivery(ctx, cfg, s, counting, checkpoint.NewTracker(0), m, log)
+	dl := startDelivery(ctx, cfg, s, counting, nil, m, log)
 	res.Read, err = backfill.Failed(ctx, pool, cfg.Postgres.Table, maxAttempts, cfg.Batch.Size, func(r sink.Row) error {
 		return dl.hand(ctx, nil, &r)
 	})

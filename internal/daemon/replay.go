@@ -102,7 +102,7 @@ func Replay(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *sl
 	}
 	w := &countingWriter{Writer: s}
 	mk := &replayMarker{log: log}
-	dl := startDelivery(ctx, cfg, w, mk, checkpoint.NewTracker(0), m, log)
+	dl := startDelivery(ctx, cfg, w, mk, nil, m, log)
 	send := func(r sink.Row) error {
 		// Only rows the outbox still calls processed: verify found them
 		// so, and nothing else is replay's to deliver.

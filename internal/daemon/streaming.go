@@ -78,14 +78,14 @@ func (d *Daemon) stream(ctx context.Context, sd *Shutdown) error {
 		d.metrics.ConfirmedLSN.Set(float64(slot.ConfirmedFlush))
 		d.confirmed.Store(uint64(slot.ConfirmedFlush))
 		d.log.Info("streaming", "slot", slotName, "from_lsn", slot.ConfirmedFlush.String())
-		return d.pump(ctx, sd, st, checkpoint.NewTracker(slot.ConfirmedFlush))
+		return d.pump(ctx, sd, st, checkpoint.NewConfirmer(slot.ConfirmedFlush))
 	}
 }
 
 // pump reads the stream and feeds the pipeline, answering the server in
 // between, until the graceful stop (then it delivers and confirms what it
 // read) or an error.
-func (d *Daemon) pump(ctx context.Context, sd *Shutdown, st *replication.Stream, tracker *checkpoint.Tracker) error {
+func (d *Daemon) pump(ctx context.Context, sd *Shutdown, st *replication.Stream, confirm *checkpoint.Confirmer) error {
 	d.setUp.Store(true)
 	d.streaming.Store(true)
 	d.metrics.Connected.Set(1)
@@ -94,9 +94,10 @@ func (d *Daemon) pump(ctx context.Context, sd *Shutdown, st *replication.Stream,
 		d.metrics.Connected.Set(0)
 	}()
 
-	dl := d.startDelivery(ctx, d.sink, tracker)
-	src := newSource(d.cfg.Postgres.Table, d.metrics, dl.budget)
-	if err := src.read(ctx, sd, st, tracker, dl); err != nil {
+	dl := d.startDelivery(ctx, d.sink, confirm)
+	src := newSource(d.cfg.Postgres.Table, d.metrics, dl.budget, confirm)
+	status := func(ctx context.Context) error { return d.confirm(ctx, st, confirm, false) }
+	if err := src.read(ctx, sd, st, dl, status); err != nil {
 		return dl.finish(err)
 	}
 	// Graceful stop: deliver what was read, confirm it, then leave.
@@ -109,14 +110,13 @@ func (d *Daemon) pump(ctx context.Context, sd *Shutdown, st *replication.Stream,
 			if dl.err != nil {
 				return dl.err
 			}
-			final := src.confirmable(tracker.Durable())
-			if err := st.SendStatus(ctx, final); err != nil {
+			if err := d.confirm(ctx, st, confirm, true); err != nil {
 				return err
 			}
-			d.log.Info("stopped cleanly", "slot", d.cfg.Postgres.Slot, "confirmed_lsn", final.String())
+			d.log.Info("stopped cleanly", "slot", d.cfg.Postgres.Slot, "confirmed_lsn", st.Confirmed().String())
 			return nil
 		case <-tick.C:
-			if err := st.UpdateStatus(ctx, tracker.Durable()); err != nil {
+			if err := status(ctx); err != nil {
 				return err
 			}
 		case <-ctx.Done():
@@ -125,10 +125,29 @@ func (d *Daemon) pump(ctx context.Context, sd *Shutdown, st *replication.Stream,
 	}
 }
 
+// confirm sends the slot what confirm allows: now, or when a status update
+// is due (replication.Stream.UpdateStatus), and publishes what the slot was
+// last told (cdc_confirmed_lsn, Sentry reports).
+func (d *Daemon) confirm(ctx context.Context, st *replication.Stream, confirm *checkpoint.Confirmer, now bool) error {
+	lsn := confirm.Confirmable()
+	send := st.UpdateStatus
+	if now {
+		send = st.SendStatus
+	}
+	if err := send(ctx, lsn); err != nil {
+		return err
+	}
+	if c := st.Confirmed(); c != 0 {
+		d.metrics.ConfirmedLSN.Set(float64(c))
+		d.confirmed.Store(uint64(c))
+	}
+	return nil
+}
+
 // startDelivery starts a pipeline of the daemon's term over w, marking
 // through the fenced store (rows rejected are reported to Sentry).
-func (d *Daemon) startDelivery(ctx context.Context, w pipeline.Writer, tracker *checkpoint.Tracker) *delivery {
-	return startDelivery(ctx, d.cfg, w, &reportingMarker{Marker: d.fencedStore(), d: d}, tracker, d.metrics, d.log)
+func (d *Daemon) startDelivery(ctx context.Context, w pipeline.Writer, positions pipeline.Positions) *delivery {
+	return startDelivery(ctx, d.cfg, w, &reportingMarker{Marker: d.fencedStore(), d: d}, positions, d.metrics, d.log)
 }
 
 // delivery is a pipeline running in its own goroutine and the input its
@@ -150,13 +169,13 @@ type delivery struct {
 // drains it in bursts, and the rows it holds count against the budget, so
 // whatever their size it never holds more bytes than the budget allows.
 func startDelivery(ctx context.Context, cfg *config.Config, w pipeline.Writer, mk pipeline.Marker,
-	tracker *checkpoint.Tracker, m *metrics.Metrics, log *slog.Logger) *delivery {
+	positions pipeline.Positions, m *metrics.Metrics, log *slog.Logger) *delivery {
 	budget := pipeline.DefaultBudget(cfg.Batch.MaxBytes)
 	p := pipeline.New(pipeline.Options{
 		Size: cfg.Batch.Size, MaxBytes: cfg.Batch.MaxBytes, FlushInterval: cfg.Batch.FlushInterval,
 		Queue: cfg.Batch.QueueBatches, Retry: backoff.Policy{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff},
 		Budget: budget,
-	}, w, mk, tracker, m, log)
+	}, w, mk, positions, m, log)
 	ctx, cancel := context.WithCancel(ctx)
 	dl := &delivery{in: make(chan pipeline.Item, min(cfg.Batch.Size, 1024)), budget: budget, done: make(chan struct{}), cancel: cancel}
 	go func() {
