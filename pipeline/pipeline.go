@@ -29,7 +29,6 @@ import (
 
 	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/internal/backoff"
-	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/sink"
 )
 
@@ -82,7 +81,7 @@ type Options struct {
 	// batch waits until the writer takes it: the next batch is still
 	// filled while one is written, with one batch less in memory.
 	Queue int
-	Retry backoff.Policy
+	Retry Backoff
 	// Budget, when set, is the byte budget the source acquires each row's
 	// Item.Size from; the pipeline releases a batch's bytes after its
 	// insert. Nil leaves the rows held bounded by counts only.
@@ -104,12 +103,13 @@ type Pipeline struct {
 	sink    Writer
 	marker  Marker
 	tracker Positions
-	metrics *metrics.Metrics
+	obs     Observer
+	retry   backoff.Policy
 	log     *slog.Logger
 }
 
-// New returns a pipeline; m may be nil.
-func New(opts Options, w Writer, mk Marker, t Positions, m *metrics.Metrics, log *slog.Logger) *Pipeline {
+// New returns a pipeline; t and obs may be nil.
+func New(opts Options, w Writer, mk Marker, t Positions, obs Observer, log *slog.Logger) *Pipeline {
 	if opts.Size <= 0 {
 		opts.Size = 1000
 	}
@@ -120,10 +120,10 @@ func New(opts Options, w Writer, mk Marker, t Positions, m *metrics.Metrics, log
 		opts.FlushInterval = time.Second
 	}
 	opts.Queue = max(opts.Queue, 0)
-	if m == nil {
-		m = metrics.New()
+	if obs == nil {
+		obs = noObserver{}
 	}
-	return &Pipeline{opts: opts, sink: w, marker: mk, tracker: t, metrics: m, log: log}
+	return &Pipeline{opts: opts, sink: w, marker: mk, tracker: t, obs: obs, retry: backoff.Policy(opts.Retry), log: log}
 }
 
 type batch struct {
@@ -181,14 +181,11 @@ func (p *Pipeline) batch(ctx context.Context, in <-chan Item, queue chan<- *batc
 	timer.Stop()
 	defer timer.Stop()
 
-	// Metrics are updated once per burst of rows, not per row.
+	// The observer hears once per burst of rows, not per row.
 	unreported := 0
 	report := func() {
-		if unreported > 0 {
-			p.metrics.RowsReceived.Add(float64(unreported))
-			unreported = 0
-		}
-		p.metrics.BufferRows.Set(float64(len(cur.rows)))
+		p.obs.Buffered(unreported, len(cur.rows))
+		unreported = 0
 	}
 
 	cut := func() error {
@@ -206,7 +203,7 @@ func (p *Pipeline) batch(ctx context.Context, in <-chan Item, queue chan<- *batc
 			return ctx.Err()
 		}
 		queuedSafe = lastSafe
-		p.metrics.BufferRows.Set(0)
+		p.obs.Buffered(0, 0)
 		cur = &batch{rows: make([]sink.Row, 0, p.opts.Size)}
 		return nil
 	}
@@ -384,18 +381,18 @@ func (p *Pipeline) insert(ctx context.Context, b *batch) (ids []int64, start tim
 	defer p.opts.Budget.Release(b.bytes)
 	start = time.Now()
 	var res sink.Result
-	err = backoff.Retry(ctx, p.opts.Retry, p.log, "clickhouse insert", func(ctx context.Context) error {
+	err = backoff.Retry(ctx, p.retry, p.log, "clickhouse insert", func(ctx context.Context) error {
 		var err error
 		res, err = p.sink.Write(ctx, b.rows)
 		if err != nil {
-			p.metrics.FlushErrors.Inc()
+			p.obs.InsertFailed(err)
 		}
 		return err
 	})
 	if err != nil {
 		return nil, start, err
 	}
-	p.metrics.RowsFlushed.Add(float64(res.Inserted))
+	p.obs.Inserted(res.Inserted)
 	p.log.Debug("inserted", "rows", len(b.rows), "inserted", res.Inserted, "skipped", res.Skipped,
 		"rejected", len(res.Rejected), "duration", time.Since(start))
 	ids = make([]int64, 0, len(b.rows))
@@ -412,12 +409,12 @@ func (p *Pipeline) insert(ctx context.Context, b *batch) (ids []int64, start tim
 		rejected[r.ID] = true
 		p.log.Error("row rejected by ClickHouse, marked failed", "id", r.ID, "err", r.Err)
 	}
-	if err := backoff.Retry(ctx, p.opts.Retry, p.log, "postgres mark failed", func(ctx context.Context) error {
+	if err := backoff.Retry(ctx, p.retry, p.log, "postgres mark failed", func(ctx context.Context) error {
 		return p.marker.MarkFailed(ctx, failures, b.xids)
 	}); err != nil {
 		return nil, start, err
 	}
-	p.metrics.RowsFailed.Add(float64(len(failures)))
+	p.obs.Rejected(len(failures))
 	for _, r := range b.rows {
 		if !rejected[r.ID] {
 			ids = append(ids, r.ID)
@@ -431,16 +428,13 @@ func (p *Pipeline) insert(ctx context.Context, b *batch) (ids []int64, start tim
 // when its insert began, for the flush duration.
 func (p *Pipeline) mark(ctx context.Context, n int, safe pglogrepl.LSN, ids []int64, xids []uint32, start time.Time) error {
 	marked := time.Now()
-	if err := backoff.Retry(ctx, p.opts.Retry, p.log, "postgres mark processed", func(ctx context.Context) error {
+	if err := backoff.Retry(ctx, p.retry, p.log, "postgres mark processed", func(ctx context.Context) error {
 		return p.marker.MarkProcessed(ctx, ids, xids)
 	}); err != nil {
 		return err
 	}
 	took := time.Since(start)
-	p.metrics.BatchesFlushed.Inc()
-	p.metrics.BatchRows.Observe(float64(n))
-	p.metrics.FlushDuration.Observe(took.Seconds())
-	p.metrics.LastFlush.SetToCurrentTime()
+	p.obs.Delivered(n, took)
 	p.log.Debug("flushed", "rows", n, "safe_lsn", safe.String(), "duration", took,
 		"mark_duration", time.Since(marked))
 	return nil

@@ -8,7 +8,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/outbox-cdc/outbox-cdc/internal/daemon"
-	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 )
 
 func retryFailedCmd(configFile *string) *cobra.Command {
@@ -36,7 +35,7 @@ again (also after a crash) never inserts a row twice. It can run while
 				return err
 			}
 			defer pool.Close()
-			res, err := daemon.RetryFailed(ctx, cfg, pool, log, metrics.New(), maxAttempts, nil)
+			res, err := daemon.RetryFailed(ctx, cfg, pool, log, maxAttempts)
 			if err != nil {
 				return err
 			}

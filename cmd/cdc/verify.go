@@ -20,7 +20,6 @@ import (
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
 	"github.com/outbox-cdc/outbox-cdc/internal/daemon"
 	"github.com/outbox-cdc/outbox-cdc/internal/logging"
-	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/verify"
 )
 
@@ -210,7 +209,7 @@ func replayCmd(configFile *string) *cobra.Command {
 				return nil
 			}
 			bar := newProgressBar(os.Stderr, "replay", false)
-			res, err := daemon.Replay(ctx, cfg, pool, log, metrics.New(), rng, dryRun, bar.update)
+			res, err := daemon.Replay(ctx, cfg, pool, log, rng, dryRun, bar.update)
 			bar.done()
 			if err != nil {
 				return err

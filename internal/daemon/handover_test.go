@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/outbox-cdc/outbox-cdc/backfill"
-	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 	"github.com/outbox-cdc/outbox-cdc/sink"
@@ -88,7 +87,7 @@ func TestRedrivenRowKeepsItsStreamPosition(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if res, err := RetryFailed(ctx, o.Config(), o.PG, log, metrics.New(), 0, nil); err != nil || res.Read != 1 || res.StillFailed != 0 {
+	if res, err := RetryFailed(ctx, o.Config(), o.PG, log, 0); err != nil || res.Read != 1 || res.StillFailed != 0 {
 		t.Fatalf("retry-failed: %+v, %v; want the row delivered", res, err)
 	}
 	var lsn, seq uint64
@@ -176,13 +175,13 @@ func TestRunbookResetOfAttemptsRedrivesRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if res, err := RetryFailed(ctx, o.Config(), o.PG, log, metrics.New(), 5, nil); err != nil || res.Read != 0 {
+	if res, err := RetryFailed(ctx, o.Config(), o.PG, log, 5); err != nil || res.Read != 0 {
 		t.Fatalf("rows with used-up attempts: read %d, %v; want 0", res.Read, err)
 	}
 	if _, err := o.PG.Exec(ctx, `UPDATE event_outbox SET attempts = 1 WHERE status = 'failed'`); err != nil { // the runbook's statement
 		t.Fatal(err)
 	}
-	if res, err := RetryFailed(ctx, o.Config(), o.PG, log, metrics.New(), 5, nil); err != nil || res.Read != 3 {
+	if res, err := RetryFailed(ctx, o.Config(), o.PG, log, 5); err != nil || res.Read != 3 {
 		t.Fatalf("after the runbook's reset: read %d, %v; want 3", res.Read, err)
 	}
 	o.AssertExactlyOnce(ids, nil)

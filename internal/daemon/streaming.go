@@ -24,9 +24,7 @@ import (
 	"time"
 
 	"github.com/outbox-cdc/outbox-cdc/checkpoint"
-	"github.com/outbox-cdc/outbox-cdc/internal/backoff"
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
-	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/pipeline"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 	"github.com/outbox-cdc/outbox-cdc/sink"
@@ -144,10 +142,11 @@ func (d *Daemon) confirm(ctx context.Context, st *replication.Stream, confirm *c
 	return nil
 }
 
-// startDelivery starts a pipeline of the daemon's term over w, marking
-// through the fenced store (rows rejected are reported to Sentry).
+// startDelivery starts a pipeline of the daemon's term over w (the stream's
+// or the backfill's), marking through the fenced store (rows rejected are
+// reported to Sentry); it reports to the stream's observer.
 func (d *Daemon) startDelivery(ctx context.Context, w pipeline.Writer, positions pipeline.Positions) *delivery {
-	return startDelivery(ctx, d.cfg, w, &reportingMarker{Marker: d.fencedStore(), d: d}, positions, d.metrics, d.log)
+	return startDelivery(ctx, d.cfg, w, &reportingMarker{Marker: d.fencedStore(), d: d}, positions, streamObserver{workObserver{d.metrics}}, d.log)
 }
 
 // delivery is a pipeline running in its own goroutine and the input its
@@ -169,13 +168,13 @@ type delivery struct {
 // drains it in bursts, and the rows it holds count against the budget, so
 // whatever their size it never holds more bytes than the budget allows.
 func startDelivery(ctx context.Context, cfg *config.Config, w pipeline.Writer, mk pipeline.Marker,
-	positions pipeline.Positions, m *metrics.Metrics, log *slog.Logger) *delivery {
+	positions pipeline.Positions, obs pipeline.Observer, log *slog.Logger) *delivery {
 	budget := pipeline.DefaultBudget(cfg.Batch.MaxBytes)
 	p := pipeline.New(pipeline.Options{
 		Size: cfg.Batch.Size, MaxBytes: cfg.Batch.MaxBytes, FlushInterval: cfg.Batch.FlushInterval,
-		Queue: cfg.Batch.QueueBatches, Retry: backoff.Policy{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff},
+		Queue: cfg.Batch.QueueBatches, Retry: pipeline.Backoff{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff},
 		Budget: budget,
-	}, w, mk, positions, m, log)
+	}, w, mk, positions, obs, log)
 	ctx, cancel := context.WithCancel(ctx)
 	dl := &delivery{in: make(chan pipeline.Item, min(cfg.Batch.Size, 1024)), budget: budget, done: make(chan struct{}), cancel: cancel}
 	go func() {
