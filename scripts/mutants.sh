@@ -280,8 +280,8 @@ mutant redrive-at-position-zero ./internal/daemon TestRedrivenRowKeepsItsStreamP
 # §3.1: a publication that leaves outbox rows out is refused before the slot.
 mutant daemon-skips-publication-check ./internal/daemon TestRunChecksThePublicationBeforeTheSlot \
 	internal/daemon/bootstrap.go \
-	'	if err := replication.CheckPublication(ctx, d.pool, d.cfg.Postgres.Publication, d.cfg.Postgres.Table); err != nil {' \
-	'	if err := error(nil); err != nil {'
+	'	if err := replication.CheckPublication(ctx, d.pool, d.cfg.Postgres.Publication, schema, name); err != nil {' \
+	'	if err := error(nil); err != nil && schema != name {'
 
 # §3.1: a publication of other tables too is refused (their rows stop the stream).
 mutant publication-allows-other-tables ./replication TestCheckPublication \

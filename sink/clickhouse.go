@@ -27,6 +27,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/column"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/cespare/xxhash/v2"
+	"github.com/jackc/pglogrepl"
 
 	"github.com/outbox-cdc/outbox-cdc/decoder"
 )
@@ -318,7 +319,7 @@ func (c *ClickHouse) Recover(ctx context.Context, floor uint64) error {
 	}
 	if c.hasHWM {
 		c.log.Info("rows above the slot position are already in ClickHouse; re-sent rows up to here are checked by id",
-			"table", c.opts.Table, "hwm_lsn", lsnString(c.hwm.LSN), "hwm_seq", c.hwm.Seq)
+			"table", c.opts.Table, "hwm_lsn", pglogrepl.LSN(c.hwm.LSN).String(), "hwm_seq", c.hwm.Seq)
 	}
 	return nil
 }
@@ -848,5 +849,3 @@ func (e *dataError) Unwrap() error { return e.err }
 func quoteIdent(s string) string {
 	return "`" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "`", "\\`") + "`"
 }
-
-func lsnString(l uint64) string { return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l)) }

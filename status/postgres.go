@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/internal/errclass"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 )
@@ -211,8 +212,9 @@ func gatherPostgres(ctx context.Context, o Options, r *Report) (Code, string) {
 	}
 
 	if o.Publication != "" {
+		schema, name := checkpoint.SplitTable(o.Table)
 		qctx, cancel = queryCtx()
-		err = replication.CheckPublication(qctx, conn, o.Publication, o.Table)
+		err = replication.CheckPublication(qctx, conn, o.Publication, schema, name)
 		cancel()
 		if err != nil {
 			r.PublicationError = ptr(strings.TrimPrefix(oneLine(err), "postgres: "))
@@ -269,7 +271,7 @@ func lsnDiff(a, b *LSN) *int64 {
 // see migration 0005); the processed count falls back to an estimate when it
 // exceeds statement_timeout.
 func gatherOutbox(ctx context.Context, conn *pgx.Conn, o Options, r *Report) error {
-	schema, name := splitTable(o.Table)
+	schema, name := checkpoint.SplitTable(o.Table)
 	table := pgx.Identifier{schema, name}.Sanitize()
 	timeout := o.timeout() + time.Second
 
@@ -356,7 +358,7 @@ type Backlog struct {
 // OutboxBacklog counts pending and failed rows of table ([schema.]name) as
 // `cdc status` does; the daemon exports it as metrics.
 func OutboxBacklog(ctx context.Context, q replication.Querier, table string) (Backlog, error) {
-	schema, name := splitTable(table)
+	schema, name := checkpoint.SplitTable(table)
 	var b Backlog
 	err := q.QueryRow(ctx, `SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed'),
 	       extract(epoch FROM (now() AT TIME ZONE 'utc') - min(created_at) FILTER (WHERE status = 'pending'))::float8

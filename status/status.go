@@ -37,6 +37,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
 	"github.com/outbox-cdc/outbox-cdc/replication"
@@ -357,7 +358,7 @@ func (e *reportError) Unwrap() error { return e.sentinel }
 // a few multiples of the timeout even when a server does not answer, and
 // sooner when ctx ends.
 func Gather(ctx context.Context, o Options) *Report {
-	schema, name := splitTable(o.Table)
+	schema, name := checkpoint.SplitTable(o.Table)
 	r := &Report{
 		Time:     time.Now().UTC(),
 		Warnings: []string{},
@@ -537,14 +538,6 @@ func warnings(r *Report) []string {
 		w = append(w, "clickhouse unavailable: "+*r.ClickHouseError)
 	}
 	return w
-}
-
-// splitTable returns schema and name of "[schema.]name", like postgres.table.
-func splitTable(table string) (schema, name string) {
-	if i := strings.IndexByte(table, '.'); i >= 0 {
-		return table[:i], table[i+1:]
-	}
-	return "public", table
 }
 
 // oneLine flattens an error message (pgconn reports several hosts' attempts

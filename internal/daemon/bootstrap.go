@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/outbox-cdc/outbox-cdc/backfill"
+	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 	"github.com/outbox-cdc/outbox-cdc/sink"
 )
@@ -30,7 +31,8 @@ import (
 // needed, and its backfill delivered. It returns nil early when the
 // graceful stop interrupts the backfill (it resumes on the next start).
 func (d *Daemon) bootstrap(ctx context.Context, sd *Shutdown) error {
-	if err := replication.CheckPublication(ctx, d.pool, d.cfg.Postgres.Publication, d.cfg.Postgres.Table); err != nil {
+	schema, name := checkpoint.SplitTable(d.cfg.Postgres.Table)
+	if err := replication.CheckPublication(ctx, d.pool, d.cfg.Postgres.Publication, schema, name); err != nil {
 		return err
 	}
 	state, err := d.prepareSlot(ctx)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/outbox-cdc/outbox-cdc/internal/backoff"
 	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 	"github.com/outbox-cdc/outbox-cdc/status"
@@ -115,10 +116,9 @@ func (d *Daemon) retention(ctx context.Context) {
 				return
 			}
 			d.metrics.OutboxDeleted.Add(float64(n))
-			if n < 1000 {
+			if n < 1000 || backoff.Sleep(ctx, 100*time.Millisecond) != nil {
 				return
 			}
-			time.Sleep(100 * time.Millisecond)
 		}
 	})
 }
