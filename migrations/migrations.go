@@ -175,10 +175,13 @@ type ClickHouse struct {
 	// CLUSTER, and Table is a Distributed table over it.
 	Cluster string
 	// EventContext is the type event_context gets in a table migrate
-	// creates: "auto" (or ""): JSON where the server's JSON type is generally
+	// creates (clickhouse.event_context_type, which `cdc migrate` always
+	// passes): "auto": JSON where the server's JSON type is generally
 	// available (Version.JSON), else String; "string"; "json" (an error on a
-	// server without it). An existing table keeps its type, unless the
-	// choice is explicit and differs: then migrate fails with the ALTER.
+	// server without it). "" is String, the layout of every earlier
+	// version, for callers that do not choose (tests of the String layout).
+	// An existing table keeps its type, unless the choice is explicit and
+	// differs: then migrate fails with the ALTER.
 	EventContext string
 	// Views are the per-event-type tables and their materialized views
 	// (see applyViews).
@@ -232,12 +235,12 @@ func (v Version) JSON() bool { return v.Major > 25 || (v.Major == 25 && v.Minor 
 // contextType is the type event_context gets in a table migrate creates.
 func (c ClickHouse) contextType(v Version) (string, error) {
 	switch c.EventContext {
-	case "", "auto":
+	case "auto":
 		if v.JSON() {
 			return "JSON", nil
 		}
 		return "String", nil
-	case "string":
+	case "", "string":
 		return "String", nil
 	case "json":
 		if !v.JSON() {

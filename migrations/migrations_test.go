@@ -176,7 +176,7 @@ func TestClickHouseStatementsByVersion(t *testing.T) {
 		{migrations.Version{25, 3}, "event_context    JSON,", "event_context    String"},
 		{migrations.Version{26, 1}, "event_context    JSON,", "event_context    String"},
 	} {
-		stmts, _, err := migrations.ClickHouseStatements(tc.v, migrations.ClickHouse{Database: "d", Table: "t"})
+		stmts, _, err := migrations.ClickHouseStatements(tc.v, migrations.ClickHouse{Database: "d", Table: "t", EventContext: "auto"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -204,6 +204,7 @@ func TestEventContextTypeOverride(t *testing.T) {
 		{migrations.Version{26, 1}, "string", "event_context    String,", ""},
 		{migrations.Version{25, 3}, "json", "event_context    JSON,", ""},
 		{migrations.Version{18, 16}, "auto", "event_context    String,", ""},
+		{migrations.Version{26, 1}, "", "event_context    String,", ""}, // callers that do not choose
 		{migrations.Version{25, 2}, "json", "", "clickhouse.event_context_type is json, but ClickHouse 25.2 has no generally available JSON type (25.3 and later have it): set it to auto or string"},
 		{migrations.Version{18, 16}, "json", "", "clickhouse.event_context_type is json, but ClickHouse 18.16"},
 	} {
