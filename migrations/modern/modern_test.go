@@ -23,31 +23,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// engine is the embedded engine with a database of the test's own.
-func engine(t *testing.T) (*chdb.Engine, string) {
-	t.Helper()
-	eng, err := chdb.Shared()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := eng.ServerVersion()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if v.Version.Major < 25 || (v.Version.Major == 25 && v.Version.Minor < 3) {
-		t.Fatalf("embedded engine is ClickHouse %s; these checks need 25.3 or later (the JSON type)", eng.Version())
-	}
-	db, drop, err := eng.NewDatabase(context.Background(), t.Name())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := drop(); err != nil {
-			t.Errorf("drop database %s: %v", db, err)
-		}
-	})
-	return eng, db
-}
+// engine is the embedded engine with a database of the test's own; the
+// JSON type is generally available from 25.3.
+func engine(t *testing.T) (*chdb.Engine, string) { return chdb.ForTest(t, 25, 3) }
 
 // outbox is the outbox's relation as pgoutput describes it.
 var outbox = &decoder.Relation{ID: 1, Namespace: "public", Name: "event_outbox", Columns: []decoder.Column{
