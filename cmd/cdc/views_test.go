@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -136,5 +137,26 @@ func assertViewExact(t *testing.T, o *testenv.Outbox, typ, table string) {
 	}
 	if wrong != 0 {
 		t.Errorf("%s: %d rows with values the view did not extract from their event", table, wrong)
+	}
+}
+
+// clickhouse.event_context_type: json on a server without a generally
+// available JSON type (18.16 here) stops `cdc migrate` with the reason and
+// the fix, before it creates anything in ClickHouse.
+func TestMigrateRefusesJSONOnOldServer(t *testing.T) {
+	bin := cdcBinary(t)
+	pgURL, db := testenv.NewPostgresDB(t), testenv.NewClickHouseDB(t)
+	cmd := exec.Command(bin, "migrate")
+	cmd.Env = append(os.Environ(), "CDC_POSTGRES_URL="+pgURL, "CDC_CLICKHOUSE_ADDR="+testenv.ClickHouseAddr(t),
+		"CDC_CLICKHOUSE_DATABASE="+db, "CDC_CLICKHOUSE_EVENT_CONTEXT_TYPE=json", "CDC_LOG_FORMAT=json")
+	out, err := cmd.CombinedOutput()
+	want := "clickhouse.event_context_type is json, but ClickHouse 18.16 has no generally available JSON type (25.3 and later have it): set it to auto or string"
+	if err == nil || !strings.Contains(string(out), want) {
+		t.Fatalf("cdc migrate: %v\n%s\nwant a failure saying %q", err, out, want)
+	}
+	var tables uint64
+	o := testenv.OpenOutbox(t, pgURL, testenv.ClickHouseAddr(t), db)
+	if err := o.CH.QueryRow(context.Background(), "SELECT count() FROM system.tables WHERE database = ?", db).Scan(&tables); err != nil || tables != 0 {
+		t.Errorf("%d tables in %s (%v), want none", tables, db, err)
 	}
 }
