@@ -693,6 +693,12 @@ func TestCloseFlushesEverything(t *testing.T) {
 					h.send(commitItem(tx.end))
 				}
 			}
+			// The close must find the batcher idle, waiting for input with
+			// rows buffered (its burst is over once every row is reported
+			// received): a close taken in the middle of a burst is another
+			// path, and this test is the guard of the idle one.
+			sent := int64(tt.txns[len(tt.txns)-1].to)
+			waitFor(t, "the batcher to take every row", func() bool { return h.obs.received.Load() == sent })
 			if err := h.closeAndWait(); err != nil {
 				t.Fatalf("Run: %v", err)
 			}
