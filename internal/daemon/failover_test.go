@@ -10,13 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2"
-	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
-	"github.com/outbox-cdc/outbox-cdc/migrations"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 )
 
@@ -166,32 +163,9 @@ func (s *syncBuffer) String() string {
 // synchronous_standby_names is server-wide (its commits do not wait for the
 // standby, which does not exist: the test servers run synchronous_commit = off).
 func TestStartWarnsWhenConsumerCanPassTheStandby(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	s := testenv.StartPrivate(t, "daemon-guard")
-	conn, err := pgx.Connect(ctx, s.PGURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := migrations.ApplyPostgres(ctx, conn, migrations.Postgres{Table: "public.event_outbox", Publication: "cdc_outbox"}); err != nil {
-		t.Fatal(err)
-	}
-	ch, err := clickhouse.Open(&clickhouse.Options{Addr: []string{s.CHAddr}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ch.Close()
-	if _, err := migrations.ApplyClickHouse(ctx, ch, migrations.ClickHouse{Database: "default", Table: "events"}); err != nil {
-		t.Fatal(err)
-	}
-	for _, sql := range []string{`ALTER SYSTEM SET synchronous_standby_names = 'standby1'`, `SELECT pg_reload_conf()`} {
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
-	o := testenv.OpenOutbox(t, s.PGURL, s.CHAddr, "default")
-	o.Slot = "cdc_outbox"
+	o := s.Outbox(t)
+	s.SetSynchronousStandbyNames(t, "standby1")
 	cfg := o.Config()
 	var logs syncBuffer
 	d := New(cfg, slog.New(slog.NewJSONHandler(&logs, nil)), metrics.New())

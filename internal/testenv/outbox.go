@@ -38,16 +38,35 @@ type Outbox struct {
 func NewOutbox(t testing.TB) *Outbox {
 	t.Helper()
 	pgURL, chAddr, chDB := NewPostgresDB(t), ClickHouseAddr(t), NewClickHouseDB(t)
+	migrateOutbox(t, pgURL, chAddr, chDB)
+	return OpenOutbox(t, pgURL, chAddr, chDB)
+}
+
+// Outbox migrates both sides on private servers (PostgreSQL database "cdc",
+// ClickHouse database "default") and connects to them. Its slot is
+// "cdc_outbox", the daemon's default: the server is the test's own.
+func (s *Servers) Outbox(t testing.TB) *Outbox {
+	t.Helper()
+	migrateOutbox(t, s.PGURL, s.CHAddr, "default")
+	o := OpenOutbox(t, s.PGURL, s.CHAddr, "default")
+	o.Slot = "cdc_outbox"
+	return o
+}
+
+// migrateOutbox makes event_outbox and its publication in pgURL's database
+// and the events table in ClickHouse database chDB, as `cdc migrate` does.
+func migrateOutbox(t testing.TB, pgURL, chAddr, chDB string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, pgURL)
 	if err != nil {
 		t.Fatalf("connect postgres: %v", err)
 	}
+	defer conn.Close(context.Background())
 	if _, err := migrations.ApplyPostgres(ctx, conn, migrations.Postgres{Table: "public.event_outbox", Publication: "cdc_outbox"}); err != nil {
 		t.Fatalf("migrate postgres: %v", err)
 	}
-	conn.Close(ctx)
 	ch, err := clickhouse.Open(&clickhouse.Options{Addr: []string{chAddr}})
 	if err != nil {
 		t.Fatalf("open clickhouse: %v", err)
@@ -56,7 +75,6 @@ func NewOutbox(t testing.TB) *Outbox {
 	if _, err := migrations.ApplyClickHouse(ctx, ch, migrations.ClickHouse{Database: chDB, Table: "events"}); err != nil {
 		t.Fatalf("migrate clickhouse: %v", err)
 	}
-	return OpenOutbox(t, pgURL, chAddr, chDB)
 }
 
 // OpenOutbox connects to an outbox that is already migrated.

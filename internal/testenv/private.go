@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Servers is a private PostgreSQL + ClickHouse pair started for one test,
@@ -104,6 +106,30 @@ func (s *Servers) run(args ...string) error {
 		return fmt.Errorf("%s %s: %w\n%s", s.script, strings.Join(args, " "), err, out)
 	}
 	return nil
+}
+
+// SetSynchronousStandbyNames sets the server-wide synchronous_standby_names
+// of the private PostgreSQL ("" resets it) and reloads the configuration:
+// the reason such tests need a server of their own.
+func (s *Servers) SetSynchronousStandbyNames(t testing.TB, names string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, s.PGURL)
+	if err != nil {
+		t.Fatalf("testenv: connect postgres: %v", err)
+	}
+	defer conn.Close(context.Background())
+	set := `ALTER SYSTEM RESET synchronous_standby_names`
+	if names != "" {
+		// ALTER SYSTEM takes no parameters: a quoted literal.
+		set = `ALTER SYSTEM SET synchronous_standby_names = '` + strings.ReplaceAll(names, "'", "''") + `'`
+	}
+	for _, sql := range []string{set, `SELECT pg_reload_conf()`} {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("testenv: %s: %v", sql, err)
+		}
+	}
 }
 
 // freePorts returns n distinct ports that were free a moment ago.
