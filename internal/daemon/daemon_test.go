@@ -1,10 +1,12 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,11 +27,26 @@ type running struct {
 	done    chan error
 }
 
+// start runs a daemon in-process until the test ends (its log shown with
+// -v).
 func start(t *testing.T, cfg *config.Config) *running {
 	t.Helper()
-	var w io.Writer = io.Discard
+	return startWriting(t, cfg, io.Discard)
+}
+
+// startLogged is start with the daemon's log kept for the test to search.
+func startLogged(t *testing.T, cfg *config.Config) (*running, *logBuffer) {
+	t.Helper()
+	buf := &logBuffer{}
+	return startWriting(t, cfg, buf), buf
+}
+
+// startWriting starts the daemon with its log written to w. At the end of
+// the test it is stopped gracefully, and hard after 30 s.
+func startWriting(t *testing.T, cfg *config.Config, w io.Writer) *running {
+	t.Helper()
 	if testing.Verbose() {
-		w = os.Stderr
+		w = io.MultiWriter(w, os.Stderr)
 	}
 	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	m := metrics.New()
@@ -48,6 +65,31 @@ func start(t *testing.T, cfg *config.Config) *running {
 		}
 	})
 	return r
+}
+
+// logBuffer collects a daemon's log for a test to search; the daemon's
+// goroutines write while the test reads.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) count(sub string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.b.String(), sub)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // shutdown stops gracefully and returns Run's result.

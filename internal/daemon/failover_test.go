@@ -1,18 +1,14 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 )
@@ -139,25 +135,6 @@ func TestFailoverSlotCreated(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log destination the daemon's goroutines and the test
-// share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // With a synchronous standby named and nothing holding logical decoding
 // back for it, the leader warns when its term starts. A private server:
 // synchronous_standby_names is server-wide (its commits do not wait for the
@@ -166,23 +143,9 @@ func TestStartWarnsWhenConsumerCanPassTheStandby(t *testing.T) {
 	s := testenv.StartPrivate(t, "daemon-guard")
 	o := s.Outbox(t)
 	s.SetSynchronousStandbyNames(t, "standby1")
-	cfg := o.Config()
-	var logs syncBuffer
-	d := New(cfg, slog.New(slog.NewJSONHandler(&logs, nil)), metrics.New())
-	sd := NewShutdown()
-	done := make(chan error, 1)
-	go func() { done <- d.Run(context.Background(), sd) }()
-	defer func() {
-		sd.Begin()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("daemon did not stop within 30s")
-		}
-	}()
-	waitFor(t, "streaming", 30*time.Second, func() bool { return d.streaming.Load() })
-	if !strings.Contains(logs.String(), "consumer can get ahead of the synchronous standby: ") ||
-		!strings.Contains(logs.String(), "standby1") {
-		t.Fatalf("no standby-guard warning at the start of the term; log:\n%s", logs.String())
+	r, logs := startLogged(t, o.Config())
+	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	if logs.count("consumer can get ahead of the synchronous standby: ") == 0 || logs.count("standby1") == 0 {
+		t.Fatalf("no standby-guard warning at the start of the term; log:\n%s", logs)
 	}
 }
