@@ -90,14 +90,8 @@ func TestCluster(t *testing.T) {
 // named ones.
 func binDirWithout(t *testing.T, pgbin string, without ...string) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "outbox-cdc-pgbin-")
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := serverDir(t, "pgbin") // the postgres user runs them
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil { // the postgres user runs them
-		t.Fatal(err)
-	}
 	entries, err := os.ReadDir(pgbin)
 	if err != nil {
 		t.Fatal(err)
