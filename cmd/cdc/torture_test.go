@@ -56,14 +56,23 @@ type daemonProc struct {
 	killed bool
 }
 
+// startDaemon starts `cdc run` with env added to the test's environment,
+// its output in logDir/name.log.
 func startDaemon(t *testing.T, bin string, env []string, logDir, name string) *daemonProc {
+	t.Helper()
+	return startProc(t, bin, env, logDir, name, "run")
+}
+
+// startProc starts the cdc subcommand args like startDaemon; the process is
+// killed at the end of the test if it still runs.
+func startProc(t *testing.T, bin string, env []string, logDir, name string, args ...string) *daemonProc {
 	t.Helper()
 	logPath := filepath.Join(logDir, name+".log")
 	f, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "run")
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
