@@ -106,15 +106,10 @@ func (r *running) shutdown(t *testing.T) error {
 	}
 }
 
+// waitFor is testenv.WaitFor, under the name this package's tests use.
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testenv.WaitFor(t, what, timeout, cond)
 }
 
 func TestConcurrentProducersWithRollbacks(t *testing.T) {

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // Servers is a private PostgreSQL + ClickHouse pair started for one test,
@@ -132,10 +130,7 @@ func (s *Servers) SetSynchronousStandbyNames(t testing.TB, names string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, s.PGURL)
-	if err != nil {
-		t.Fatalf("testenv: connect postgres: %v", err)
-	}
+	conn := Connect(t, s.PGURL)
 	defer conn.Close(context.Background())
 	set := `ALTER SYSTEM RESET synchronous_standby_names`
 	if names != "" {
