@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -92,6 +93,23 @@ func (l *logBuffer) String() string {
 	return l.b.String()
 }
 
+// waitStreaming waits until the daemon leads and streams.
+func (r *running) waitStreaming(t *testing.T) {
+	t.Helper()
+	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+}
+
+// addPoisonGuard makes ClickHouse reject every row of event_type 'poison'
+// on insert: a server-side rejection the sink cannot predict, so only
+// bisecting a batch finds the rows.
+func addPoisonGuard(t *testing.T, o *testenv.Outbox) {
+	t.Helper()
+	q := fmt.Sprintf("ALTER TABLE `%s`.events ADD COLUMN _guard UInt8 MATERIALIZED throwIf(event_type = 'poison')", o.CHDB)
+	if err := o.CH.Exec(context.Background(), q); err != nil {
+		t.Fatalf("add the poison guard: %v", err)
+	}
+}
+
 // shutdown stops gracefully and returns Run's result.
 func (r *running) shutdown(t *testing.T) error {
 	t.Helper()
@@ -158,7 +176,7 @@ func TestTransactionLargerThanFiveBatches(t *testing.T) {
 	cfg := o.Config()
 	cfg.Batch.Size = 100
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 
 	ids := o.MustInsert(650, true)
 	o.WaitCH(650, 60*time.Second)
@@ -177,7 +195,7 @@ func TestFlushByTimerBelowBatchSize(t *testing.T) {
 	cfg.Batch.Size = 1000
 	cfg.Batch.FlushInterval = 300 * time.Millisecond
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 
 	ids := o.MustInsert(5, true)
 	// Nothing else arrives: only the timer can flush these five rows.
@@ -194,7 +212,7 @@ func TestStopFlushesAndRestartRepeatsNothing(t *testing.T) {
 	cfg.Batch.Size = 1000
 	cfg.Batch.FlushInterval = time.Hour // only the shutdown can flush
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 
 	first := o.MustInsert(300, true)
 	waitFor(t, "rows buffered", 30*time.Second, func() bool { return testutil.ToFloat64(r.m.BufferRows) == 300 })
@@ -235,7 +253,7 @@ func TestIdleOutboxOnBusyDatabaseKeepsSlotMoving(t *testing.T) {
 	o := testenv.NewOutbox(t)
 	cfg := o.Config()
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	ids := o.MustInsert(10, true)
 	o.WaitCH(10, 30*time.Second)
 

@@ -41,7 +41,7 @@ func TestFailoverSlotSetting(t *testing.T) {
 	cfg.Postgres.FailoverSlot = "false"
 	o.MustInsert(20, true) // predates the slot: delivered by the backfill
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	o.MustInsert(30, true)
 	o.WaitCH(50, 30*time.Second)
 	if err := r.shutdown(t); err != nil {
@@ -54,7 +54,7 @@ func TestFailoverSlotSetting(t *testing.T) {
 	// same slot streams on (nothing backfilled, nothing sent twice).
 	cfg = o.Config()
 	r = start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	o.MustInsert(40, true)
 	o.WaitCH(90, 30*time.Second)
 	if err := r.shutdown(t); err != nil {
@@ -91,7 +91,7 @@ func TestFailoverSlotSetting(t *testing.T) {
 	cfg.Postgres.FailoverSlot = "true"
 	r = start(t, cfg)
 	if supported {
-		waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+		r.waitStreaming(t)
 		if err := r.shutdown(t); err != nil {
 			t.Fatal(err)
 		}
@@ -119,7 +119,7 @@ func TestFailoverSlotCreated(t *testing.T) {
 	}
 	pre := o.MustInsert(10, true)
 	r := start(t, o.Config())
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	post := o.MustInsert(10, true)
 	o.WaitCH(20, 30*time.Second)
 	if err := r.shutdown(t); err != nil {
@@ -144,7 +144,7 @@ func TestStartWarnsWhenConsumerCanPassTheStandby(t *testing.T) {
 	o := s.Outbox(t)
 	s.SetSynchronousStandbyNames(t, "standby1")
 	r, logs := startLogged(t, o.Config())
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	if logs.count("consumer can get ahead of the synchronous standby: ") == 0 || logs.count("standby1") == 0 {
 		t.Fatalf("no standby-guard warning at the start of the term; log:\n%s", logs)
 	}

@@ -25,7 +25,7 @@ func TestRecreatedSlotBackfillRecognisesDeliveredRows(t *testing.T) {
 	ctx := context.Background()
 	cfg := o.Config()
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	ids := o.MustInsert(500, true)
 	o.WaitCH(500, 60*time.Second)
 	waitFor(t, "rows marked", 30*time.Second, func() bool { return o.StatusCounts()["processed"] == 500 })
@@ -62,12 +62,10 @@ func TestRecreatedSlotBackfillRecognisesDeliveredRows(t *testing.T) {
 func TestRedrivenRowKeepsItsStreamPosition(t *testing.T) {
 	o := testenv.NewOutbox(t)
 	ctx := context.Background()
-	if err := o.CH.Exec(ctx, fmt.Sprintf("ALTER TABLE `%s`.events ADD COLUMN _guard UInt8 MATERIALIZED throwIf(event_type = 'poison')", o.CHDB)); err != nil {
-		t.Fatal(err)
-	}
+	addPoisonGuard(t, o)
 	cfg := o.Config()
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	good := o.MustInsert(20, true)
 	var poison int64
 	if err := o.PG.QueryRow(ctx, `INSERT INTO event_outbox (event_type, event_date_time, environment, event_context, metadata_version)

@@ -20,15 +20,11 @@ import (
 func TestPoisonRowsAreIsolatedAndRedriven(t *testing.T) {
 	o := testenv.NewOutbox(t)
 	ctx := context.Background()
-	// A server-side rejection the sink cannot predict: only bisecting the
-	// batch finds the offending rows.
-	if err := o.CH.Exec(ctx, fmt.Sprintf("ALTER TABLE `%s`.events ADD COLUMN _guard UInt8 MATERIALIZED throwIf(event_type = 'poison')", o.CHDB)); err != nil {
-		t.Fatal(err)
-	}
+	addPoisonGuard(t, o)
 	cfg := o.Config()
 	cfg.Batch.Size = 1000
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 
 	good := o.MustInsert(100, true)
 	var poison, outOfRange []int64

@@ -58,7 +58,7 @@ func TestRunChecksThePublicationBeforeTheSlot(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, _ = startLogged(t, o.Config())
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	after := o.MustInsert(20, true)
 	o.WaitCH(40, 60*time.Second)
 	if err := r.shutdown(t); err != nil {
@@ -79,7 +79,7 @@ func TestRowOfAnotherTableIsNeverConfirmedPast(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, log := startLogged(t, o.Config())
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	first := o.MustInsert(10, true)
 	o.WaitCH(10, 60*time.Second)
 	if _, err := o.PG.Exec(ctx, `ALTER PUBLICATION cdc_outbox ADD TABLE other`); err != nil {

@@ -28,7 +28,7 @@ func TestMarkingSeesRowsOfCommitsNotYetVisible(t *testing.T) {
 	s := testenv.StartPrivate(t, "visibility")
 	o := s.Outbox(t)
 	r := start(t, o.Config())
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	committed := o.MustInsert(10, true)
 	waitFor(t, "the first rows processed", 30*time.Second, func() bool { return o.StatusCounts()["processed"] == 10 })
 
