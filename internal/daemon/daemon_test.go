@@ -110,6 +110,13 @@ func addPoisonGuard(t *testing.T, o *testenv.Outbox) {
 	}
 }
 
+// retryFailed runs one `cdc retry-failed` of o's failed rows with fewer
+// than maxAttempts attempts (0: any), without a lease, its log discarded.
+func retryFailed(o *testenv.Outbox, maxAttempts int) (RetryResult, error) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	return RetryFailed(context.Background(), o.Config(), o.PG, log, metrics.New(), maxAttempts, nil)
+}
+
 // shutdown stops gracefully and returns Run's result.
 func (r *running) shutdown(t *testing.T) error {
 	t.Helper()

@@ -3,14 +3,11 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
 )
 
@@ -95,9 +92,8 @@ func TestPoisonRowsAreIsolatedAndRedriven(t *testing.T) {
 	if err := batch.Send(); err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for round := 1; round <= 2; round++ {
-		res, err := RetryFailed(ctx, o.Config(), o.PG, log, metrics.New(), 0, nil)
+		res, err := retryFailed(o, 0)
 		if err != nil {
 			t.Fatalf("retry-failed round %d: %v", round, err)
 		}
@@ -117,7 +113,7 @@ func TestPoisonRowsAreIsolatedAndRedriven(t *testing.T) {
 		t.Errorf("out-of-range row attempts = %d, want 3 (stream + two re-drives)", attempts)
 	}
 	// A maximum number of attempts stops further re-drives.
-	res, err := RetryFailed(ctx, o.Config(), o.PG, log, metrics.New(), 3, nil)
+	res, err := retryFailed(o, 3)
 	if err != nil || res.Read != 0 {
 		t.Errorf("retry with max attempts 3: read %d, err %v; want 0 rows", res.Read, err)
 	}
