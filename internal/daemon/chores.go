@@ -98,6 +98,15 @@ func (d *Daemon) heartbeat(ctx context.Context) {
 	})
 }
 
+// refreshHeartbeatLag sets cdc_heartbeat_lag_seconds every second on every
+// instance, leader or standby, so the gauge grows while no heartbeat gets
+// through (see heartbeatClock).
+func (d *Daemon) refreshHeartbeatLag(ctx context.Context) {
+	every(ctx, time.Second, func(context.Context) {
+		d.metrics.HeartbeatLag.Set(d.heartbeats.age(time.Now()).Seconds())
+	})
+}
+
 // retention deletes processed rows older than outbox.retention, a thousand
 // at a time with a pause in between, while this instance leads.
 func (d *Daemon) retention(ctx context.Context) {

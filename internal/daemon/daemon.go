@@ -58,6 +58,9 @@ type Daemon struct {
 	// chReady is the sink for readiness checks from the HTTP goroutine;
 	// only the session goroutine uses sink itself.
 	chReady atomic.Pointer[sink.ClickHouse]
+	// heartbeats measures cdc_heartbeat_lag_seconds; nil when
+	// heartbeat.interval is 0 (the gauge is then absent).
+	heartbeats *heartbeatClock
 }
 
 // New prepares a daemon; nothing connects until Run.
@@ -100,6 +103,10 @@ func (d *Daemon) Run(stop, hard context.Context) error {
 	defer monitor.Wait()
 	defer stopMonitor()
 	monitor.Go(func() { defer reportPanic(); d.monitorSlot(monCtx) })
+	if d.cfg.Heartbeat.Interval > 0 {
+		d.heartbeats = newHeartbeatClock(time.Now())
+		monitor.Go(func() { defer reportPanic(); d.refreshHeartbeatLag(monCtx) })
+	}
 
 	for attempt := 1; ; attempt++ {
 		started := time.Now()
@@ -535,6 +542,8 @@ func (d *Daemon) pump(stop, ctx context.Context, st *replication.Stream, tracker
 	pipe := startPipeline(pctx, d.newPipeline(d.sink, tracker, budget), in)
 
 	src := newSource(d.cfg.Postgres.Table, d.metrics, budget)
+	src.hb = d.heartbeats
+	d.heartbeats.follow(tracker.Durable)
 	err := src.read(stop, ctx, st, tracker, in, pipe)
 	if err != nil {
 		cancel()
