@@ -61,6 +61,9 @@ type Daemon struct {
 	// heartbeats measures cdc_heartbeat_lag_seconds; nil when
 	// heartbeat.interval is 0 (the gauge is then absent).
 	heartbeats *heartbeatClock
+	// slotLost is the reason the slot cannot stream while waitLostSlot
+	// waits for an operator; nil otherwise.
+	slotLost atomic.Pointer[string]
 }
 
 // New prepares a daemon; nothing connects until Run.
@@ -71,6 +74,9 @@ func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) *Daemon {
 
 // Ready reports whether the stream is connected and ClickHouse answers.
 func (d *Daemon) Ready(ctx context.Context) error {
+	if reason := d.slotLost.Load(); reason != nil {
+		return errors.New(*reason)
+	}
 	if !d.streaming.Load() {
 		return errors.New("replication stream not connected (standby, starting or reconnecting)")
 	}
@@ -116,6 +122,13 @@ func (d *Daemon) Run(stop, hard context.Context) error {
 				return fmt.Errorf("shutdown grace period expired before everything read was delivered; it will be sent again on restart: %w", err)
 			}
 			return nil
+		}
+		if errors.Is(err, replication.ErrSlotLost) {
+			if d.waitLostSlot(stop, err) != nil {
+				return nil // asked to stop while waiting: nothing was read
+			}
+			attempt = 0
+			continue
 		}
 		if permanent(err) {
 			return err
