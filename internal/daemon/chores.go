@@ -58,7 +58,7 @@ func (d *Daemon) monitorSlot(ctx context.Context) {
 		}
 		if since := time.Since(lastSummary); since >= time.Minute {
 			flushed := metrics.Value(d.metrics.RowsFlushed)
-			d.log.Info("summary", "slot", slot, "leader", d.streaming.Load(), "rows_per_second", int((flushed-lastFlushed)/since.Seconds()),
+			d.log.Info("summary", "slot", slot, "streaming", d.streaming.Load(), "rows_per_second", int((flushed-lastFlushed)/since.Seconds()),
 				"lag_bytes", info.LagBytes, "retained_wal_bytes", info.RetainedBytes, "rows_failed_total", int(metrics.Value(d.metrics.RowsFailed)))
 			lastFlushed, lastSummary = flushed, time.Now()
 		}

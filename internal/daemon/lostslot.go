@@ -5,7 +5,6 @@ import (
 	"errors"
 	"time"
 
-	"github.com/outbox-cdc/outbox-cdc/internal/backoff"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 )
 
@@ -21,10 +20,10 @@ const lostSlotLogEvery = time.Minute
 //
 // It returns nil once the slot is gone (the operator dropped it: the next
 // session re-creates it and backfills every row not yet processed) or
-// usable again, and stop's error when the process is asked to stop. The
+// usable again, and an error when the process is asked to stop. The
 // session that found the slot lost has ended, so this instance holds no
 // lease while it waits, and nothing is written.
-func (d *Daemon) waitLostSlot(stop context.Context, lost error) error {
+func (d *Daemon) waitLostSlot(ctx context.Context, sd *Shutdown, lost error) error {
 	slot := d.cfg.Postgres.Slot
 	reason := lost.Error()
 	d.slotLost.Store(&reason)
@@ -38,10 +37,10 @@ func (d *Daemon) waitLostSlot(stop context.Context, lost error) error {
 				"slot", slot, "err", lost, "repeats_every", lostSlotLogEvery)
 			logged = time.Now()
 		}
-		if err := backoff.Sleep(stop, d.cfg.Replication.StandbyRetry); err != nil {
+		if err := sd.sleep(ctx, d.cfg.Replication.StandbyRetry); err != nil {
 			return err
 		}
-		info, err := replication.LookupSlot(stop, d.pool, slot)
+		info, err := replication.LookupSlot(ctx, d.pool, slot)
 		switch {
 		case errors.Is(err, replication.ErrSlotNotFound):
 			d.metrics.SlotLost.Set(0)
