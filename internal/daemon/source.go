@@ -202,10 +202,10 @@ func (s *source) handle(msg replication.Message) error {
 	case *decoder.Commit:
 		s.inTxn = false
 		s.lastCommitEnd = e.EndLSN
+		s.pending, s.hasPending, s.acquired = pipeline.Item{CommitEnd: e.EndLSN}, true, true
 		if !s.txnBeatSent.IsZero() {
 			s.hb.saw(e.EndLSN, s.txnBeatSent)
 		}
-		s.pending, s.hasPending, s.acquired = pipeline.Item{CommitEnd: e.EndLSN}, true, true
 	case *decoder.Message:
 		if e.Prefix == replication.HeartbeatPrefix {
 			if sent, err := time.Parse(time.RFC3339Nano, string(e.Content)); err == nil {

@@ -1,5 +1,6 @@
 // Package metrics defines the daemon's Prometheus metrics on a private
-// registry (no global state), with the names DESIGN.md §4 fixes.
+// registry (no global state). The names are a contract: dashboards, alerts
+// and the README's metric table (checked by cmd/cdc's docs test) use them.
 package metrics
 
 import (
