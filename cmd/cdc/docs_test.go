@@ -11,6 +11,7 @@ package main
 //     the docs show is a flag SUB has;
 //   - every CDC_* variable the docs and deploy files name is a key's variable
 //     or one that internal/config accepts.
+//   - no document a user reads refers to the DESIGN.md the repository lacks.
 //
 // Prose stays a reviewer's job.
 
@@ -264,6 +265,23 @@ func TestDocsNameOnlyKnownVariables(t *testing.T) {
 				if unknown := config.UnknownEnv([]string{name + "=x"}); len(unknown) > 0 {
 					t.Errorf("%s line %d names %s, which cdc rejects: %v", docName(f), i+1, name, config.CheckEnv([]string{name + "=x"}))
 				}
+			}
+		}
+	}
+}
+
+// TestDocsStandAlone: the repository has no DESIGN.md, so no document a user
+// reads may send them to one. docs/architecture.md, the rule-by-rule map
+// for contributors that the lead keeps, numbers its rules after the design
+// brief's sections and is left out.
+func TestDocsStandAlone(t *testing.T) {
+	for _, f := range docFiles(t) {
+		if strings.HasSuffix(f, "docs/architecture.md") {
+			continue
+		}
+		for i, line := range strings.Split(readDoc(t, f), "\n") {
+			if strings.Contains(line, "DESIGN.md") {
+				t.Errorf("%s line %d refers to DESIGN.md, which the repository does not have: %s", docName(f), i+1, strings.TrimSpace(line))
 			}
 		}
 	}
