@@ -36,20 +36,14 @@ func TestClusterReplicaLoss(t *testing.T) {
 		slot = slot[:i]
 	}
 	const db = "cdc"
-	env := []string{
+	env := append([]string{
 		"CDC_POSTGRES_URL=" + pgURL,
 		"CDC_POSTGRES_SLOT=" + slot,
 		"CDC_CLICKHOUSE_ADDR=" + strings.Join(cl.Addrs, ","),
 		"CDC_CLICKHOUSE_CLUSTER=" + cl.Name,
 		"CDC_CLICKHOUSE_DATABASE=" + db,
-		"CDC_BATCH_FLUSH_INTERVAL=200ms",
-		"CDC_RETRY_INITIAL_BACKOFF=50ms",
-		"CDC_RETRY_MAX_BACKOFF=1s",
-		"CDC_REPLICATION_STANDBY_RETRY=200ms",
-		"CDC_REPLICATION_STATUS_INTERVAL=1s",
-		"CDC_HTTP_LISTEN=127.0.0.1:0",
-		"CDC_LOG_FORMAT=json",
-	}
+	}, testenv.FastEnv()...)
+	env = append(env, "CDC_BATCH_FLUSH_INTERVAL=200ms", "CDC_HTTP_LISTEN=127.0.0.1:0")
 	migrate(t, bin, env)
 	o := testenv.OpenOutbox(t, pgURL, cl.Addrs[0], db)
 	ctx := context.Background()

@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -29,8 +28,7 @@ type CHCluster struct {
 	Addrs  []string // native addresses of replicas 1..N
 	ZKAddr string
 	dir    string
-	script string
-	env    []string
+	scripted
 }
 
 // StartCHCluster starts ZooKeeper and replicas ClickHouse servers, the
@@ -39,19 +37,13 @@ type CHCluster struct {
 func StartCHCluster(t testing.TB, name string, replicas int) *CHCluster {
 	t.Helper()
 	script := mustEnv(t, EnvScript)
-	dir, err := os.MkdirTemp("/tmp", "outbox-cdc-"+name+"-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// clickhouse-server runs as its own user, which must reach the directory.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := serverDir(t, name)
 	base := clusterBasePort(t, replicas)
-	c := &CHCluster{Name: ClusterName, ZKAddr: fmt.Sprintf("127.0.0.1:%d", base+90), dir: dir, script: script}
+	c := &CHCluster{Name: ClusterName, ZKAddr: fmt.Sprintf("127.0.0.1:%d", base+90), dir: dir}
 	for i := 0; i < replicas; i++ {
 		c.Addrs = append(c.Addrs, fmt.Sprintf("127.0.0.1:%d", base+10*i))
 	}
+	c.scripted = scripted{what: "cluster " + strings.Join(c.Addrs, ","), script: script}
 	c.env = append(os.Environ(),
 		"CDC_TESTENV_DIR="+dir,
 		"CDC_TESTENV_CLUSTER_DIR="+dir+"/cluster",
@@ -59,16 +51,7 @@ func StartCHCluster(t testing.TB, name string, replicas int) *CHCluster {
 		fmt.Sprintf("CDC_TESTENV_CLUSTER_BASEPORT=%d", base),
 		fmt.Sprintf("CDC_TESTENV_ZKPORT=%d", base+90),
 	)
-	t.Cleanup(func() {
-		if err := c.run("cluster-down"); err != nil {
-			t.Errorf("testenv: stop private cluster: %v", err)
-		}
-		if !t.Failed() {
-			os.RemoveAll(dir)
-		} else {
-			t.Logf("private cluster's files kept in %s", dir)
-		}
-	})
+	t.Cleanup(func() { c.stopAndRemove(t, dir, "cluster-down") })
 	c.Script(t, "cluster-up")
 	return c
 }
@@ -153,23 +136,4 @@ func (c *CHCluster) Counts(t testing.TB, i int, db, table string) (count, uniq u
 		t.Fatalf("testenv: count on replica %d: %v", i, err)
 	}
 	return count, uniq
-}
-
-// Script runs scripts/testenv.sh against this cluster.
-func (c *CHCluster) Script(t testing.TB, args ...string) {
-	t.Helper()
-	if err := c.run(args...); err != nil {
-		t.Fatalf("testenv: %v", err)
-	}
-}
-
-func (c *CHCluster) run(args ...string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, c.script, args...)
-	cmd.Env = c.env
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("cluster %s: %s %s: %w\n%s", strings.Join(c.Addrs, ","), c.script, strings.Join(args, " "), err, out)
-	}
-	return nil
 }
