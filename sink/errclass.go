@@ -81,3 +81,14 @@ func Classify(err error) Class {
 	}
 	return Retry
 }
+
+// Unreachable reports whether err, returned by an INSERT, says that no
+// server answered: it is neither the server's own exception (the server is
+// up: quotas, too many parts, quorum) nor a refusal by our conversion, so it
+// is a refused, reset or timed-out connection. The pipeline retries such an
+// insert as soon as a ping answers again.
+func Unreachable(err error) bool {
+	var de *dataError
+	var ex *clickhouse.Exception
+	return err != nil && !errors.As(err, &de) && !errors.As(err, &ex)
+}
