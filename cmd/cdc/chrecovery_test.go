@@ -35,7 +35,7 @@ func TestClickHouseRecoveryIsPrompt(t *testing.T) {
 	waitUntil(t, "the insert failing", 30*time.Second, func() bool { return logContains(p.log, "clickhouse insert") })
 	waitUntil(t, "/readyz naming ClickHouse", 10*time.Second, func() bool {
 		c, body := httpGet(readyz)
-		return c == 503 && strings.Contains(body, "clickhouse")
+		return c == 503 && strings.Contains(body, "clickhouse unreachable (inserts are retried)")
 	})
 	srv.Script(t, "ch-start") // returns once the server answers
 	back := time.Now()

@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -13,7 +15,9 @@ import (
 // With clickhouse.cluster set, `cdc status` shows every replica's rows of
 // <table>_local and its replication queue (system.replicas), on a real
 // two-replica cluster; a replica that is down is named in the verdict and
-// makes the status degraded (exit 5).
+// makes the status degraded (exit 5). /readyz of the daemon writing to
+// the cluster says that inserts lost their quorum (insert_quorum auto: both
+// replicas) until the replica is back.
 func TestStatusShowsClusterReplicas(t *testing.T) {
 	bin := cdcBinary(t)
 	cl := testenv.StartCHCluster(t, "statuscluster", 2)
@@ -27,11 +31,20 @@ func TestStatusShowsClusterReplicas(t *testing.T) {
 		"CDC_CLICKHOUSE_CLUSTER=" + cl.Name,
 		"CDC_CLICKHOUSE_DATABASE=" + db,
 		"CDC_BATCH_FLUSH_INTERVAL=100ms",
-		"CDC_HTTP_LISTEN=127.0.0.1:0",
 		"CDC_LOG_FORMAT=json",
 	}
 	migrate(t, bin, env)
+	port := testenv.FreePort(t)
+	readyz := fmt.Sprintf("http://127.0.0.1:%d/readyz", port)
+	env = withListen(env, port)
 	d := startDaemon(t, bin, env, t.TempDir(), "cdc")
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(d.log)
+			t.Logf("cdc log:\n%s", b)
+		}
+	})
+	waitReason(t, "streaming", readyz, 200, "ready")
 	ids := o.MustInsert(30, true)
 	o.WaitCH(uint64(len(ids)), 60*time.Second)
 	for i := 1; i <= 2; i++ {
@@ -66,7 +79,11 @@ func TestStatusShowsClusterReplicas(t *testing.T) {
 		t.Errorf("status with replica 2 down: exit %d, problems %q, replicas %s; want exit 5 and a problem %q\n%s",
 			code, r.Problems, mustJSON(t, r.ClickHouseReplicas), want, stderr)
 	}
+	more := o.MustInsert(5, true)
+	waitReason(t, "quorum lost", readyz, 503, "clickhouse insert quorum lost (inserts are retried): ")
 	cl.Start(t, 2)
+	o.WaitCH(uint64(len(ids)+len(more)), 60*time.Second)
+	waitReason(t, "ready again", readyz, 200, "ready")
 	if code := d.terminate(t, 30*time.Second); code != 0 {
 		t.Errorf("cdc run exited %d", code)
 	}
