@@ -61,7 +61,7 @@ func (d *Daemon) monitorSlot(ctx context.Context) {
 			flushed := metrics.Value(d.metrics.RowsFlushed)
 			// Totals since start, and a rate with two decimals: 13 rows in a
 			// minute is 0.22 rows/s, not 0.
-			d.log.Info("summary", "slot", slot, "table", d.cfg.Postgres.Table, "leader", d.streaming.Load(),
+			d.log.Info("summary", "slot", slot, "table", d.cfg.Postgres.Table, "streaming", d.streaming.Load(),
 				"rows_per_second", math.Round((flushed-lastFlushed)/since.Seconds()*100)/100,
 				"rows_flushed_total", int64(flushed), "rows_received_total", int64(metrics.Value(d.metrics.RowsReceived)),
 				"rows_failed_total", int64(metrics.Value(d.metrics.RowsFailed)),
@@ -101,6 +101,15 @@ func (d *Daemon) heartbeat(ctx context.Context) {
 		if err := replication.EmitHeartbeat(ctx, d.pool, time.Now()); err != nil && ctx.Err() == nil {
 			d.log.Warn("heartbeat", "slot", d.cfg.Postgres.Slot, "err", err)
 		}
+	})
+}
+
+// refreshHeartbeatLag sets cdc_heartbeat_lag_seconds every second on every
+// instance, leader or standby, so the gauge grows while no heartbeat gets
+// through (see heartbeatClock).
+func (d *Daemon) refreshHeartbeatLag(ctx context.Context) {
+	every(ctx, time.Second, func(context.Context) {
+		d.metrics.HeartbeatLag.Set(d.heartbeats.age(time.Now()).Seconds())
 	})
 }
 
