@@ -12,6 +12,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/column"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/proto"
+	"github.com/cespare/xxhash/v2"
 
 	"github.com/outbox-cdc/outbox-cdc/decoder"
 )
@@ -90,7 +91,7 @@ var benchTypes = map[string]string{
 // loadColumns would read them.
 func benchSink(b *testing.B, types map[string]string) (*ClickHouse, *encodingConn) {
 	conn := &encodingConn{types: types, lz4: compress.NewWriter(compress.LevelZero, compress.LZ4)}
-	c := &ClickHouse{conn: conn, opts: Options{Addr: []string{"bench"}, Database: "bench", Table: "events"}, plans: map[uint32]*insertPlan{}}
+	c := &ClickHouse{conn: conn, opts: Options{Addr: []string{"bench"}, Database: "bench", Table: "events"}, plans: map[uint32]*insertPlan{}, digest: xxhash.New()}
 	for _, name := range append(benchColumns, "_inserted_at") {
 		col := tableColumn{name: name, typ: types[name]}
 		if name == "_inserted_at" {
@@ -183,6 +184,8 @@ func BenchmarkWriteBatchRowwise(b *testing.B) {
 					vals[i] = r.Pos.LSN
 				case srcSeq:
 					vals[i] = r.Pos.Seq
+				case srcFingerprint:
+					vals[i] = fingerprint(c.digest, r.Values, p.identity)
 				default:
 					if vals[i], err = p.convs[i](r.Values[src]); err != nil {
 						b.Fatal(err)
