@@ -148,9 +148,10 @@ type insertPlan struct {
 	identity []int
 	// fpCol is the index of the _fingerprint column in sources.
 	fpCol int
-	convs []converter
-	names []string // the columns, in the INSERT's order
-	types []string
+	// newCols make the buffers of the columns of sources (nil for the
+	// bookkeeping columns, whose values the sink computes).
+	newCols []func() colBuf
+	names   []string // the columns, in the INSERT's order
 }
 
 // Sources of bookkeeping values in insertPlan.sources (-1 means absent).
@@ -256,18 +257,17 @@ func (c *ClickHouse) plan(rel *decoder.Relation) (*insertPlan, error) {
 		if src == -1 {
 			continue // ClickHouse fills its default
 		}
-		var conv converter
+		var newCol func() colBuf
 		if src >= 0 {
 			var err error
-			if conv, err = converterFor(col.typ); err != nil {
+			if newCol, err = converterFor(col.typ); err != nil {
 				return nil, fmt.Errorf("clickhouse %s: column %s of %s: %w", c.addr(), col.name, c.table(), err)
 			}
 		}
 		names = append(names, quoteIdent(col.name))
 		p.sources = append(p.sources, src)
-		p.convs = append(p.convs, conv)
+		p.newCols = append(p.newCols, newCol)
 		p.names = append(p.names, col.name)
-		p.types = append(p.types, col.typ)
 	}
 	p.sql = "INSERT INTO " + c.table() + " (" + strings.Join(names, ", ") + ")"
 	c.plans[rel.ID] = p
@@ -529,7 +529,7 @@ func (c *ClickHouse) insertIsolating(ctx context.Context, rows []Row, res *Resul
 // block holds converted rows that share an insert plan, column by column.
 type block struct {
 	plan *insertPlan
-	cols []*colBuf
+	cols []colBuf // the bookkeeping columns are *buf[uint64]
 	rows int
 	// sizes are the rows' sizes (Row.Size), for cutting data blocks by bytes.
 	sizes []int
@@ -553,13 +553,13 @@ func (c *ClickHouse) newBlock(p *insertPlan) *block {
 			return b
 		}
 	}
-	b := &block{plan: p, cols: make([]*colBuf, len(p.sources))}
-	for i, src := range p.sources {
-		conv := p.convs[i]
-		if src < 0 {
-			conv = nil
+	b := &block{plan: p, cols: make([]colBuf, len(p.sources))}
+	for i, newCol := range p.newCols {
+		if newCol == nil {
+			b.cols[i] = &buf[uint64]{}
+			continue
 		}
-		b.cols[i] = newColBuf(p.types[i], conv)
+		b.cols[i] = newCol()
 	}
 	c.busy = append(c.busy, b)
 	return b
@@ -590,11 +590,11 @@ func (b *block) add(r Row, digest *xxhash.Digest) (int, error) {
 	for i, src := range p.sources {
 		switch src {
 		case srcLSN:
-			b.cols[i].addUint(r.Pos.LSN)
+			b.push(i, r.Pos.LSN)
 		case srcSeq:
-			b.cols[i].addUint(r.Pos.Seq)
+			b.push(i, r.Pos.Seq)
 		case srcFingerprint:
-			b.cols[i].addUint(fingerprint(digest, r.Values, p.identity))
+			b.push(i, fingerprint(digest, r.Values, p.identity))
 		default:
 			if err := b.cols[i].add(r.Values[src]); err != nil {
 				for _, col := range b.cols[:i+1] {
@@ -607,6 +607,12 @@ func (b *block) add(r Row, digest *xxhash.Digest) (int, error) {
 	b.sizes = append(b.sizes, r.Size())
 	b.rows++
 	return b.rows - 1, nil
+}
+
+// push appends a value the sink computes to bookkeeping column i.
+func (b *block) push(i int, n uint64) {
+	col := b.cols[i].(*buf[uint64])
+	col.vals = append(col.vals, n)
 }
 
 // chunkEnd is the end of the data block that starts at block row start of
@@ -692,7 +698,7 @@ func (c *ClickHouse) withoutStored(ctx context.Context, rows []convertedRow, res
 	if len(present) == 0 {
 		return rows, nil
 	}
-	fps := rows[0].blk.cols[rows[0].blk.plan.fpCol].uints
+	fps := rows[0].blk.cols[rows[0].blk.plan.fpCol].(*buf[uint64]).vals
 	out := make([]convertedRow, 0, len(rows))
 	for _, r := range rows {
 		if slices.ContainsFunc(present[r.id], func(fp uint64) bool { return fp == fps[r.idx] || fp == 0 }) {
@@ -805,10 +811,7 @@ func appendRows(batch driver.Batch, cols []column.Interface, byColumn bool, blk 
 	lo := rows[0].idx
 	if byColumn {
 		for i, col := range cols {
-			if at, err := blk.cols[i].appendTo(col, start, end); err != nil {
-				if at >= 0 {
-					return &dataError{fmt.Errorf("clickhouse: append row id %d: %w", rows[at-lo].id, err)}
-				}
+			if err := blk.cols[i].appendTo(col, start, end); err != nil {
 				return &dataError{fmt.Errorf("clickhouse: append column %s: %w", blk.plan.names[i], err)}
 			}
 		}
