@@ -29,6 +29,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/outbox-cdc/outbox-cdc/decoder"
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 )
 
 // Bookkeeping columns the daemon adds to every row.
@@ -215,7 +216,7 @@ func (c *ClickHouse) Ping(ctx context.Context) error {
 func (c *ClickHouse) addr() string { return strings.Join(c.opts.Addr, ",") }
 
 func (c *ClickHouse) table() string {
-	return quoteIdent(c.opts.Database) + "." + quoteIdent(rowTable(c.opts))
+	return chclient.QuoteIdent(c.opts.Database) + "." + chclient.QuoteIdent(rowTable(c.opts))
 }
 
 func (c *ClickHouse) loadColumns(ctx context.Context) error {
@@ -264,7 +265,7 @@ func (c *ClickHouse) plan(rel *decoder.Relation) (*insertPlan, error) {
 				return nil, fmt.Errorf("clickhouse %s: column %s of %s: %w", c.addr(), col.name, c.table(), err)
 			}
 		}
-		names = append(names, quoteIdent(col.name))
+		names = append(names, chclient.QuoteIdent(col.name))
 		p.sources = append(p.sources, src)
 		p.newCols = append(p.newCols, newCol)
 		p.names = append(p.names, col.name)
@@ -847,9 +848,5 @@ type dataError struct{ err error }
 
 func (e *dataError) Error() string { return e.err.Error() }
 func (e *dataError) Unwrap() error { return e.err }
-
-func quoteIdent(s string) string {
-	return "`" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "`", "\\`") + "`"
-}
 
 func lsnString(l uint64) string { return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l)) }

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 )
 
 // SchemaError is a ClickHouse table cdc cannot write to: it does not exist
@@ -58,7 +60,7 @@ func CheckTable(ctx context.Context, conn driver.Conn, database, table string) e
 }
 
 func readColumns(ctx context.Context, conn driver.Conn, database, table string) ([]tableColumn, error) {
-	qualified := quoteIdent(database) + "." + quoteIdent(table)
+	qualified := chclient.QuoteIdent(database) + "." + chclient.QuoteIdent(table)
 	rows, err := conn.Query(ctx, "SELECT name, type, default_kind FROM system.columns WHERE database = ? AND table = ?", database, table)
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse: read columns of %s: %w", qualified, err)
@@ -80,7 +82,7 @@ func readColumns(ctx context.Context, conn driver.Conn, database, table string) 
 
 // checkColumns is CheckTable's rule on columns already read.
 func checkColumns(database, table string, cols []tableColumn) error {
-	qualified := quoteIdent(database) + "." + quoteIdent(table)
+	qualified := chclient.QuoteIdent(database) + "." + chclient.QuoteIdent(table)
 	if len(cols) == 0 {
 		return &SchemaError{Table: qualified, Missing: true, Problem: "does not exist",
 			Fix: "run `cdc migrate` (it creates it), or set clickhouse.database and clickhouse.table to the events table"}
@@ -94,10 +96,10 @@ func checkColumns(database, table string, cols []tableColumn) error {
 		c, ok := byName[b.name]
 		switch {
 		case !ok:
-			add = append(add, "ADD COLUMN "+quoteIdent(b.name)+" "+b.typ)
+			add = append(add, "ADD COLUMN "+chclient.QuoteIdent(b.name)+" "+b.typ)
 			problems = append(problems, "lacks "+b.name)
 		case c.typ != b.typ:
-			modify = append(modify, "MODIFY COLUMN "+quoteIdent(b.name)+" "+b.typ)
+			modify = append(modify, "MODIFY COLUMN "+chclient.QuoteIdent(b.name)+" "+b.typ)
 			problems = append(problems, fmt.Sprintf("has %s %s, not %s", b.name, c.typ, b.typ))
 		}
 	}
@@ -114,7 +116,7 @@ func checkColumns(database, table string, cols []tableColumn) error {
 		}
 		if _, err := converterFor(c.typ); err != nil {
 			problems = append(problems, fmt.Sprintf("has %s %s, a type cdc cannot write the outbox's values to (%v)", c.name, c.typ, err))
-			modify = append(modify, "MODIFY COLUMN "+quoteIdent(c.name)+" String")
+			modify = append(modify, "MODIFY COLUMN "+chclient.QuoteIdent(c.name)+" String")
 		}
 	}
 	if len(problems) == 0 {

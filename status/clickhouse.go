@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
+
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 )
 
 // gatherClickHouse reads the destination table's row count and newest
@@ -87,7 +89,7 @@ func readClickHouse(ctx context.Context, o Options, info *ClickHouseInfo) error 
 		exprs = append(exprs, "max(_inserted_at)")
 		dests = append(dests, &newestInsert)
 	}
-	q := "SELECT " + strings.Join(exprs, ", ") + " FROM " + quoteCH(c.Database) + "." + quoteCH(c.Table)
+	q := "SELECT " + strings.Join(exprs, ", ") + " FROM " + chclient.QuoteIdent(c.Database) + "." + chclient.QuoteIdent(c.Table)
 	if err := conn.QueryRow(ctx, q).Scan(dests...); err != nil {
 		return fmt.Errorf("count rows of %s: %w", info.ClickHouseTable, err)
 	}
@@ -103,5 +105,3 @@ func readClickHouse(ctx context.Context, o Options, info *ClickHouseInfo) error 
 	}
 	return nil
 }
-
-func quoteCH(s string) string { return "`" + strings.ReplaceAll(s, "`", "\\`") + "`" }
