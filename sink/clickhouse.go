@@ -171,7 +171,7 @@ func Open(ctx context.Context, opts Options) (*ClickHouse, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := OpenConn(ctx, conn, opts)
+	c, err := openConn(ctx, conn, opts)
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -182,21 +182,36 @@ func Open(ctx context.Context, opts Options) (*ClickHouse, error) {
 // Dial opens a connection with the sink's settings (address, credentials,
 // compression), for readers of the same table such as `cdc verify`.
 func Dial(opts Options) (driver.Conn, error) {
-	chOpts := &clickhouse.Options{
-		Addr:        opts.Addr,
+	return dial(opts, opts.Addr, opts.DialTimeout)
+}
+
+// dial opens a connection to addrs with connOptions.
+func dial(opts Options, addrs []string, timeout time.Duration) (driver.Conn, error) {
+	conn, err := clickhouse.Open(connOptions(opts, addrs, timeout))
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse %s: open: %w", strings.Join(addrs, ","), err)
+	}
+	return conn, nil
+}
+
+// connOptions are the options of every connection the sink opens, its own
+// and those to each replica of the in-flight fence (peers): the same
+// credentials, TLS dialer and compression. Options carries its own fields
+// rather than internal/chclient's configuration type, so that the package's
+// API stands on its own; the daemon passes chclient's TLS dialer in
+// DialContext.
+func connOptions(opts Options, addrs []string, timeout time.Duration) *clickhouse.Options {
+	o := &clickhouse.Options{
+		Addr:        addrs,
 		Auth:        clickhouse.Auth{Database: opts.Database, Username: opts.Username, Password: opts.Password},
-		DialTimeout: opts.DialTimeout,
+		DialTimeout: timeout,
 		DialContext: opts.DialContext,
 		ReadTimeout: 5 * time.Minute,
 	}
 	if opts.Compression {
-		chOpts.Compression = &clickhouse.Compression{Method: clickhouse.CompressionLZ4}
+		o.Compression = &clickhouse.Compression{Method: clickhouse.CompressionLZ4}
 	}
-	conn, err := clickhouse.Open(chOpts)
-	if err != nil {
-		return nil, fmt.Errorf("clickhouse %s: open: %w", strings.Join(opts.Addr, ","), err)
-	}
-	return conn, nil
+	return o
 }
 
 // Close closes the connections.
