@@ -93,6 +93,12 @@ type Options struct {
 	// Fence, when set, is asked before every INSERT and every block of one:
 	// an error (a lost lease) stops the write, and nothing more is sent.
 	Fence func() error
+	// SourceColumns are the names of the outbox table's columns. Open
+	// checks that every column of the ClickHouse table with one of these
+	// names (or of the outbox's documented columns) has a type the sink
+	// converts to, so that a column it cannot fill is a *SchemaError at
+	// start, not a failure of every row.
+	SourceColumns []string
 	// Cluster, when set, makes the sink write to and read from
 	// <Table>_local, the replicated table under the Distributed <Table>.
 	Cluster string
@@ -239,7 +245,7 @@ func (c *ClickHouse) loadColumns(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("clickhouse %s: %w", c.addr(), err)
 	}
-	if err := checkColumns(c.opts.Database, rowTable(c.opts), cols); err != nil {
+	if err := checkColumns(c.opts.Database, rowTable(c.opts), cols, c.opts.SourceColumns); err != nil {
 		return err
 	}
 	c.columns = cols
@@ -277,7 +283,9 @@ func (c *ClickHouse) plan(rel *decoder.Relation) (*insertPlan, error) {
 		if src >= 0 {
 			var err error
 			if newCol, err = converterFor(col.typ); err != nil {
-				return nil, fmt.Errorf("clickhouse %s: column %s of %s: %w", c.addr(), col.name, c.table(), err)
+				// A column the outbox gained after Open checked the table.
+				return nil, &SchemaError{Table: c.table(), Problem: unconvertible(col, err),
+					Fix: alterFix(c.table(), []string{"MODIFY COLUMN " + chclient.QuoteIdent(col.name) + " String"})}
 			}
 		}
 		names = append(names, chclient.QuoteIdent(col.name))
@@ -372,6 +380,10 @@ func (c *ClickHouse) Write(ctx context.Context, rows []Row) (Result, error) {
 	}
 	last := rows[len(rows)-1].Pos
 	if err := c.insertIsolating(ctx, todo, &res); err != nil {
+		var schemaErr *SchemaError
+		if errors.As(err, &schemaErr) {
+			return Result{}, err // found before anything was sent
+		}
 		// Part of the batch may be stored, or still being stored: wait for
 		// it and check ids when it is retried.
 		if !c.hasHWM || c.hwm.Less(last) {
@@ -511,8 +523,12 @@ func (c *ClickHouse) insertIsolating(ctx context.Context, rows []Row, res *Resul
 	for _, r := range rows {
 		p, err := c.plan(r.Relation)
 		if err != nil {
-			res.Rejected = append(res.Rejected, Rejected{ID: r.ID, Pos: r.Pos, Err: err})
-			continue
+			// The table, not the row, is at fault: every row of the
+			// relation would fail alike. Nothing is sent and the batch is
+			// retried until the table is fixed; no row is marked failed.
+			clear(good)
+			c.releaseBlocks()
+			return fmt.Errorf("clickhouse %s: %w", c.addr(), err)
 		}
 		if blk == nil || blk.plan != p {
 			blk = c.newBlock(p)

@@ -245,7 +245,12 @@ func leaderLease(slot string, ttl time.Duration, log *slog.Logger) lease.Options
 
 func (d *Daemon) lead(stop, ctx context.Context) error {
 	if d.sink == nil {
-		s, err := sink.Open(ctx, d.sinkOptions(false))
+		opts := d.sinkOptions(false)
+		var err error
+		if opts.SourceColumns, err = outboxColumns(ctx, d.pool, d.cfg.Postgres.Table); err != nil {
+			return err
+		}
+		s, err := sink.Open(ctx, opts)
 		if err != nil {
 			return err
 		}
