@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/outbox-cdc/outbox-cdc/decoder"
@@ -21,12 +22,7 @@ import (
 // is fixed) instead of failing its rows.
 func TestUnconvertibleColumnIsASchemaError(t *testing.T) {
 	ctx := context.Background()
-	addr, db := testenv.ClickHouseAddr(t), testenv.NewClickHouseDB(t)
-	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	addr, db, conn := testDatabase(t)
 	for table, extra := range map[string]string{"tags": "tags Array(String)", "lasterr": "last_error Array(String)"} {
 		if err := conn.Exec(ctx, fmt.Sprintf("CREATE TABLE `%s`.%s (id Int64, event_type String, %s, "+
 			"_lsn UInt64, _seq UInt64, _fingerprint UInt64) ENGINE = MergeTree ORDER BY id", db, table, extra)); err != nil {
@@ -77,4 +73,17 @@ func TestUnconvertibleColumnIsASchemaError(t *testing.T) {
 	if !errors.As(err, &schemaErr) || !strings.Contains(err.Error(), "has tags Array(String)") || len(res.Rejected) != 0 {
 		t.Errorf("write of a row with tags: %+v, %v; want a *SchemaError naming tags and no rejected row", res, err)
 	}
+}
+
+// testDatabase returns the test server's address, a database of the
+// test's own on it and a connection, closed when the test ends.
+func testDatabase(t *testing.T) (addr, db string, conn driver.Conn) {
+	t.Helper()
+	addr, db = testenv.ClickHouseAddr(t), testenv.NewClickHouseDB(t)
+	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return addr, db, conn
 }
