@@ -28,7 +28,7 @@ func TestMain(m *testing.M) {
 }
 
 // modernEngine is the embedded engine with a database of the test's own;
-// the sink runs on it through openConn, with its normal Write path.
+// the sink runs on it through OpenConn, with its normal Write path.
 func modernEngine(t *testing.T) *testEngine {
 	t.Helper()
 	eng, err := chdb.Shared()
@@ -54,7 +54,7 @@ func modernEngine(t *testing.T) *testEngine {
 	return &testEngine{name: "ClickHouse " + eng.Version() + " (embedded)", modern: true, conn: eng, db: db,
 		open: func(t *testing.T, table string) *ClickHouse {
 			t.Helper()
-			s, err := openConn(context.Background(), eng, Options{Addr: []string{"chdb"}, Database: db, Table: table})
+			s, err := OpenConn(context.Background(), eng, Options{Addr: []string{"chdb"}, Database: db, Table: table})
 			if err != nil {
 				t.Fatal(err)
 			}

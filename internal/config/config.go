@@ -39,6 +39,9 @@ type Config struct {
 	Outbox      Outbox
 	Verify      Verify
 	Runtime     Runtime
+	// Views are the per-event-type tables `cdc migrate` makes (views:, a
+	// list in the config file only; default none). See [View].
+	Views []View
 }
 
 // Postgres is the source database, publication and replication slot.
@@ -109,6 +112,12 @@ type ClickHouse struct {
 	// InsertQuorumTimeout bounds the wait for the quorum of one INSERT
 	// (clickhouse.insert_quorum_timeout, default 60s).
 	InsertQuorumTimeout time.Duration
+	// EventContextType is the type `cdc migrate` gives event_context in a
+	// table it creates: "auto" (JSON where the server's JSON type is
+	// generally available, 25.3 and later; String before), "string" or
+	// "json" (clickhouse.event_context_type, default auto). An existing
+	// table keeps its type.
+	EventContextType string
 	// TLS secures every connection cdc opens to ClickHouse (clickhouse.tls.*).
 	TLS ClickHouseTLS
 }
@@ -309,23 +318,4 @@ func Keys() []string {
 		keys[i] = s.key
 	}
 	return keys
-}
-
-// UnknownEnv returns, in the order given, the names of CDC_* variables in
-// environ ("NAME=value" entries, as from os.Environ) that match no key, so a
-// command can warn about typos such as CDC_BATCH_SISE. Variables the
-// commands read themselves should be filtered by the caller.
-func UnknownEnv(environ []string) []string {
-	known := make(map[string]bool, len(specs))
-	for _, s := range specs {
-		known[EnvVar(s.key)] = true
-	}
-	var unknown []string
-	for _, kv := range environ {
-		name, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(name, envPrefix+"_") && !known[name] {
-			unknown = append(unknown, name)
-		}
-	}
-	return unknown
 }
