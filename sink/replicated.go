@@ -150,12 +150,8 @@ func (c *ClickHouse) peers() []driver.Conn {
 	}
 	if c.peerConns == nil {
 		for _, a := range c.opts.Addr {
-			conn, err := clickhouse.Open(&clickhouse.Options{
-				Addr:        []string{a},
-				Auth:        clickhouse.Auth{Database: c.opts.Database, Username: c.opts.Username, Password: c.opts.Password},
-				DialTimeout: 5 * time.Second,
-				DialContext: c.opts.DialContext,
-			})
+			// A short dial timeout: a dead replica is skipped, not waited for.
+			conn, err := dial(c.opts, []string{a}, 5*time.Second)
 			if err != nil {
 				continue // an address that does not parse: the main connection reports it
 			}

@@ -9,6 +9,8 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 )
 
 // gatherClickHouse reads the destination table's row count and newest
@@ -117,7 +119,7 @@ func countRows(ctx context.Context, conn driver.Conn, c ClickHouseOptions, colum
 		exprs = append(exprs, "max(_inserted_at)")
 		dests = append(dests, &newestInsert)
 	}
-	q := "SELECT " + strings.Join(exprs, ", ") + " FROM " + quoteCH(c.Database) + "." + quoteCH(c.Table)
+	q := "SELECT " + strings.Join(exprs, ", ") + " FROM " + chclient.QuoteIdent(c.Database) + "." + chclient.QuoteIdent(c.Table)
 	if err := conn.QueryRow(ctx, q).Scan(dests...); err != nil {
 		return fmt.Errorf("count rows of %s: %w", info.ClickHouseTable, err)
 	}
@@ -187,7 +189,7 @@ func readReplica(ctx context.Context, o Options, r *ReplicaInfo) error {
 	c := o.ClickHouse
 	local := c.Table + "_local"
 	var rows uint64
-	if err := conn.QueryRow(ctx, "SELECT count() FROM "+quoteCH(c.Database)+"."+quoteCH(local)).Scan(&rows); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT count() FROM "+chclient.QuoteIdent(c.Database)+"."+chclient.QuoteIdent(local)).Scan(&rows); err != nil {
 		return fmt.Errorf("%s: count rows of %s.%s: %w", r.Host, c.Database, local, err)
 	}
 	r.Rows = &rows
@@ -204,5 +206,3 @@ func readReplica(ctx context.Context, o Options, r *ReplicaInfo) error {
 	r.ReadOnly, r.ActiveReplicas, r.TotalReplicas = ptr(readonly != 0), &active, &total
 	return nil
 }
-
-func quoteCH(s string) string { return "`" + strings.ReplaceAll(s, "`", "\\`") + "`" }

@@ -139,7 +139,12 @@ func (d *Daemon) openSink(ctx context.Context) error {
 	if d.sink != nil {
 		return nil
 	}
-	s, err := sink.Open(ctx, d.sinkOptions(false))
+	opts := d.sinkOptions(false)
+	var err error
+	if opts.SourceColumns, err = outboxColumns(ctx, d.pool, d.cfg.Postgres.Table); err != nil {
+		return err
+	}
+	s, err := sink.Open(ctx, opts)
 	if err != nil {
 		return err
 	}
