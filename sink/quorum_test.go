@@ -1,0 +1,76 @@
+package sink
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
+	"github.com/outbox-cdc/outbox-cdc/migrations"
+)
+
+// TestRecoveryWaitsForAnOpenQuorum is the race TestClusterZooKeeperRestart
+// met, made deterministic on a real two-replica cluster: a quorum INSERT on
+// replica 1 times out because replica 2 does not fetch (SYSTEM STOP
+// FETCHES), so its quorum stays open. A new sink on replica 2 recovers;
+// replica 2 then fetches the part, which closes the quorum, and the new
+// sink sends the same rows. A sequentially consistent read leaves out a
+// part whose quorum is open instead of failing, so a recovery that read
+// while it was open would not know the rows and would store them twice;
+// the sink must wait until the quorum is settled, then skip them.
+func TestRecoveryWaitsForAnOpenQuorum(t *testing.T) {
+	ctx := context.Background()
+	cl := testenv.StartCHCluster(t, "openquorum", 2)
+	db := "cdc"
+	if _, err := migrations.ApplyClickHouse(ctx, cl.Conn(t, 1), migrations.ClickHouse{Database: db, Table: "events", Cluster: cl.Name}); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	opts := Options{Addr: cl.Addrs[:1], Database: db, Table: "events", Cluster: cl.Name,
+		InsertQuorum: QuorumAuto, InsertQuorumTimeout: 2 * time.Second}
+	s1, err := Open(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close()
+	cl.Exec(t, 2, "SYSTEM STOP FETCHES "+db+".events_local")
+	batch := rowsAt(1000, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+	if _, err := s1.Write(ctx, batch); err == nil {
+		t.Fatal("a quorum INSERT was acknowledged while its second replica could not fetch it")
+	}
+
+	opts.Addr = cl.Addrs[1:]
+	s2, err := Open(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	start, fetching := time.Now(), false
+	for {
+		if !fetching && time.Since(start) > 2*time.Second {
+			cl.Exec(t, 2, "SYSTEM START FETCHES "+db+".events_local")
+			fetching = true
+		}
+		if err = s2.Recover(ctx, 900); err == nil {
+			break
+		}
+		if time.Since(start) > time.Minute {
+			t.Fatalf("recovery still failing after a minute: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("recovered after %s (fetches started after 2s)", time.Since(start).Round(100*time.Millisecond))
+	if !fetching {
+		cl.Exec(t, 2, "SYSTEM START FETCHES "+db+".events_local")
+	}
+	waitRows(t, cl, 2, db, 10) // the quorum is reached now
+	res, err := s2.Write(ctx, batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 2; i++ {
+		cl.SyncReplica(t, i, db, "events_local")
+		if n, u := cl.Counts(t, i, db, "events_local"); n != 10 || u != 10 {
+			t.Errorf("replica %d: count() %d, uniqExact(id) %d; want 10 and 10 (inserted %d, skipped %d)", i, n, u, res.Inserted, res.Skipped)
+		}
+	}
+}
