@@ -7,6 +7,42 @@ import (
 	"time"
 )
 
+// quorumSettings are the settings of a quorum INSERT (none without a
+// quorum); integers only: ClickHouse 18 takes settings as varints.
+//
+// insert_quorum_parallel = 0 where the server has it (20.10 and later,
+// where it is on by default): a parallel quorum lets the next INSERT in
+// while an earlier one's quorum is open, and select_sequential_consistency
+// does not cover parts written that way. The rule this sink keeps (an
+// INSERT cut off by the loss of its replica blocks the later ones until its
+// quorum is settled, and reads see every settled part) holds only for
+// serial quorum inserts, the only kind ClickHouse 18 has.
+func (m Mode) quorumSettings(timeout time.Duration) map[string]any {
+	if m.Quorum == 0 {
+		return nil
+	}
+	if timeout <= 0 {
+		timeout = time.Minute
+	}
+	s := map[string]any{
+		"insert_quorum":         m.Quorum,
+		"insert_quorum_timeout": int(timeout / time.Millisecond),
+	}
+	if m.SerialQuorum {
+		s["insert_quorum_parallel"] = 0
+	}
+	return s
+}
+
+// hasSetting reports whether the server knows a setting.
+func (c *ClickHouse) hasSetting(ctx context.Context, name string) (bool, error) {
+	var n uint64
+	if err := c.conn.QueryRow(ctx, "SELECT count() FROM system.settings WHERE name = ?", name).Scan(&n); err != nil {
+		return false, fmt.Errorf("clickhouse %s: look up setting %s: %w", c.addr(), name, err)
+	}
+	return n > 0, nil
+}
+
 // awaitSettledQuorum waits until no quorum insert into the table is open,
 // before a read that decides what is stored (the high-water mark, the id
 // checks).

@@ -45,6 +45,9 @@ type Mode struct {
 	Engine   string
 	Replicas uint64 // total_replicas in system.replicas (0: not replicated)
 	Quorum   int    // insert_quorum sent with every INSERT (0: none)
+	// SerialQuorum: the server has insert_quorum_parallel (20.10 and
+	// later, on by default), which the quorum inserts turn off.
+	SerialQuorum bool
 }
 
 // Replicated reports whether the table is a Replicated* engine.
@@ -100,6 +103,12 @@ func (c *ClickHouse) detectMode(ctx context.Context) error {
 	default:
 		m.Quorum = q
 	}
+	if m.Quorum > 0 {
+		var err error
+		if m.SerialQuorum, err = c.hasSetting(ctx, "insert_quorum_parallel"); err != nil {
+			return err
+		}
+	}
 	c.mode = m
 	return nil
 }
@@ -119,14 +128,8 @@ func (c *ClickHouse) insertContext(ctx context.Context, oneBlock bool) context.C
 			s[k] = v
 		}
 	}
-	if c.mode.Quorum > 0 {
-		// Integers only: ClickHouse 18 takes settings as varints.
-		s["insert_quorum"] = c.mode.Quorum
-		timeout := c.opts.InsertQuorumTimeout
-		if timeout <= 0 {
-			timeout = time.Minute
-		}
-		s["insert_quorum_timeout"] = int(timeout / time.Millisecond)
+	for k, v := range c.mode.quorumSettings(c.opts.InsertQuorumTimeout) {
+		s[k] = v
 	}
 	return clickhouse.Context(ctx, clickhouse.WithSettings(s))
 }
