@@ -1,7 +1,9 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -83,8 +85,8 @@ func TestClusterZooKeeperRestart(t *testing.T) {
 		r.cl.StartZK(t)
 		back := time.Now()
 		r.waitDelivered(200, 3*time.Minute)
-		t.Logf("round %d: ZooKeeper down %s; %d rows marked after it died, the last %s after; 200 more delivered %s after it was back",
-			round+1, back.Sub(gone).Round(100*time.Millisecond), w.rows, w.last.Sub(gone).Round(100*time.Millisecond), time.Since(back).Round(100*time.Millisecond))
+		t.Logf("round %d: ZooKeeper down %s; %d rows marked after it died, the last %s after; 200 more delivered %s after it was back; %s's log: %s",
+			round+1, back.Sub(gone).Round(100*time.Millisecond), w.rows, sinceOrNever(w.last, gone), time.Since(back).Round(100*time.Millisecond), d.name, problems(d.log, gone))
 	}
 	stop()
 	r.finish()
@@ -189,12 +191,15 @@ func (r *clusterRig) processed() int64 { return r.o.StatusCounts()["processed"] 
 // progress is what watch saw: rows newly marked processed, and when the
 // last of them was seen.
 type progress struct {
-	rows int64
-	last time.Time
+	rows        int64
+	first, last time.Time // zero first: none
 }
 
 func (p progress) add(q progress) progress {
 	if q.rows > 0 {
+		if p.first.IsZero() {
+			p.first = q.first
+		}
 		p.rows, p.last = p.rows+q.rows, q.last
 	}
 	return p
@@ -204,11 +209,14 @@ func (p progress) add(q progress) progress {
 // the test has broken something.
 func (r *clusterRig) watch(d time.Duration) progress {
 	start := time.Now()
-	p := progress{last: start}
+	var p progress
 	prev := r.processed()
 	for time.Since(start) < d {
 		time.Sleep(100 * time.Millisecond)
 		if n := r.processed(); n != prev {
+			if p.first.IsZero() {
+				p.first = time.Now()
+			}
 			p.rows, p.last, prev = p.rows+n-prev, time.Now(), n
 		}
 	}
@@ -339,4 +347,90 @@ func connectedReplica(t *testing.T, d *daemonProc, addrs []string) int {
 		}
 	}
 	return best
+}
+
+// TestClusterAvailability measures what insert_quorum: auto costs when a
+// replica is lost: the replica cdc writes to is SIGKILLed for 15 s (cdc
+// itself keeps running) and comes back. With 2 replicas (quorum 2 of 2)
+// writes stop until it is back: the INSERT on the survivor waits for its
+// quorum (insert_quorum_timeout), then fails and is retried; with 3
+// (quorum 2 of 3) they go on through the survivors. Either way every replica ends with every row once. The
+// numbers it logs are those of docs/scaling.md's availability section.
+func TestClusterAvailability(t *testing.T) {
+	for _, tc := range []struct {
+		replicas      int
+		quorumTimeout string // clickhouse.insert_quorum_timeout; "": the default (1m)
+		writesRun     bool   // through the outage
+	}{{2, "", false}, {2, "3s", false}, {3, "", true}} {
+		t.Run(fmt.Sprintf("%d replicas quorum timeout %s", tc.replicas, cmp.Or(tc.quorumTimeout, "default")), func(t *testing.T) {
+			var env []string
+			if tc.quorumTimeout != "" {
+				env = append(env, "CDC_CLICKHOUSE_INSERT_QUORUM_TIMEOUT="+tc.quorumTimeout)
+			}
+			r := newClusterRig(t, fmt.Sprintf("avail%d", tc.replicas), tc.replicas, env...)
+			stop := r.produce(2, 50, 50*time.Millisecond)
+			d := r.spawn()
+			r.waitDelivered(500, time.Minute)
+			victim := connectedReplica(t, d, r.cl.Addrs)
+			if victim == 0 {
+				r.dump()
+				t.Fatalf("%s has no connection to any replica", d.name)
+			}
+			r.cl.Kill(t, victim)
+			killed := time.Now()
+			early := r.watch(5 * time.Second)
+			late := r.watch(10 * time.Second)
+			r.cl.Start(t, victim)
+			back := time.Now()
+			r.waitDelivered(200, 3*time.Minute)
+			resumed := time.Since(back)
+			stop()
+			r.finish()
+			w := early.add(late)
+			t.Logf("%d replicas, quorum auto: replica %d (written to) down %s; %d rows delivered while down (%d after the first 5 s), the first %s and the last %s after the kill; "+
+				"200 more delivered %s after it was back; daemon log: %s",
+				tc.replicas, victim, back.Sub(killed).Round(100*time.Millisecond), w.rows, late.rows, sinceOrNever(w.first, killed), sinceOrNever(w.last, killed),
+				resumed.Round(100*time.Millisecond), problems(d.log, killed))
+			if tc.writesRun && late.rows == 0 {
+				t.Errorf("no row delivered from 5 s to 15 s after the loss of 1 of %d replicas", tc.replicas)
+			}
+			if !tc.writesRun && late.rows != 0 {
+				t.Errorf("%d rows delivered from 5 s to 15 s after the loss of 1 of %d replicas: a quorum of %d cannot be met", late.rows, tc.replicas, tc.replicas)
+			}
+		})
+	}
+}
+
+func sinceOrNever(t, since time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return t.Sub(since).Round(100 * time.Millisecond).String()
+}
+
+// problems summarises the warnings and errors the daemon logged after
+// since: how many, and each distinct one (error cut at 160 bytes) with the
+// time of its first occurrence after since.
+func problems(logPath string, since time.Time) string {
+	n := 0
+	var distinct []string
+	seen := map[string]bool{}
+	for _, line := range strings.Split(readLog(logPath), "\n") {
+		var e struct {
+			Time  time.Time `json:"time"`
+			Level string    `json:"level"`
+			Msg   string    `json:"msg"`
+			Err   string    `json:"err"`
+		}
+		if json.Unmarshal([]byte(line), &e) != nil || e.Time.Before(since) || (e.Level != "WARN" && e.Level != "ERROR") {
+			continue
+		}
+		n++
+		key := e.Msg + ": " + e.Err[:min(len(e.Err), 160)]
+		if !seen[key] {
+			seen[key] = true
+			distinct = append(distinct, fmt.Sprintf("+%s %s", e.Time.Sub(since).Round(100*time.Millisecond), key))
+		}
+	}
+	return fmt.Sprintf("%d warnings/errors; distinct: %s", n, strings.Join(distinct, " | "))
 }
