@@ -177,6 +177,14 @@ mutant sink-reads-past-open-quorum ./sink TestRecoveryWaitsForAnOpenQuorum \
 		return nil
 	}'
 
+# insert_quorum: auto is sized on the replicas ZooKeeper lists, never on the
+# 0 that system.replicas reports while ZooKeeper is unreachable (auto would
+# make that a quorum of 1: none).
+mutant sink-quorum-sized-without-zookeeper ./sink TestQuorumIsSizedOnlyWithZooKeeper \
+	sink/replicated.go \
+	'		if m.Replicas == 0 {' \
+	'		if false && m.Replicas == 0 {'
+
 # Quorum inserts are serial where the server could run them in parallel
 # (20.10+ default: later inserts get in while a quorum is open).
 mutant sink-parallel-quorum ./sink TestQuorumSettings \

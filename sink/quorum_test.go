@@ -74,3 +74,39 @@ func TestRecoveryWaitsForAnOpenQuorum(t *testing.T) {
 		}
 	}
 }
+
+// TestQuorumIsSizedOnlyWithZooKeeper: while ZooKeeper is down, ClickHouse
+// reports 0 replicas of a replicated table; a sink opened then must fail
+// (and be retried) rather than size insert_quorum: auto on that count (1:
+// no quorum at all, for the sink's whole life: the cluster torture found
+// daemons that started during a ZooKeeper outage writing without one).
+func TestQuorumIsSizedOnlyWithZooKeeper(t *testing.T) {
+	ctx := context.Background()
+	cl := testenv.StartCHCluster(t, "quorumsize", 2)
+	db := "cdc"
+	if _, err := migrations.ApplyClickHouse(ctx, cl.Conn(t, 1), migrations.ClickHouse{Database: db, Table: "events", Cluster: cl.Name}); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	opts := Options{Addr: cl.Addrs, Database: db, Table: "events", Cluster: cl.Name, InsertQuorum: QuorumAuto}
+	cl.KillZK(t)
+	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	s, err := Open(openCtx, opts)
+	cancel()
+	if err == nil {
+		s.Close()
+		t.Fatalf("a sink opened while ZooKeeper was down, mode %q", s.Mode())
+	}
+	t.Logf("opened while ZooKeeper was down: %v", err)
+	cl.StartZK(t)
+	deadline := time.Now().Add(time.Minute)
+	for s, err = Open(ctx, opts); err != nil; s, err = Open(ctx, opts) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no sink a minute after ZooKeeper came back: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	defer s.Close()
+	if m := s.Mode(); m.Quorum != 2 || m.Replicas != 2 {
+		t.Errorf("mode after ZooKeeper came back: %s, want quorum 2 of 2", m)
+	}
+}

@@ -90,6 +90,13 @@ func (c *ClickHouse) detectMode(ctx context.Context) error {
 			c.opts.Database, m.Table).Scan(&m.Replicas, &active); err != nil {
 			return fmt.Errorf("clickhouse %s: read system.replicas for %s: %w", c.addr(), c.table(), err)
 		}
+		if m.Replicas == 0 {
+			// ClickHouse counts the replicas in ZooKeeper and says 0
+			// while it cannot reach it: a quorum sized on that (auto:
+			// 0/2+1 = 1, i.e. none) would write without one for the
+			// life of this sink. Measured in the cluster torture.
+			return fmt.Errorf("clickhouse %s: system.replicas reports 0 replicas of %s (ZooKeeper unreachable?): cannot size the insert quorum yet", c.addr(), c.table())
+		}
 	}
 	switch q := c.opts.InsertQuorum; {
 	case q == QuorumAuto && m.Replicated():
