@@ -274,6 +274,7 @@ func (r *clusterRig) finish() int64 {
 			t.Errorf("%s exited on its own: %v\n%s", p.name, p.err, tail(p.log, 20))
 		}
 	}
+	r.checkModes()
 	for i := range r.cl.Addrs {
 		r.cl.SyncReplica(t, i+1, clusterDB, "events_local")
 	}
@@ -285,6 +286,22 @@ func (r *clusterRig) finish() int64 {
 		r.dump()
 	}
 	return int64(len(want))
+}
+
+// checkModes checks that every daemon that opened its sink logged the
+// default mode, a majority quorum of all replicas, whatever was down when it
+// started (a daemon started during a ZooKeeper outage once sized its quorum
+// on 0 replicas: none).
+func (r *clusterRig) checkModes() {
+	n := len(r.cl.Addrs)
+	want := fmt.Sprintf("quorum inserts (%d of %d replicas)", n/2+1, n)
+	for _, p := range r.procs {
+		for _, line := range strings.Split(readLog(p.log), "\n") {
+			if strings.Contains(line, `"mode":`) && !strings.Contains(line, want) {
+				r.t.Errorf("%s runs in another mode than %q: %s", p.name, want, line)
+			}
+		}
+	}
 }
 
 // checkIDs compares sorted stored ids with the outbox's, naming duplicates
