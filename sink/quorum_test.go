@@ -20,11 +20,7 @@ import (
 // the sink must wait until the quorum is settled, then skip them.
 func TestRecoveryWaitsForAnOpenQuorum(t *testing.T) {
 	ctx := context.Background()
-	cl := testenv.StartCHCluster(t, "openquorum", 2)
-	db := "cdc"
-	if _, err := migrations.ApplyClickHouse(ctx, cl.Conn(t, 1), migrations.ClickHouse{Database: db, Table: "events", Cluster: cl.Name}); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
+	cl, db := migratedCluster(t, "openquorum")
 	opts := Options{Addr: cl.Addrs[:1], Database: db, Table: "events", Cluster: cl.Name,
 		InsertQuorum: QuorumAuto, InsertQuorumTimeout: 2 * time.Second}
 	s1, err := Open(ctx, opts)
@@ -82,11 +78,7 @@ func TestRecoveryWaitsForAnOpenQuorum(t *testing.T) {
 // daemons that started during a ZooKeeper outage writing without one).
 func TestQuorumIsSizedOnlyWithZooKeeper(t *testing.T) {
 	ctx := context.Background()
-	cl := testenv.StartCHCluster(t, "quorumsize", 2)
-	db := "cdc"
-	if _, err := migrations.ApplyClickHouse(ctx, cl.Conn(t, 1), migrations.ClickHouse{Database: db, Table: "events", Cluster: cl.Name}); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
+	cl, db := migratedCluster(t, "quorumsize")
 	opts := Options{Addr: cl.Addrs, Database: db, Table: "events", Cluster: cl.Name, InsertQuorum: QuorumAuto}
 	cl.KillZK(t)
 	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -109,4 +101,16 @@ func TestQuorumIsSizedOnlyWithZooKeeper(t *testing.T) {
 	if m := s.Mode(); m.Quorum != 2 || m.Replicas != 2 {
 		t.Errorf("mode after ZooKeeper came back: %s, want quorum 2 of 2", m)
 	}
+}
+
+// migratedCluster starts a private two-replica cluster with database cdc
+// migrated on it (events_local and events, ON CLUSTER).
+func migratedCluster(t *testing.T, name string) (*testenv.CHCluster, string) {
+	t.Helper()
+	cl := testenv.StartCHCluster(t, name, 2)
+	const db = "cdc"
+	if _, err := migrations.ApplyClickHouse(context.Background(), cl.Conn(t, 1), migrations.ClickHouse{Database: db, Table: "events", Cluster: cl.Name}); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	return cl, db
 }
