@@ -181,7 +181,7 @@ func num(v float64) string {
 	return string(out)
 }
 
-// evaluate fills the checks: every target of DESIGN.md §6 that the run
+// evaluate fills the checks: every performance target (README, Benchmark) the run
 // measured.
 func (b *bench) evaluate() {
 	r := &b.res
