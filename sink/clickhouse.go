@@ -322,6 +322,9 @@ func (c *ClickHouse) Recover(ctx context.Context, floor uint64) error {
 	if err := c.awaitInflightInserts(ctx); err != nil {
 		return err
 	}
+	if err := c.awaitSettledQuorum(ctx); err != nil {
+		return err
+	}
 	c.uncertain = false
 	q := fmt.Sprintf("SELECT %s, %s FROM %s WHERE %s >= %d ORDER BY %s DESC, %s DESC LIMIT 1",
 		ColumnLSN, ColumnSeq, c.table(), ColumnLSN, floor, ColumnLSN, ColumnSeq)
@@ -399,6 +402,9 @@ func (c *ClickHouse) Write(ctx context.Context, rows []Row) (Result, error) {
 // fingerprints stored with it. Normally only the rows' own positions need
 // looking at; CheckEveryRow looks everywhere.
 func (c *ClickHouse) present(ctx context.Context, rows []Row) (map[int64][]uint64, error) {
+	if err := c.awaitSettledQuorum(ctx); err != nil {
+		return nil, err
+	}
 	present := make(map[int64][]uint64)
 	// Ids go in chunks: one IN list of a whole big batch would pass the
 	// server's max_query_size (256 KiB) at about 24k ids, and fail on
