@@ -54,6 +54,14 @@ type Writer interface {
 	Write(ctx context.Context, rows []sink.Row) (sink.Result, error)
 }
 
+// Pinger is a Writer that can tell cheaply whether its server answers
+// (sink.ClickHouse does). While the server is unreachable, the pipeline
+// then retries an insert as soon as a ping answers, instead of waiting out
+// a backoff of up to retry.max_backoff after the server is back.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
 // Marker records delivery in PostgreSQL (checkpoint.Store). xids are the
 // transactions the batch's rows were streamed from: a marking must see
 // every one of them, or it would skip their rows.
@@ -373,6 +381,16 @@ func (p *Pipeline) advance(safe pglogrepl.LSN) {
 	}
 }
 
+// probe is how an insert that found ClickHouse unreachable learns that it
+// is back: a ping every 200ms, when the writer can ping.
+func (p *Pipeline) probe() backoff.Probe {
+	pinger, ok := p.sink.(Pinger)
+	if !ok {
+		return backoff.Probe{}
+	}
+	return backoff.Probe{Down: sink.Unreachable, Up: pinger.Ping, Interval: 200 * time.Millisecond}
+}
+
 // insert writes a batch to ClickHouse, marks the rows it rejected failed,
 // and returns the ids still to mark processed.
 func (p *Pipeline) insert(ctx context.Context, b *batch) (ids []int64, start time.Time, err error) {
@@ -381,7 +399,7 @@ func (p *Pipeline) insert(ctx context.Context, b *batch) (ids []int64, start tim
 	defer p.opts.Budget.Release(b.bytes)
 	start = time.Now()
 	var res sink.Result
-	err = backoff.Retry(ctx, p.retry, p.log, "clickhouse insert", func(ctx context.Context) error {
+	err = backoff.RetryProbing(ctx, p.retry, p.probe(), p.log, "clickhouse insert", func(ctx context.Context) error {
 		var err error
 		res, err = p.sink.Write(ctx, b.rows)
 		if err != nil {

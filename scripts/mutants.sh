@@ -180,6 +180,33 @@ mutant sink-no-running-insert-fence ./sink TestRecoverWaitsForARunningInsert \
 		return nil
 	}'
 
+# §3.2 / §3.11 on a cluster: a read that decides what is stored waits until
+# no quorum insert is open (a sequentially consistent read leaves out a part
+# whose quorum is open; if the quorum closes before the next INSERT, its rows
+# are stored twice). The guard starts a private two-replica cluster (~30 s).
+mutant sink-reads-past-open-quorum ./sink TestRecoveryWaitsForAnOpenQuorum \
+	sink/quorum.go \
+	'func (c *ClickHouse) awaitSettledQuorum(ctx context.Context) error {' \
+	'func (c *ClickHouse) awaitSettledQuorum(ctx context.Context) error {
+	if true {
+		return nil
+	}'
+
+# insert_quorum: auto is sized on the replicas ZooKeeper lists, never on the
+# 0 that system.replicas reports while ZooKeeper is unreachable (auto would
+# make that a quorum of 1: none).
+mutant sink-quorum-sized-without-zookeeper ./sink TestQuorumIsSizedOnlyWithZooKeeper \
+	sink/replicated.go \
+	'		if m.Replicas == 0 {' \
+	'		if false && m.Replicas == 0 {'
+
+# Quorum inserts are serial where the server could run them in parallel
+# (20.10+ default: later inserts get in while a quorum is open).
+mutant sink-parallel-quorum ./sink TestQuorumSettings \
+	sink/quorum.go \
+	'		s["insert_quorum_parallel"] = 0' \
+	'		_ = s'
+
 # §3.7: poison rows are isolated by bisection, the others delivered.
 mutant sink-no-bisection ./sink TestWriteIsolatesRejectedRows \
 	sink/clickhouse.go \

@@ -12,6 +12,8 @@
 #   cluster-stop-replica N   stop replica N (SIGTERM, wait for exit)
 #   cluster-start-replica N  start replica N, wait until it answers and sees ZooKeeper
 #   cluster-zk-restart       SIGKILL ZooKeeper and start it again
+#   cluster-zk-kill          SIGKILL ZooKeeper (replicated tables turn read-only until it is back)
+#   cluster-zk-start         start ZooKeeper (again), wait until it answers
 #   cluster-status           show whether ZooKeeper and each replica answer
 #
 # Set CDC_TESTENV_CLUSTER=1 to make `up`, `down`, `env` and `status` include the cluster.
@@ -286,6 +288,8 @@ cluster_main() {
 		zk_stop KILL
 		zk_start
 		;;
+	cluster-zk-kill) zk_stop KILL ;;
+	cluster-zk-start) zk_start ;;
 	cluster-status) cl_status ;;
 	cluster-env) cl_print_env ;;
 	*) usage ;;

@@ -55,7 +55,7 @@ type Postgres struct {
 	// is an error.
 	URLFile string
 	// Table is the outbox table as [schema.]name (postgres.table,
-	// default public.event_outbox). Split by checkpoint.SplitTable.
+	// default public.event_outbox); no schema means public.
 	Table string
 	// Publication is the publication name (postgres.publication, default cdc_outbox).
 	Publication string

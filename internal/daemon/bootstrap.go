@@ -130,6 +130,7 @@ func (d *Daemon) backfill(ctx context.Context, sd *Shutdown, state backfill.Stat
 		return err
 	}
 	d.setUp.Store(true)
+	d.ready.set("backfilling: delivering the rows that predate slot %q", slotName)
 	d.log.Info("backfill: delivering rows that predate the slot", "slot", slotName)
 	dl := d.startDelivery(ctx, w, nil)
 	start := time.Now()

@@ -100,7 +100,7 @@ func Replay(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *sl
 		return res, err
 	}
 	w := &countingWriter{Writer: s}
-	mk := &replayMarker{log: log}
+	mk := &replayMarker{log: log.With("slot", cfg.Postgres.Slot, "table", cfg.Postgres.Table)}
 	dl := startDelivery(ctx, cfg, w, mk, nil, nil, log)
 	send := func(r sink.Row) error {
 		// Only rows the outbox still calls processed: verify found them

@@ -34,6 +34,7 @@ import (
 // until the graceful stop or an error.
 func (d *Daemon) stream(ctx context.Context, sd *Shutdown) error {
 	slotName := d.cfg.Postgres.Slot
+	waitLog := newOnceThenEvery(time.Minute)
 	for {
 		slot, err := replication.LookupSlot(ctx, d.pool, slotName)
 		if err != nil {
@@ -57,8 +58,12 @@ func (d *Daemon) stream(ctx context.Context, sd *Shutdown) error {
 			conn.Close(context.Background())
 			// After a crash the old walsender can hold the slot until
 			// wal_sender_timeout; wait rather than fail.
-			d.log.Warn("slot is active in another session; waiting", "slot", slotName,
-				"holder", replication.Holder(ctx, d.pool, slot.ActivePID), "retry_in", d.cfg.Replication.StandbyRetry)
+			holder := replication.Holder(ctx, d.pool, slot.ActivePID)
+			d.ready.set("waiting for slot %q: it is active in another session, held by %s", slotName, holder)
+			if waitLog.allow() {
+				d.log.Warn("slot is active in another session; waiting", "slot", slotName,
+					"holder", holder, "retry_every", d.cfg.Replication.StandbyRetry)
+			}
 			if err := sd.sleep(ctx, d.cfg.Replication.StandbyRetry); errors.Is(err, errDraining) {
 				return nil
 			} else if err != nil {
@@ -86,13 +91,15 @@ func (d *Daemon) stream(ctx context.Context, sd *Shutdown) error {
 func (d *Daemon) pump(ctx context.Context, sd *Shutdown, st *replication.Stream, confirm *checkpoint.Confirmer) error {
 	d.setUp.Store(true)
 	d.streaming.Store(true)
+	d.ready.streaming()
 	d.metrics.Connected.Set(1)
 	defer func() {
 		d.streaming.Store(false)
+		d.ready.set("replication stream ended")
 		d.metrics.Connected.Set(0)
 	}()
 
-	dl := d.startDelivery(ctx, d.sink, confirm)
+	dl := d.startDelivery(ctx, observedWriter{w: d.sink, ready: d.ready}, confirm)
 	src := newSource(d.cfg.Postgres.Table, d.metrics, dl.budget, confirm)
 	src.hb = d.heartbeats
 	d.heartbeats.follow(confirm.Durable)
@@ -172,6 +179,9 @@ type delivery struct {
 func startDelivery(ctx context.Context, cfg *config.Config, w pipeline.Writer, mk pipeline.Marker,
 	positions pipeline.Positions, obs pipeline.Observer, log *slog.Logger) *delivery {
 	budget := pipeline.DefaultBudget(cfg.Batch.MaxBytes)
+	// Every line of the pipeline (a row rejected, an insert retried) names
+	// the slot and the table it concerns.
+	log = log.With("slot", cfg.Postgres.Slot, "table", cfg.Postgres.Table)
 	p := pipeline.New(pipeline.Options{
 		Size: cfg.Batch.Size, MaxBytes: cfg.Batch.MaxBytes, FlushInterval: cfg.Batch.FlushInterval,
 		Queue: cfg.Batch.QueueBatches, Retry: pipeline.Backoff{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff},

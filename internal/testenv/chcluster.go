@@ -100,6 +100,14 @@ func (c *CHCluster) Start(t testing.TB, i int) { c.Script(t, "cluster-start-repl
 // RestartZK SIGKILLs ZooKeeper and starts it again.
 func (c *CHCluster) RestartZK(t testing.TB) { c.Script(t, "cluster-zk-restart") }
 
+// KillZK SIGKILLs ZooKeeper and leaves it down: the replicas' sessions
+// expire after session_timeout_ms (10 s) and their replicated tables turn
+// read-only until StartZK.
+func (c *CHCluster) KillZK(t testing.TB) { c.Script(t, "cluster-zk-kill") }
+
+// StartZK starts ZooKeeper (with its data) and waits until it answers.
+func (c *CHCluster) StartZK(t testing.TB) { c.Script(t, "cluster-zk-start") }
+
 // Conn opens a connection to replica i alone; t.Cleanup closes it.
 func (c *CHCluster) Conn(t testing.TB, i int) driver.Conn {
 	t.Helper()
@@ -136,4 +144,17 @@ func (c *CHCluster) Counts(t testing.TB, i int, db, table string) (count, uniq u
 		t.Fatalf("testenv: count on replica %d: %v", i, err)
 	}
 	return count, uniq
+}
+
+// IDs returns the ids of db.table on replica i, sorted, as stored (no
+// FINAL): a duplicate shows as a repeated id.
+func (c *CHCluster) IDs(t testing.TB, i int, db, table string) []int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	var ids []int64
+	if err := c.Conn(t, i).QueryRow(ctx, "SELECT groupArray(id) FROM (SELECT id FROM `"+db+"`.`"+table+"` ORDER BY id)").Scan(&ids); err != nil {
+		t.Fatalf("testenv: ids on replica %d: %v", i, err)
+	}
+	return ids
 }

@@ -107,7 +107,7 @@ func StartCluster(t testing.TB, name string, opts ClusterOptions) *Cluster {
 			t.Fatalf("testenv: cluster: initdb refuses root and there is no `postgres` OS user: %v", err)
 		}
 	}
-	ports := freePorts(t, 2)
+	ports := FreePorts(t, 2)
 	for i := range c.nodes {
 		c.nodes[i] = &pgNode{name: fmt.Sprintf("node%d", i), port: ports[i], dir: filepath.Join(dir, fmt.Sprintf("node%d", i))}
 	}

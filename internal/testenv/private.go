@@ -45,7 +45,7 @@ func startPrivateWith(t testing.TB, name, up string, prepare func(dir string)) *
 	t.Helper()
 	script := mustEnv(t, EnvScript)
 	dir := serverDir(t, name)
-	ports := freePorts(t, 4)
+	ports := FreePorts(t, 4)
 	pg, ch := ports[0], ports[1]
 	s := &Servers{
 		PGURL:  fmt.Sprintf("postgres://postgres@127.0.0.1:%d/cdc?sslmode=disable", pg),
@@ -144,8 +144,8 @@ func (s *Servers) SetSynchronousStandbyNames(t testing.TB, names string) {
 	}
 }
 
-// freePorts returns n distinct ports that were free a moment ago.
-func freePorts(t testing.TB, n int) []int {
+// FreePorts returns n distinct ports that were free a moment ago.
+func FreePorts(t testing.TB, n int) []int {
 	t.Helper()
 	var ports []int
 	var lns []net.Listener
@@ -164,4 +164,4 @@ func freePorts(t testing.TB, n int) []int {
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func FreePort(t testing.TB) int { return freePorts(t, 1)[0] }
+func FreePort(t testing.TB) int { return FreePorts(t, 1)[0] }
