@@ -15,19 +15,23 @@ import (
 )
 
 // ClusterName is the remote_servers cluster scripts/testenv-cluster.sh
-// configures: one shard whose replicas are every server it starts.
+// configures: its shards, each with its replicas.
 const ClusterName = "cdc_cluster"
 
 // CHCluster is a private replicated ClickHouse for one test: a standalone
-// ZooKeeper and replicas of one shard, started by scripts/testenv.sh
-// (cluster-up) in their own directory on their own ports. Tests kill,
-// stop and restart its replicas and its ZooKeeper; they never touch the
-// shared servers.
+// ZooKeeper and the servers of one or more shards, started by
+// scripts/testenv.sh (cluster-up) in their own directory on their own ports.
+// Tests kill, stop and restart its servers and its ZooKeeper; they never
+// touch the shared servers.
+//
+// Servers are numbered 1..Shards*Replicas, shard by shard: servers 1..R
+// are the replicas of shard 1, R+1..2R those of shard 2, and so on.
 type CHCluster struct {
-	Name   string   // the cluster in remote_servers
-	Addrs  []string // native addresses of replicas 1..N
-	ZKAddr string
-	dir    string
+	Name     string   // the cluster in remote_servers
+	Addrs    []string // native addresses of servers 1..N
+	Replicas int      // replicas per shard
+	ZKAddr   string
+	dir      string
 	scripted
 }
 
@@ -36,17 +40,30 @@ type CHCluster struct {
 // stopped and removed when the test ends (kept when it failed).
 func StartCHCluster(t testing.TB, name string, replicas int) *CHCluster {
 	t.Helper()
+	return StartCHShards(t, name, 1, replicas)
+}
+
+// StartCHShards starts ZooKeeper and shards × replicas ClickHouse servers:
+// server I is replica rI of shard (I-1)/replicas+1 (macros shard=01, 02, …),
+// and remote_servers lists every shard with its replicas, so a table made
+// ON CLUSTER exists on every server and a Distributed table reads every
+// shard. Everything is stopped and removed when the test ends (kept when
+// it failed).
+func StartCHShards(t testing.TB, name string, shards, replicas int) *CHCluster {
+	t.Helper()
 	script := mustEnv(t, EnvScript)
 	dir := serverDir(t, name)
-	base := clusterBasePort(t, replicas)
-	c := &CHCluster{Name: ClusterName, ZKAddr: fmt.Sprintf("127.0.0.1:%d", base+90), dir: dir}
-	for i := 0; i < replicas; i++ {
+	servers := shards * replicas
+	base := clusterBasePort(t, servers)
+	c := &CHCluster{Name: ClusterName, Replicas: replicas, ZKAddr: fmt.Sprintf("127.0.0.1:%d", base+90), dir: dir}
+	for i := 0; i < servers; i++ {
 		c.Addrs = append(c.Addrs, fmt.Sprintf("127.0.0.1:%d", base+10*i))
 	}
 	c.scripted = scripted{what: "cluster " + strings.Join(c.Addrs, ","), script: script}
 	c.env = append(os.Environ(),
 		"CDC_TESTENV_DIR="+dir,
 		"CDC_TESTENV_CLUSTER_DIR="+dir+"/cluster",
+		fmt.Sprintf("CDC_TESTENV_CLUSTER_SHARDS=%d", shards),
 		fmt.Sprintf("CDC_TESTENV_CLUSTER_REPLICAS=%d", replicas),
 		fmt.Sprintf("CDC_TESTENV_CLUSTER_BASEPORT=%d", base),
 		fmt.Sprintf("CDC_TESTENV_ZKPORT=%d", base+90),
@@ -56,22 +73,36 @@ func StartCHCluster(t testing.TB, name string, replicas int) *CHCluster {
 	return c
 }
 
+// ShardServers returns the server numbers (1-based, for Kill, Start,
+// Conn…) of the replicas of shard s (1-based).
+func (c *CHCluster) ShardServers(s int) []int {
+	var out []int
+	for i := (s-1)*c.Replicas + 1; i <= s*c.Replicas; i++ {
+		out = append(out, i)
+	}
+	return out
+}
+
 // clusterBasePort finds a base port below the ephemeral range (32768 on
 // Linux: a client's outgoing connection can take a port there between our
-// check and the server's bind) with base+10*i+{0,1,2} and base+90 free.
-func clusterBasePort(t testing.TB, replicas int) int {
+// check and the server's bind) with base+10*i+{0,1,2} and base+90 (ZooKeeper)
+// free: at most 9 servers.
+func clusterBasePort(t testing.TB, servers int) int {
 	t.Helper()
+	if servers > 9 {
+		t.Fatalf("testenv: a cluster of %d servers does not fit below ZooKeeper's port (base+90): at most 9", servers)
+	}
 	for attempt := 0; attempt < 50; attempt++ {
 		base := 20000 + 100*rand.IntN(120) // 20000..31900
 		ports := []int{base + 90}
-		for i := 0; i < replicas; i++ {
+		for i := 0; i < servers; i++ {
 			ports = append(ports, base+10*i, base+10*i+1, base+10*i+2)
 		}
 		if allFree(ports) {
 			return base
 		}
 	}
-	t.Fatalf("testenv: no free port range for a %d-replica cluster", replicas)
+	t.Fatalf("testenv: no free port range for a %d-server cluster", servers)
 	return 0
 }
 
