@@ -354,7 +354,7 @@ func (d *Daemon) newPipeline(w pipeline.Writer, tracker *checkpoint.Tracker, bud
 // from (pipeline.DefaultBudget: DESIGN.md §3 invariant 14).
 func pipelineOptions(cfg *config.Config, budget *pipeline.Budget) pipeline.Options {
 	return pipeline.Options{
-		Size: cfg.Batch.Size, MaxBytes: cfg.Batch.MaxBytes, FlushInterval: cfg.Batch.FlushInterval,
+		Size: cfg.Batch.Size, MaxRows: cfg.Batch.MaxRows, MaxBytes: cfg.Batch.MaxBytes, FlushInterval: cfg.Batch.FlushInterval,
 		Queue: cfg.Batch.QueueBatches, Retry: backoff.Policy{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff},
 		Budget: budget,
 	}
