@@ -19,9 +19,14 @@ import (
 //     moment the writer is free, so an idle stream sees its rows within the
 //     interval.
 //   - While the writer is busy, the ready batch keeps filling up to
-//     MaxRows rows or MaxBytes bytes. A backlog therefore goes out in a few
-//     large inserts, however small batch.size is, and a slow ClickHouse
-//     gets fewer, larger inserts rather than more of them.
+//     MaxRows rows or MaxBytes bytes. A batch that reached batch.size while
+//     the writer was busy marks a backlog: batch.size no longer makes it
+//     ready, only being full or flush_interval after its first row does.
+//     A backlog therefore goes out in a few large inserts, at most about
+//     one per flush_interval plus one per full batch, however small
+//     batch.size is and however fast the writer (ClickHouse advises about
+//     one insert per second per table), and a slow ClickHouse gets fewer,
+//     larger inserts rather than more of them.
 //   - A full batch waits in a queue of at most Options.Queue batches; with
 //     the queue full too, the batcher stops taking input (and the source,
 //     with its byte budget, stops reading).
@@ -56,9 +61,10 @@ type batcher struct {
 	// sentSafe is the safe LSN of the last batch queued or handed over.
 	lastSafe, sentSafe pglogrepl.LSN
 	// due is set when flush_interval has passed since cur's first row;
+	// backlog when cur reached batch.size while the writer was busy;
 	// closing once the input is closed: everything is then ready.
-	due, closing bool
-	timer        *time.Timer
+	due, backlog, closing bool
+	timer                 *time.Timer
 	// unreported rows received: metrics are updated once per burst.
 	unreported int
 }
@@ -87,6 +93,9 @@ func (b *batcher) run(ctx context.Context) error {
 			case b.handOff <- next:
 				b.handedOver(next)
 			default: // the writer is busy: keep filling
+				if next == b.cur && b.p.inserting.Load() {
+					b.backlog = true
+				}
 			}
 		}
 		if !b.isFull() {
@@ -209,7 +218,7 @@ func (b *batcher) queueFull() {
 func (b *batcher) restart(safe pglogrepl.LSN) {
 	b.sentSafe = safe
 	b.timer.Stop()
-	b.due = false
+	b.due, b.backlog = false, false
 	b.cur = newBatch(b.opts.Size)
 	if b.holding {
 		b.add(b.held)
@@ -219,7 +228,8 @@ func (b *batcher) restart(safe pglogrepl.LSN) {
 
 // next is the batch to hand over when the writer is free, or nil: the
 // oldest queued one, else the one being filled once it is ready (at
-// batch.size rows, full, due or closing). The batch being filled gets the
+// batch.size rows unless in a backlog, full, due or closing). The batch
+// being filled gets the
 // safe LSN of this moment: every row of a transaction that ended before it
 // is in this batch or an earlier one.
 func (b *batcher) next() *batch {
@@ -228,7 +238,7 @@ func (b *batcher) next() *batch {
 	}
 	cur := b.cur
 	n := len(cur.rows)
-	if n == 0 || !(n >= b.opts.Size || b.due || b.closing || b.isFull()) {
+	if n == 0 || !(n >= b.opts.Size && !b.backlog || b.due || b.closing || b.isFull()) {
 		return nil
 	}
 	cur.safe = b.lastSafe

@@ -102,32 +102,52 @@ func TestGroupCommit(t *testing.T) {
 	}
 }
 
-// TestReadyBatchWaitsNoLonger: a ready batch that grew while the writer was
-// busy goes the moment the writer is free (not at the flush interval, not
-// at the next row), and a partial batch on an idle stream goes after the
-// flush interval while growth is on.
-func TestReadyBatchWaitsNoLonger(t *testing.T) {
-	t.Run("writer freed", func(t *testing.T) {
-		var started atomic.Int32
-		release := make(chan struct{})
-		h := newHarness(t, pipeline.Options{Size: 5, MaxRows: 100, FlushInterval: time.Hour}, 0, 0, func(f *fakeDest) {
-			block := blockingWrite(release, &started)
-			f.write = func(ctx context.Context, ids []int64) (sink.Result, error) {
-				if ids[0] == 1 {
-					return block(ctx, ids)
+// TestBacklogPacing: a batch that reached batch.size while the writer was
+// busy (a backlog) is no longer ready at batch.size: it goes when it is full
+// or flush_interval after its first row, so a backlog is not delivered as
+// one insert per batch.size rows just because the writer is fast. A
+// partial batch on an idle stream still goes after flush_interval.
+func TestBacklogPacing(t *testing.T) {
+	tests := []struct {
+		name     string
+		interval time.Duration
+		maxRows  int
+		// grown: rows sent behind the stuck first write (of 5 rows);
+		// more: rows sent after the writer is free again.
+		grown, more int64
+		want        []int
+	}{
+		{name: "grown batch waits for its interval", interval: time.Second, maxRows: 100,
+			grown: 7, more: 3, want: []int{5, 10}},
+		{name: "full batch goes at once", interval: time.Hour, maxRows: 8,
+			grown: 8, more: 0, want: []int{5, 8}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var started atomic.Int32
+			release := make(chan struct{})
+			h := newHarness(t, pipeline.Options{Size: 5, MaxRows: tt.maxRows, FlushInterval: tt.interval}, 0, 0, func(f *fakeDest) {
+				block := blockingWrite(release, &started)
+				f.write = func(ctx context.Context, ids []int64) (sink.Result, error) {
+					if ids[0] == 1 {
+						return block(ctx, ids)
+					}
+					return sink.Result{Inserted: len(ids)}, nil
 				}
-				return sink.Result{Inserted: len(ids)}, nil
+			})
+			h.send(rows(1, 5)...)
+			waitFor(t, "the first write", func() bool { return started.Load() == 1 })
+			h.send(rows(6, 5+tt.grown)...)
+			close(release)
+			// The writer is free now; a batch that still took rows after
+			// it was (the interval had not passed) shows the pacing.
+			h.send(rows(6+tt.grown, 5+tt.grown+tt.more)...)
+			waitFor(t, "the grown batch written", func() bool { return len(h.dest.batchSizes()) == len(tt.want) })
+			if got := h.dest.batchSizes(); !slices.Equal(got, tt.want) {
+				t.Errorf("writes %v, want %v", got, tt.want)
 			}
 		})
-		h.send(rows(1, 5)...)
-		waitFor(t, "the first write", func() bool { return started.Load() == 1 })
-		h.send(rows(6, 12)...)
-		close(release)
-		waitFor(t, "the grown batch written", func() bool { return len(h.dest.batchSizes()) == 2 })
-		if got := h.dest.batchSizes(); !slices.Equal(got, []int{5, 7}) {
-			t.Errorf("writes %v, want [5 7]", got)
-		}
-	})
+	}
 	t.Run("idle stream", func(t *testing.T) {
 		h := newHarness(t, pipeline.Options{Size: 10, MaxRows: 100, FlushInterval: 20 * time.Millisecond}, 0, 0, nil)
 		h.send(rows(1, 3)...)

@@ -105,6 +105,10 @@ type Pipeline struct {
 	tracker *checkpoint.Tracker
 	metrics *metrics.Metrics
 	log     *slog.Logger
+	// inserting is set while the writer delivers a batch of rows (insert,
+	// then waiting for the marking before): the batcher tells a backlog
+	// from a writer that is merely not back at its receive yet.
+	inserting atomic.Bool
 }
 
 // New returns a pipeline; m may be nil.
@@ -237,10 +241,12 @@ func (p *Pipeline) write(ctx context.Context, queue <-chan *batch) error {
 			}
 			continue
 		}
+		p.inserting.Store(true)
 		ids, start, err := p.insert(ctx, b)
 		if err == nil {
 			err = settle()
 		}
+		p.inserting.Store(false)
 		if err != nil {
 			_ = settle() // never leave a marking running behind our back
 			return err
