@@ -4,7 +4,7 @@
 #   make testenv   start the private PostgreSQL + ClickHouse test servers (scripts/testenv.sh up)
 #   make test      testenv, then every test (unit + integration) with -race, on PostgreSQL 15;
 #                  then test-modern and test-pg-matrix
-#   make test-modern  the sink and migration checks on ClickHouse 18.16 and on an embedded ClickHouse 26
+#   make test-modern  the sink and migration checks (JSON event_context, views) on ClickHouse 18.16 and on an embedded ClickHouse 26
 #   make test-pg-matrix  the end-to-end, failover and status tests on PostgreSQL 14, 16, 17 and 18
 #   make mutants   plant each guarded bug in a scratch copy; fail unless every one is caught
 #   make vet       go vet ./...
@@ -48,7 +48,7 @@ test: testenv
 .PHONY: test-modern
 test-modern: testenv
 	lib="$$(scripts/chdb.sh)" && eval "$$(scripts/testenv.sh env)" && \
-		CDC_TEST_CHDB_LIB="$$lib" $(GO) test -tags chdb $(GOTESTFLAGS) ./sink/... ./internal/chdb/...
+		CDC_TEST_CHDB_LIB="$$lib" $(GO) test -tags chdb $(GOTESTFLAGS) ./sink/... ./internal/chdb/... ./migrations/modern/...
 
 # The tests that depend on the PostgreSQL version (daemon end to end, the real
 # binary's SIGTERM/standby/lost-slot runs, primary failover, failover slots,
@@ -80,9 +80,9 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 lint:
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt: these files need formatting:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) vet -tags chdb ./sink/... ./internal/chdb/...
+	$(GO) vet -tags chdb ./sink/... ./internal/chdb/... ./migrations/modern/...
 	$(GO) run $(STATICCHECK) ./...
-	$(GO) run $(STATICCHECK) -tags chdb ./sink/... ./internal/chdb/...
+	$(GO) run $(STATICCHECK) -tags chdb ./sink/... ./internal/chdb/... ./migrations/modern/...
 	@cp go.mod /tmp/cdc-go.mod.$$$$ && cp go.sum /tmp/cdc-go.sum.$$$$ && $(GO) mod tidy && \
 		if ! cmp -s go.mod /tmp/cdc-go.mod.$$$$ || ! cmp -s go.sum /tmp/cdc-go.sum.$$$$; then \
 			echo "go mod tidy changed go.mod/go.sum: run it and commit the result"; \

@@ -174,6 +174,18 @@ type ClickHouse struct {
 	// rows then live in LocalTable(Table), a ReplicatedMergeTree made ON
 	// CLUSTER, and Table is a Distributed table over it.
 	Cluster string
+	// EventContext is the type event_context gets in a table migrate
+	// creates (clickhouse.event_context_type, which `cdc migrate` always
+	// passes): "auto": JSON where the server's JSON type is generally
+	// available (Version.JSON), else String; "string"; "json" (an error on a
+	// server without it). "" is String, the layout of every earlier
+	// version, for callers that do not choose (tests of the String layout).
+	// An existing table keeps its type, unless the choice is explicit and
+	// differs: then migrate fails with the ALTER.
+	EventContext string
+	// Views are the per-event-type tables and their materialized views
+	// (see applyViews).
+	Views []View
 	// Check, when set, is asked about the table before the migrations are
 	// recorded: an adopted table cdc cannot deliver into fails the
 	// migration, and is not recorded as migrated.
@@ -214,11 +226,42 @@ func ParseVersion(s string) (Version, error) {
 // skipping indexes without experimental settings (20.3 and later).
 func (v Version) Modern() bool { return v.Major > 20 || (v.Major == 20 && v.Minor >= 3) }
 
+// JSON reports whether the server's JSON type is generally available: 25.3
+// and later (ClickHouse's changelog, PR 77785: "The JSON data type is
+// production-ready"). 24.8 to 25.2 have it only behind
+// allow_experimental_json_type, which cdc does not set.
+func (v Version) JSON() bool { return v.Major > 25 || (v.Major == 25 && v.Minor >= 3) }
+
+// contextType is the type event_context gets in a table migrate creates.
+func (c ClickHouse) contextType(v Version) (string, error) {
+	switch c.EventContext {
+	case "auto":
+		if v.JSON() {
+			return "JSON", nil
+		}
+		return "String", nil
+	case "", "string":
+		return "String", nil
+	case "json":
+		if !v.JSON() {
+			return "", fmt.Errorf("clickhouse: clickhouse.event_context_type is json, but ClickHouse %d.%d has no generally available JSON type (25.3 and later have it): set it to auto or string", v.Major, v.Minor)
+		}
+		return "JSON", nil
+	}
+	return "", fmt.Errorf("clickhouse: clickhouse.event_context_type must be auto, string or json, got %q", c.EventContext)
+}
+
 // ClickHouseStatements renders the ClickHouse migrations for a server
 // version: DateTime64(6, 'UTC') and LowCardinality(String) on modern servers,
-// DateTime and String on 18.x. Each migration may hold several statements.
+// DateTime and String on 18.x, and event_context as contextType says. Each
+// migration may hold several statements.
 func ClickHouseStatements(v Version, c ClickHouse) ([][]string, []string, error) {
+	ctxType, err := c.contextType(v)
+	if err != nil {
+		return nil, nil, err
+	}
 	data := map[string]any{
+		"Context":  ctxType,
 		"Database": quoteCH(c.Database),
 		"Table":    quoteCH(c.Table),
 		"Local":    quoteCH(c.rowTable()),
@@ -325,11 +368,19 @@ func ApplyClickHouse(ctx context.Context, conn driver.Conn, c ClickHouse) (appli
 			applied = append(applied, "clickhouse/add column "+col.name)
 		}
 	}
+	if err := checkContextType(ctx, conn, c, v); err != nil {
+		return nil, err
+	}
 	if c.Check != nil {
 		if err := c.Check(ctx, conn); err != nil {
 			return nil, err
 		}
 	}
+	views, err := applyViews(ctx, conn, c)
+	if err != nil {
+		return nil, err
+	}
+	applied = append(applied, views...)
 	if err := recordClickHouse(ctx, conn, c.Database, names); err != nil {
 		return nil, err
 	}

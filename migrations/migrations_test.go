@@ -170,8 +170,13 @@ func TestClickHouseStatementsByVersion(t *testing.T) {
 		{migrations.Version{24, 8}, "DateTime64(6, 'UTC')", "INDEX_NONE"},
 		{migrations.Version{24, 8}, "LowCardinality(String)", "x-none"},
 		{migrations.Version{24, 8}, "INDEX _lsn_minmax", "x-none"},
+		// The JSON type is generally available from 25.3 (experimental in 24.8 to 25.2).
+		{migrations.Version{18, 16}, "event_context    String,", "JSON"},
+		{migrations.Version{25, 2}, "event_context    String,", "JSON"},
+		{migrations.Version{25, 3}, "event_context    JSON,", "event_context    String"},
+		{migrations.Version{26, 1}, "event_context    JSON,", "event_context    String"},
 	} {
-		stmts, _, err := migrations.ClickHouseStatements(tc.v, migrations.ClickHouse{Database: "d", Table: "t"})
+		stmts, _, err := migrations.ClickHouseStatements(tc.v, migrations.ClickHouse{Database: "d", Table: "t", EventContext: "auto"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -183,6 +188,35 @@ func TestClickHouseStatementsByVersion(t *testing.T) {
 		}
 		if !strings.Contains(all, tc.want) || strings.Contains(all, tc.deny) {
 			t.Errorf("%v: DDL lacks %q or has %q:\n%s", tc.v, tc.want, tc.deny, all)
+		}
+	}
+}
+
+// clickhouse.event_context_type overrides the choice by version; json on a
+// server without a generally available JSON type is an error naming the key.
+func TestEventContextTypeOverride(t *testing.T) {
+	for _, tc := range []struct {
+		v            migrations.Version
+		choice, want string
+		wantErr      string
+	}{
+		{migrations.Version{26, 1}, "auto", "event_context    JSON,", ""},
+		{migrations.Version{26, 1}, "string", "event_context    String,", ""},
+		{migrations.Version{25, 3}, "json", "event_context    JSON,", ""},
+		{migrations.Version{18, 16}, "auto", "event_context    String,", ""},
+		{migrations.Version{26, 1}, "", "event_context    String,", ""}, // callers that do not choose
+		{migrations.Version{25, 2}, "json", "", "clickhouse.event_context_type is json, but ClickHouse 25.2 has no generally available JSON type (25.3 and later have it): set it to auto or string"},
+		{migrations.Version{18, 16}, "json", "", "clickhouse.event_context_type is json, but ClickHouse 18.16"},
+	} {
+		stmts, _, err := migrations.ClickHouseStatements(tc.v, migrations.ClickHouse{Database: "d", Table: "t", EventContext: tc.choice})
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%v %s: err %v, want %q", tc.v, tc.choice, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || !strings.Contains(strings.Join(stmts[0], ";"), tc.want) {
+			t.Errorf("%v %s: %v, %v; want %q", tc.v, tc.choice, stmts, err, tc.want)
 		}
 	}
 }

@@ -30,18 +30,27 @@ func Connect(ctx context.Context, url string) (*pgconn.PgConn, error) {
 		return nil, fmt.Errorf("postgres: parse postgres.url: %w", err)
 	}
 	cfg.RuntimeParams["replication"] = "database"
-	cfg.RuntimeParams["DateStyle"] = "ISO"
-	cfg.RuntimeParams["TimeZone"] = "UTC"
-	cfg.RuntimeParams["IntervalStyle"] = "postgres"
-	cfg.RuntimeParams["extra_float_digits"] = "3"
-	if cfg.RuntimeParams["application_name"] == "" {
-		cfg.RuntimeParams["application_name"] = "outbox-cdc"
-	}
+	SetSessionParams(cfg.RuntimeParams)
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres %s:%d: replication connect: %w", cfg.Host, cfg.Port, err)
 	}
 	return conn, nil
+}
+
+// SetSessionParams sets the session settings every cdc connection starts
+// with (a connection's RuntimeParams): values rendered as text are then the
+// same whichever way they are read, the stream's pgoutput or the backfill's
+// query (§8: ISO dates in UTC, intervals in PostgreSQL's style, full float
+// precision), and the server names cdc's sessions unless the URL does.
+func SetSessionParams(params map[string]string) {
+	params["DateStyle"] = "ISO"
+	params["TimeZone"] = "UTC"
+	params["IntervalStyle"] = "postgres"
+	params["extra_float_digits"] = "3"
+	if params["application_name"] == "" {
+		params["application_name"] = "outbox-cdc"
+	}
 }
 
 // CreatedSlot is the result of CreateSlot.

@@ -9,7 +9,6 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Querier is what slot inspection needs from a pgx connection or pool.
@@ -215,6 +214,11 @@ func Holder(ctx context.Context, q Querier, pid int32) string {
 	return fmt.Sprintf("pid %d (%s from %s, connected %s)", pid, app, addr, started.UTC().Format(time.RFC3339))
 }
 
+// LeaderLockKey is the advisory lock key of slot's leader lease: the
+// daemon takes it (internal/lease hashes it with hashtext) and LeaderHolder
+// looks for it.
+func LeaderLockKey(slot string) string { return "outbox-cdc:" + slot }
+
 // LeaderHolder describes the session holding the leader lock for slot (the
 // advisory lock of the daemon's leader lease, internal/lease).
 func LeaderHolder(ctx context.Context, q Querier, slot string) string {
@@ -228,16 +232,9 @@ func LeaderHolder(ctx context.Context, q Querier, slot string) string {
 	    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 	    AND l.classid = ((hashtext($1)::bigint >> 32) & 4294967295)::oid
 	    AND l.objid = (hashtext($1)::bigint & 4294967295)::oid LIMIT 1`,
-		"outbox-cdc:"+slot).Scan(&pid)
+		LeaderLockKey(slot)).Scan(&pid)
 	if err != nil {
 		return "another instance"
 	}
 	return Holder(ctx, q, pid)
-}
-
-// IsConnError reports whether err means the server could not be reached or
-// dropped the connection (as opposed to refusing a statement).
-func IsConnError(err error) bool {
-	var pgErr *pgconn.PgError
-	return !errors.As(err, &pgErr)
 }

@@ -250,7 +250,7 @@ mutant backfill-outside-snapshot ./internal/daemon TestBackfillListIsReadInTheSl
 
 # §3.11 / §3.12: a re-created slot's backfill checks every row.
 mutant backfill-checks-only-near-hwm ./internal/daemon TestRecreatedSlotBackfillRecognisesDeliveredRows \
-	internal/daemon/daemon.go \
+	internal/daemon/bootstrap.go \
 	'	w, err := sink.Open(ctx, d.sinkOptions(true))' \
 	'	w, err := sink.Open(ctx, d.sinkOptions(false))'
 
@@ -264,7 +264,7 @@ mutant redrive-at-position-zero ./internal/daemon TestRedrivenRowKeepsItsStreamP
 
 # §3.1: a publication that leaves outbox rows out is refused before the slot.
 mutant daemon-skips-publication-check ./internal/daemon TestRunChecksThePublicationBeforeTheSlot \
-	internal/daemon/daemon.go \
+	internal/daemon/bootstrap.go \
 	'	if err := replication.CheckPublication(ctx, d.pool, d.cfg.Postgres.Publication, d.cfg.Postgres.Table); err != nil {' \
 	'	if err := error(nil); err != nil {'
 

@@ -24,7 +24,10 @@ func migrateCmd(configFile *string) *cobra.Command {
 		Use:   "migrate",
 		Short: "Create or upgrade the outbox, publication and ClickHouse table (idempotent)",
 		Long: `Create or upgrade the outbox, its publication and cdc's tables in PostgreSQL,
-and the database and events table in ClickHouse. Every step is idempotent.
+and the database and events table in ClickHouse (event_context as JSON on
+ClickHouse 25.3 and later, String before; clickhouse.event_context_type
+overrides), and the per-event-type tables and materialized views of
+views: (docs/analytics.md). Every step is idempotent.
 
 Both servers are reached before either is changed. An existing ClickHouse
 table is adopted only when cdc can deliver into it (the columns _lsn, _seq
@@ -101,7 +104,7 @@ func runMigrate(ctx context.Context, cfg *config.Config, log *slog.Logger) error
 	logApplied(log, "postgres", applied, "table", cfg.Postgres.Table, "publication", cfg.Postgres.Publication)
 
 	chApplied, err := migrations.ApplyClickHouse(ctx, ch, migrations.ClickHouse{Database: cfg.ClickHouse.Database, Table: cfg.ClickHouse.Table,
-		Cluster: cfg.ClickHouse.Cluster,
+		Cluster: cfg.ClickHouse.Cluster, EventContext: cfg.ClickHouse.EventContextType, Views: migrationViews(cfg.Views),
 		// The check `cdc run` makes when it opens the sink.
 		Check: func(ctx context.Context, ch driver.Conn) error {
 			return sink.CheckTable(ctx, ch, cfg.ClickHouse.Database, cfg.ClickHouse.Table)
@@ -111,6 +114,18 @@ func runMigrate(ctx context.Context, cfg *config.Config, log *slog.Logger) error
 	}
 	logApplied(log, "clickhouse", chApplied, "database", cfg.ClickHouse.Database, "table", cfg.ClickHouse.Table)
 	return nil
+}
+
+// migrationViews are the configured views as migrations applies them.
+func migrationViews(views []config.View) []migrations.View {
+	out := make([]migrations.View, len(views))
+	for i, v := range views {
+		out[i] = migrations.View{EventType: v.EventType, Table: v.Table}
+		for _, c := range v.Columns {
+			out[i].Columns = append(out[i].Columns, migrations.ViewColumn{Name: c.Name, Expr: c.Expr})
+		}
+	}
+	return out
 }
 
 func logApplied(log *slog.Logger, server string, applied []string, attrs ...any) {

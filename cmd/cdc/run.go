@@ -74,7 +74,9 @@ func run(cfg *config.Config, log *slog.Logger) (err error) {
 
 	stop, stopNow := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stopNow()
-	// hard bounds the graceful shutdown: grace after the signal, all I/O ends.
+	// The signal begins the graceful stop (sd); hard bounds it: grace after
+	// the signal, all I/O ends.
+	sd := daemon.NewShutdown()
 	hard, cancelHard := context.WithCancel(context.Background())
 	defer cancelHard()
 	// finished is closed when run returns, before stopNow cancels stop: a
@@ -90,6 +92,7 @@ func run(cfg *config.Config, log *slog.Logger) (err error) {
 		default:
 		}
 		log.Info("shutting down: delivering buffered rows", "grace", cfg.Shutdown.Grace)
+		sd.Begin()
 		t := time.NewTimer(cfg.Shutdown.Grace)
 		defer t.Stop()
 		select {
@@ -119,7 +122,7 @@ func run(cfg *config.Config, log *slog.Logger) (err error) {
 		"clickhouse", cfg.ClickHouse.Addr, "http", ln.Addr().String(), "max_procs", procs,
 		"memory_limit", memLimit)
 
-	if err := d.Run(stop, hard); err != nil {
+	if err := d.Run(hard, sd); err != nil {
 		log.Error("cdc stopped", "err", err)
 		sentry.CaptureException(err)
 		return err

@@ -39,6 +39,9 @@ type Config struct {
 	Outbox      Outbox
 	Verify      Verify
 	Runtime     Runtime
+	// Views are the per-event-type tables `cdc migrate` makes (views:, a
+	// list in the config file only; default none). See [View].
+	Views []View
 }
 
 // Postgres is the source database, publication and replication slot.
@@ -109,6 +112,12 @@ type ClickHouse struct {
 	// InsertQuorumTimeout bounds the wait for the quorum of one INSERT
 	// (clickhouse.insert_quorum_timeout, default 60s).
 	InsertQuorumTimeout time.Duration
+	// EventContextType is the type `cdc migrate` gives event_context in a
+	// table it creates: "auto" (JSON where the server's JSON type is
+	// generally available, 25.3 and later; String before), "string" or
+	// "json" (clickhouse.event_context_type, default auto). An existing
+	// table keeps its type.
+	EventContextType string
 	// TLS secures every connection cdc opens to ClickHouse (clickhouse.tls.*).
 	TLS ClickHouseTLS
 }

@@ -56,6 +56,7 @@ var specs = []spec{
 	{"clickhouse.cluster", kindString, "", func(c *Config) any { return &c.ClickHouse.Cluster }},
 	{"clickhouse.insert_quorum", kindWordOrInt, "auto", func(c *Config) any { return &c.ClickHouse.InsertQuorum }},
 	{"clickhouse.insert_quorum_timeout", kindDuration, "1m0s", func(c *Config) any { return &c.ClickHouse.InsertQuorumTimeout }},
+	{"clickhouse.event_context_type", kindWord, "auto", func(c *Config) any { return &c.ClickHouse.EventContextType }},
 	{"clickhouse.tls.enabled", kindBool, "false", func(c *Config) any { return &c.ClickHouse.TLS.Enabled }},
 	{"clickhouse.tls.ca_file", kindString, "", func(c *Config) any { return &c.ClickHouse.TLS.CAFile }},
 	{"clickhouse.tls.cert_file", kindString, "", func(c *Config) any { return &c.ClickHouse.TLS.CertFile }},

@@ -30,6 +30,7 @@ func Load(path string) (*Config, error) {
 	}
 
 	var fileLines map[string]int // key -> line, for keys the file sets
+	var views []View
 	if path != "" {
 		data, err := os.ReadFile(path)
 		if err != nil {
@@ -44,6 +45,9 @@ func Load(path string) (*Config, error) {
 		}
 		if err := v.ReadConfig(bytes.NewReader(data)); err != nil {
 			return nil, fmt.Errorf("config file %s: %w", path, err)
+		}
+		if views, err = readViews(path, data); err != nil {
+			return nil, err
 		}
 	}
 
@@ -61,7 +65,7 @@ func Load(path string) (*Config, error) {
 		return ""
 	}
 
-	c := &Config{}
+	c := &Config{Views: views}
 	for _, s := range specs {
 		if err := s.set(c, v.Get(s.key)); err != nil {
 			return nil, withSource(err, source)
@@ -166,15 +170,20 @@ func checkFile(path string, data []byte) (map[string]int, error) {
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		kn, vn := root.Content[i], deref(root.Content[i+1])
 		sec := strings.ToLower(kn.Value)
+		if prev, dup := seenSection[sec]; dup {
+			return nil, fail(kn.Line, "section %s appears twice (first at line %d)", sec, prev)
+		}
+		if sec == "views" {
+			// A list of mappings, not keys: readViews parses it.
+			seenSection[sec] = kn.Line
+			continue
+		}
 		if len(children(sec)) == 0 {
 			if knownKey(sec) {
 				s, l, _ := strings.Cut(sec, ".")
 				return nil, fail(kn.Line, "unknown key %q: write it nested, as %s: then %s: indented below it", kn.Value, s, l)
 			}
 			return nil, fail(kn.Line, "unknown key %q%s", kn.Value, suggest(sec))
-		}
-		if prev, dup := seenSection[sec]; dup {
-			return nil, fail(kn.Line, "section %s appears twice (first at line %d)", sec, prev)
 		}
 		seenSection[sec] = kn.Line
 		if err := checkGroup(sec, kn, vn, lines, fail); err != nil {

@@ -35,6 +35,7 @@ func (c *Config) Validate() error {
 		c.Postgres.validate,
 		c.ClickHouse.validate,
 		c.validateRest,
+		c.validateViews,
 	}
 	for _, check := range checks {
 		if err := check(); err != nil {
@@ -132,6 +133,11 @@ func (ch ClickHouse) validate() error {
 	}
 	if ch.InsertQuorumTimeout < time.Second || ch.InsertQuorumTimeout%time.Millisecond != 0 {
 		return keyErr("clickhouse.insert_quorum_timeout", "must be a duration of at least 1s in whole milliseconds like 60s, got %s", ch.InsertQuorumTimeout)
+	}
+	switch ch.EventContextType {
+	case "auto", "string", "json":
+	default:
+		return keyErr("clickhouse.event_context_type", "must be one of auto (JSON on ClickHouse 25.3 and later, else String), string, json, got %q", ch.EventContextType)
 	}
 	return ch.TLS.validate()
 }

@@ -195,11 +195,11 @@ func TestStartWarnsWhenConsumerCanPassTheStandby(t *testing.T) {
 	cfg := o.Config()
 	var logs syncBuffer
 	d := New(cfg, slog.New(slog.NewJSONHandler(&logs, nil)), metrics.New())
-	stop, stopFn := context.WithCancel(context.Background())
+	sd := NewShutdown()
 	done := make(chan error, 1)
-	go func() { done <- d.Run(stop, context.Background()) }()
+	go func() { done <- d.Run(context.Background(), sd) }()
 	defer func() {
-		stopFn()
+		sd.Begin()
 		select {
 		case <-done:
 		case <-time.After(30 * time.Second):

@@ -50,10 +50,10 @@ func startLogged(t *testing.T, cfg *config.Config) (*running, *logBuffer) {
 	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	m := metrics.New()
 	r := &running{d: New(cfg, log, m), m: m, done: make(chan error, 1)}
-	stop, stopFn := context.WithCancel(context.Background())
+	sd := NewShutdown()
 	hard, hardFn := context.WithCancel(context.Background())
-	r.stop, r.hardEnd = stopFn, hardFn
-	go func() { r.done <- r.d.Run(stop, hard) }()
+	r.stop, r.hardEnd = sd.Begin, hardFn
+	go func() { r.done <- r.d.Run(hard, sd) }()
 	t.Cleanup(func() {
 		r.stop()
 		select {

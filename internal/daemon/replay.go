@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"math"
 
@@ -103,41 +102,25 @@ func Replay(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *sl
 	}
 	w := &countingWriter{Writer: s}
 	mk := &replayMarker{log: log}
-	// Bounded in bytes like every path (DESIGN.md §3 invariant 14).
-	budget := pipeline.DefaultBudget(cfg.Batch.MaxBytes)
-	p := pipeline.New(pipelineOptions(cfg, budget), w, mk, checkpoint.NewTracker(0), m, log)
-	in := newInput(cfg.Batch.Size)
-	pctx, stopPipe := context.WithCancel(ctx)
-	defer stopPipe()
-	pipe := startPipeline(pctx, p, in)
-
+	dl := startDelivery(ctx, cfg, w, mk, checkpoint.NewTracker(0), m, log)
 	send := func(r sink.Row) error {
 		// Only rows the outbox still calls processed: verify found them
 		// so, and nothing else is replay's to deliver.
 		if si := r.Relation.ColumnIndex("status"); si >= 0 && r.Values[si] != "processed" {
 			return nil
 		}
-		return pipe.hand(ctx, in, budget, &r)
+		return dl.hand(ctx, nil, &r)
 	}
 	rep, err := runVerify(ctx, cfg, pool, log, r, progress, func(ctx context.Context, ids []int64) error {
 		res.Found += int64(len(ids))
 		_, err := backfill.Rows(ctx, pool, cfg.Postgres.Table, ids, cfg.Batch.Size, ReplayPosition, send)
 		return err
 	})
-	close(in)
-	if err != nil {
-		stopPipe()
-		<-pipe.done
-		return res, err
-	}
-	err = pipe.wait()
+	err = dl.finish(err)
 	res.Report = rep
 	res.Inserted, res.AlreadyPresent, res.Rejected = w.inserted, w.skipped, w.rejected
 	if err != nil {
-		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
-			return res, cause
-		}
-		return res, err
+		return res, leaseLost(ctx, err)
 	}
 	return res, nil
 }

@@ -95,9 +95,11 @@ func (s *source) keepalive(serverWALEnd pglogrepl.LSN) {
 	}
 }
 
-func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker *checkpoint.Tracker, in chan<- pipeline.Item, pipe *runningPipeline) error {
+// read feeds the stream's rows to the pipeline of dl until the graceful
+// stop (it returns nil) or an error, sending status all along.
+func (s *source) read(ctx context.Context, sd *Shutdown, st *replication.Stream, tracker *checkpoint.Tracker, dl *delivery) error {
 	for {
-		if stop.Err() != nil {
+		if sd.Draining() {
 			return nil
 		}
 		if err := st.UpdateStatus(ctx, s.confirmable(tracker.Durable())); err != nil {
@@ -113,7 +115,7 @@ func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker
 			var out chan<- pipeline.Item
 			var freed <-chan struct{}
 			if s.acquire() {
-				out = in
+				out = dl.in
 			} else {
 				freed = s.budget.Freed()
 			}
@@ -122,9 +124,9 @@ func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker
 				s.handedOn()
 			case <-freed:
 			case <-time.After(200 * time.Millisecond):
-			case <-stop.Done():
-			case <-pipe.done:
-				return pipelineStopped(pipe.err)
+			case <-sd.Drain():
+			case <-dl.done:
+				return pipelineStopped(dl.err)
 			case <-ctx.Done():
 				return ctx.Err()
 			}
@@ -136,8 +138,8 @@ func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker
 		}
 		if !ok {
 			select {
-			case <-pipe.done:
-				return pipelineStopped(pipe.err)
+			case <-dl.done:
+				return pipelineStopped(dl.err)
 			default:
 			}
 			continue
@@ -151,7 +153,7 @@ func (s *source) read(stop, ctx context.Context, st *replication.Stream, tracker
 		}
 		if s.hasPending && s.acquire() {
 			select {
-			case in <- s.pending:
+			case dl.in <- s.pending:
 				s.handedOn()
 			default:
 			}

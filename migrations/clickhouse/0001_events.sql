@@ -2,6 +2,8 @@
 -- came from (_lsn: commit LSN of its transaction, _seq: its place in it),
 -- which deduplication after restarts relies on, and the row's identity
 -- (_fingerprint: a hash of the values it was born with; see sink.ColumnFingerprint).
+-- event_context is JSON where the server's JSON type is generally available
+-- (25.3 and later) and String before, or as clickhouse.event_context_type says.
 --
 -- With clickhouse.cluster set, the rows live in <table>_local, a
 -- ReplicatedMergeTree made ON CLUSTER on every server (its ZooKeeper path and
@@ -13,7 +15,7 @@ CREATE TABLE IF NOT EXISTS {{.Database}}.{{.Local}}{{if .Cluster}} ON CLUSTER {{
     event_type       {{.Symbol}},
     event_date_time  {{.Time}},
     environment      {{.Symbol}},
-    event_context    String,
+    event_context    {{.Context}},
     metadata_version Int64,
     created_at       {{.Time}},
     _lsn             UInt64,

@@ -1,5 +1,12 @@
 package daemon
 
+// Re-drive: delivery again of rows marked failed (DESIGN.md §3.7), by
+// `cdc retry-failed` and by the leader's periodic re-drive. It runs the
+// stream's pipeline (startDelivery) over rows read from the outbox, under
+// the retry:<table> lease that serialises and fences every re-drive of one
+// outbox (§3.10), with every row looked up in ClickHouse before it is
+// inserted (§3.2).
+
 import (
 	"context"
 	"errors"
@@ -56,27 +63,12 @@ func RetryFailed(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, lo
 	}
 
 	counting := &countingMarker{Marker: checkpoint.NewStore(pool, cfg.Postgres.Table).Fenced(terms...)}
-	budget := pipeline.DefaultBudget(cfg.Batch.MaxBytes)
-	p := pipeline.New(pipelineOptions(cfg, budget), s, counting, checkpoint.NewTracker(0), m, log)
-
-	in := newInput(cfg.Batch.Size)
-	pctx, stopPipe := context.WithCancel(ctx)
-	defer stopPipe()
-	pipe := startPipeline(pctx, p, in)
+	dl := startDelivery(ctx, cfg, s, counting, checkpoint.NewTracker(0), m, log)
 	res.Read, err = backfill.Failed(ctx, pool, cfg.Postgres.Table, maxAttempts, cfg.Batch.Size, func(r sink.Row) error {
-		return pipe.hand(ctx, in, budget, &r)
+		return dl.hand(ctx, nil, &r)
 	})
-	close(in)
-	if err != nil {
-		stopPipe()
-		<-pipe.done
-		return res, err
-	}
-	if err := pipe.wait(); err != nil {
-		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
-			return res, cause
-		}
-		return res, err
+	if err := dl.finish(err); err != nil {
+		return res, leaseLost(ctx, err)
 	}
 	res.StillFailed = counting.failed
 	return res, nil
@@ -138,6 +130,15 @@ func holdRedrive(ctx context.Context, cfg *config.Config, log *slog.Logger, lead
 		h.terms[i] = checkpoint.Term{Lease: l.Name(), Term: l.Term()}
 	}
 	return h, nil
+}
+
+// leaseLost returns why ctx ended when a lease it was bound to was lost
+// (holdRedrive), or else err: a re-drive stopped by a lost lease says so.
+func leaseLost(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return err
 }
 
 // countingMarker counts rows marked failed again.

@@ -1,0 +1,233 @@
+package daemon
+
+// Streaming: replication → source → pipeline → sink → checkpoint, and the
+// slot's confirmation (DESIGN.md §3.1, §3.5, §3.6, §3.9, §8).
+//
+// One goroutine (pump) owns the replication connection: it reads, hands rows
+// to the pipeline and sends status. When the pipeline is full it stops
+// reading (TCP backpressure holds the walsender) but keeps sending status,
+// so the server never times the connection out. The pipeline runs in its
+// own goroutines (delivery) and advances the durable LSN once a
+// transaction's rows are all inserted and marked; only that, or the
+// keepalive's position when nothing is in flight, is confirmed (source).
+// The graceful stop closes the pipeline's input: what was read is
+// delivered, marked and confirmed before the stream ends.
+//
+// delivery is also how the backfill, the re-drives and replay run their
+// pipelines: the same batching options, byte budget and input, so every
+// path is bounded in memory the same way (§3.14).
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/outbox-cdc/outbox-cdc/checkpoint"
+	"github.com/outbox-cdc/outbox-cdc/internal/backoff"
+	"github.com/outbox-cdc/outbox-cdc/internal/config"
+	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
+	"github.com/outbox-cdc/outbox-cdc/pipeline"
+	"github.com/outbox-cdc/outbox-cdc/replication"
+	"github.com/outbox-cdc/outbox-cdc/sink"
+)
+
+// stream starts replication from the slot's confirmed position and runs
+// until the graceful stop or an error.
+func (d *Daemon) stream(ctx context.Context, sd *Shutdown) error {
+	slotName := d.cfg.Postgres.Slot
+	for {
+		slot, err := replication.LookupSlot(ctx, d.pool, slotName)
+		if err != nil {
+			return err
+		}
+		if err := slot.CheckUsable(); err != nil {
+			return err
+		}
+		if err := d.sink.Recover(ctx, uint64(slot.ConfirmedFlush)); err != nil {
+			return err
+		}
+		conn, err := replication.Connect(ctx, d.cfg.Postgres.URL)
+		if err != nil {
+			return err
+		}
+		st, err := replication.Start(ctx, conn, replication.StartOptions{
+			Slot: slotName, Publication: d.cfg.Postgres.Publication,
+			StatusInterval: d.cfg.Replication.StatusInterval, Logger: d.log,
+		})
+		if errors.Is(err, replication.ErrSlotInUse) {
+			conn.Close(context.Background())
+			// After a crash the old walsender can hold the slot until
+			// wal_sender_timeout; wait rather than fail.
+			d.log.Warn("slot is active in another session; waiting", "slot", slotName,
+				"holder", replication.Holder(ctx, d.pool, slot.ActivePID), "retry_in", d.cfg.Replication.StandbyRetry)
+			if err := sd.sleep(ctx, d.cfg.Replication.StandbyRetry); errors.Is(err, errDraining) {
+				return nil
+			} else if err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			conn.Close(context.Background())
+			return err
+		}
+		defer conn.Close(context.Background())
+		// True from the first scrape: the slot's position until this
+		// stream confirms past it.
+		d.metrics.ConfirmedLSN.Set(float64(slot.ConfirmedFlush))
+		d.confirmed.Store(uint64(slot.ConfirmedFlush))
+		d.log.Info("streaming", "slot", slotName, "from_lsn", slot.ConfirmedFlush.String())
+		return d.pump(ctx, sd, st, checkpoint.NewTracker(slot.ConfirmedFlush))
+	}
+}
+
+// pump reads the stream and feeds the pipeline, answering the server in
+// between, until the graceful stop (then it delivers and confirms what it
+// read) or an error.
+func (d *Daemon) pump(ctx context.Context, sd *Shutdown, st *replication.Stream, tracker *checkpoint.Tracker) error {
+	d.setUp.Store(true)
+	d.streaming.Store(true)
+	d.metrics.Connected.Set(1)
+	defer func() {
+		d.streaming.Store(false)
+		d.metrics.Connected.Set(0)
+	}()
+
+	dl := d.startDelivery(ctx, d.sink, tracker)
+	src := newSource(d.cfg.Postgres.Table, d.metrics, dl.budget)
+	if err := src.read(ctx, sd, st, tracker, dl); err != nil {
+		return dl.finish(err)
+	}
+	// Graceful stop: deliver what was read, confirm it, then leave.
+	dl.closeInput()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-dl.done:
+			if dl.err != nil {
+				return dl.err
+			}
+			final := src.confirmable(tracker.Durable())
+			if err := st.SendStatus(ctx, final); err != nil {
+				return err
+			}
+			d.log.Info("stopped cleanly", "slot", d.cfg.Postgres.Slot, "confirmed_lsn", final.String())
+			return nil
+		case <-tick.C:
+			if err := st.UpdateStatus(ctx, tracker.Durable()); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// startDelivery starts a pipeline of the daemon's term over w, marking
+// through the fenced store (rows rejected are reported to Sentry).
+func (d *Daemon) startDelivery(ctx context.Context, w pipeline.Writer, tracker *checkpoint.Tracker) *delivery {
+	return startDelivery(ctx, d.cfg, w, &reportingMarker{Marker: d.fencedStore(), d: d}, tracker, d.metrics, d.log)
+}
+
+// delivery is a pipeline running in its own goroutine and the input its
+// source feeds it through. done is closed (never sent on) when the pipeline
+// returns, so any number of waiters see it; err is set before.
+type delivery struct {
+	in     chan pipeline.Item
+	budget *pipeline.Budget
+	done   chan struct{}
+	err    error
+	cancel context.CancelFunc
+	closed bool
+}
+
+// startDelivery starts the pipeline of any path (stream, backfill,
+// re-drive, replay) with the batching options of cfg. Its byte budget
+// (pipeline.DefaultBudget: DESIGN.md §3 invariant 14) counts every row from
+// the moment it is handed on; the input channel is short, since the batcher
+// drains it in bursts, and the rows it holds count against the budget, so
+// whatever their size it never holds more bytes than the budget allows.
+func startDelivery(ctx context.Context, cfg *config.Config, w pipeline.Writer, mk pipeline.Marker,
+	tracker *checkpoint.Tracker, m *metrics.Metrics, log *slog.Logger) *delivery {
+	budget := pipeline.DefaultBudget(cfg.Batch.MaxBytes)
+	p := pipeline.New(pipeline.Options{
+		Size: cfg.Batch.Size, MaxRows: cfg.Batch.MaxRows, MaxBytes: cfg.Batch.MaxBytes, FlushInterval: cfg.Batch.FlushInterval,
+		Queue: cfg.Batch.QueueBatches, Retry: backoff.Policy{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff},
+		Budget: budget,
+	}, w, mk, tracker, m, log)
+	ctx, cancel := context.WithCancel(ctx)
+	dl := &delivery{in: make(chan pipeline.Item, min(cfg.Batch.Size, 1024)), budget: budget, done: make(chan struct{}), cancel: cancel}
+	go func() {
+		defer close(dl.done)
+		defer reportPanic()
+		dl.err = p.Run(ctx, dl.in)
+	}()
+	return dl
+}
+
+// hand passes row to the pipeline (the backfill's, the re-drives' and
+// replay's way in), first taking its bytes from the budget: it waits while
+// the rows the pipeline holds fill the budget. It gives up with errDraining
+// when drain closes (nil: never), and when ctx ends or the pipeline stops.
+func (dl *delivery) hand(ctx context.Context, drain <-chan struct{}, row *sink.Row) error {
+	size := row.Size()
+	for !dl.budget.TryAcquire(size) {
+		select {
+		case <-dl.budget.Freed():
+		case <-drain:
+			return errDraining
+		case <-dl.done:
+			return pipelineStopped(dl.err)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	select {
+	case dl.in <- pipeline.Item{Row: row, Size: size}:
+		return nil
+	case <-drain:
+		dl.budget.Release(int64(size))
+		return errDraining
+	case <-dl.done:
+		return pipelineStopped(dl.err)
+	case <-ctx.Done():
+		dl.budget.Release(int64(size))
+		return ctx.Err()
+	}
+}
+
+// closeInput tells the pipeline that nothing more comes: it delivers what
+// it holds, then returns.
+func (dl *delivery) closeInput() {
+	if !dl.closed {
+		close(dl.in)
+		dl.closed = true
+	}
+}
+
+// finish ends a delivery whose source is done. After a read that failed
+// (readErr) it stops the pipeline at once, waits for it and returns readErr:
+// what was not delivered is not durable and will be read again. After a
+// read that ended well it waits until everything handed on is delivered and
+// returns the pipeline's error.
+func (dl *delivery) finish(readErr error) error {
+	dl.closeInput()
+	if readErr != nil {
+		dl.cancel()
+	}
+	<-dl.done
+	dl.cancel()
+	if readErr != nil {
+		return readErr
+	}
+	return dl.err
+}
+
+func pipelineStopped(err error) error {
+	if err == nil {
+		err = errors.New("pipeline stopped")
+	}
+	return err
+}
