@@ -120,6 +120,7 @@ func TestTransactionLargerThanFiveBatches(t *testing.T) {
 	o := testenv.NewOutbox(t)
 	cfg := o.Config()
 	cfg.Batch.Size = 100
+	cfg.Batch.MaxRows = 100 // batches of 100 exactly: no group commit
 	r := start(t, cfg)
 	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
 
