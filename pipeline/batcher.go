@@ -26,7 +26,9 @@ import (
 //     one per flush_interval plus one per full batch, however small
 //     batch.size is and however fast the writer (ClickHouse advises about
 //     one insert per second per table), and a slow ClickHouse gets fewer,
-//     larger inserts rather than more of them.
+//     larger inserts rather than more of them. The backlog ends when no
+//     item comes for a tenth of flush_interval (the batcher caught up
+//     with the source): the end of a backlog does not wait the interval.
 //   - A full batch waits in a queue of at most Options.Queue batches; with
 //     the queue full too, the batcher stops taking input (and the source,
 //     with its byte budget, stops reading).
@@ -64,7 +66,10 @@ type batcher struct {
 	// backlog when cur reached batch.size while the writer was busy;
 	// closing once the input is closed: everything is then ready.
 	due, backlog, closing bool
-	timer                 *time.Timer
+	// caughtUp is set when no item came for opts.quietGap while a backlog
+	// held a batch back, until the next item.
+	caughtUp     bool
+	timer, quiet *time.Timer
 	// unreported rows received: metrics are updated once per burst.
 	unreported int
 }
@@ -73,10 +78,11 @@ type batcher struct {
 var errInputClosed = errors.New("pipeline: input closed")
 
 func newBatcher(p *Pipeline, in <-chan Item, handOff chan<- *batch, writerDone <-chan struct{}) *batcher {
-	timer := time.NewTimer(time.Hour)
+	timer, quiet := time.NewTimer(time.Hour), time.NewTimer(time.Hour)
 	timer.Stop()
+	quiet.Stop()
 	return &batcher{opts: p.opts, p: p, in: in, handOff: handOff, writerDone: writerDone,
-		cur: newBatch(p.opts.Size), timer: timer}
+		cur: newBatch(p.opts.Size), timer: timer, quiet: quiet}
 }
 
 func newBatch(size int) *batch { return &batch{rows: make([]sink.Row, 0, size)} }
@@ -87,13 +93,14 @@ func newBatch(size int) *batch { return &batch{rows: make([]sink.Row, 0, size)} 
 // without blocking: one wake-up per burst of rows, not one per row.
 func (b *batcher) run(ctx context.Context) error {
 	defer b.timer.Stop()
+	defer b.quiet.Stop()
 	for {
 		if next := b.next(); next != nil {
 			select {
 			case b.handOff <- next:
 				b.handedOver(next)
 			default: // the writer is busy: keep filling
-				if next == b.cur && b.p.inserting.Load() {
+				if next == b.cur && b.p.inserting.Load() && !b.caughtUp {
 					b.backlog = true
 				}
 			}
@@ -130,6 +137,11 @@ func (b *batcher) wait(ctx context.Context) error {
 	if !b.isFull() {
 		in = b.in
 	}
+	if b.backlog && len(b.cur.rows) >= b.opts.Size {
+		// Held back by the backlog: unless more comes soon, it is over.
+		b.quiet.Reset(b.opts.quietGap)
+		defer b.quiet.Stop()
+	}
 	select {
 	case handOff <- next: // a nil channel (nothing ready) never fires
 		b.handedOver(next)
@@ -140,6 +152,8 @@ func (b *batcher) wait(ctx context.Context) error {
 		b.take(it)
 	case <-b.timer.C:
 		b.due = true
+	case <-b.quiet.C:
+		b.backlog, b.caughtUp = false, true
 	case <-b.writerDone:
 		return errWriterStopped
 	case <-ctx.Done():
@@ -150,6 +164,7 @@ func (b *batcher) wait(ctx context.Context) error {
 
 // take adds one item to the batch being filled.
 func (b *batcher) take(it Item) {
+	b.caughtUp = false
 	if it.Row == nil {
 		b.lastSafe = max(b.lastSafe, it.CommitEnd)
 		if len(b.cur.rows) == 0 {

@@ -105,28 +105,33 @@ func TestGroupCommit(t *testing.T) {
 // TestBacklogPacing: a batch that reached batch.size while the writer was
 // busy (a backlog) is no longer ready at batch.size: it goes when it is full
 // or flush_interval after its first row, so a backlog is not delivered as
-// one insert per batch.size rows just because the writer is fast. A
-// partial batch on an idle stream still goes after flush_interval.
+// one insert per batch.size rows just because the writer is fast. When no
+// row comes for the quiet gap the backlog is over and the batch goes at
+// once. A partial batch on an idle stream still goes after flush_interval.
 func TestBacklogPacing(t *testing.T) {
 	tests := []struct {
 		name     string
 		interval time.Duration
+		quiet    time.Duration
 		maxRows  int
 		// grown: rows sent behind the stuck first write (of 5 rows);
 		// more: rows sent after the writer is free again.
 		grown, more int64
 		want        []int
 	}{
-		{name: "grown batch waits for its interval", interval: time.Second, maxRows: 100,
+		{name: "grown batch waits for its interval", interval: time.Second, quiet: time.Hour, maxRows: 100,
 			grown: 7, more: 3, want: []int{5, 10}},
-		{name: "full batch goes at once", interval: time.Hour, maxRows: 8,
+		{name: "full batch goes at once", interval: time.Hour, quiet: time.Hour, maxRows: 8,
 			grown: 8, more: 0, want: []int{5, 8}},
+		{name: "a quiet stream ends the backlog", interval: time.Hour, quiet: 20 * time.Millisecond, maxRows: 100,
+			grown: 7, more: 0, want: []int{5, 7}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var started atomic.Int32
 			release := make(chan struct{})
-			h := newHarness(t, pipeline.Options{Size: 5, MaxRows: tt.maxRows, FlushInterval: tt.interval}, 0, 0, func(f *fakeDest) {
+			opts := pipeline.WithQuietGap(pipeline.Options{Size: 5, MaxRows: tt.maxRows, FlushInterval: tt.interval}, tt.quiet)
+			h := newHarness(t, opts, 0, 0, func(f *fakeDest) {
 				block := blockingWrite(release, &started)
 				f.write = func(ctx context.Context, ids []int64) (sink.Result, error) {
 					if ids[0] == 1 {

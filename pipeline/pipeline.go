@@ -82,6 +82,10 @@ type Options struct {
 	// meanwhile.
 	Queue int
 	Retry backoff.Policy
+	// quietGap ends a backlog: no item for this long means the batcher
+	// caught up with the source (default FlushInterval/10; tests set it
+	// through export_test.go).
+	quietGap time.Duration
 	// Budget, when set, is the byte budget the source acquires each row's
 	// Item.Size from; the pipeline releases a batch's bytes after its
 	// insert. Nil leaves the rows held bounded by counts only.
@@ -124,6 +128,9 @@ func New(opts Options, w Writer, mk Marker, t *checkpoint.Tracker, m *metrics.Me
 		opts.FlushInterval = time.Second
 	}
 	opts.Queue = max(opts.Queue, 0)
+	if opts.quietGap <= 0 {
+		opts.quietGap = opts.FlushInterval / 10
+	}
 	if m == nil {
 		m = metrics.New()
 	}
