@@ -65,7 +65,7 @@ vet:
 	$(GO) vet ./...
 
 # Mutation checks (scripts/mutants.sh, docs/architecture.md): each mutant is a
-# small bug breaking one rule of DESIGN.md §3/§8, applied to a scratch copy of
+# small bug breaking one rule of docs/architecture.md, applied to a scratch copy of
 # the tree; its fast guard tests must fail. Under 10 minutes; run it before
 # resolving an issue that touches replication, pipeline, sink, checkpoint,
 # backfill, lease or daemon. Select mutants: make mutants MUTANTS='sink|lease'.
@@ -97,7 +97,7 @@ demo: build
 
 # Performance benchmark (cmd/cdc-bench, see its README.md): the real bin/cdc
 # against pg_recvlogical and the polling design on the test servers; prints
-# the table of DESIGN.md §6 targets and writes cmd/cdc-bench/results/.
+# the table of performance targets (README, Benchmark) and writes cmd/cdc-bench/results/.
 # Extra flags: make bench BENCHFLAGS='-rows 50000 -scenarios throughput'.
 .PHONY: bench
 bench: build testenv

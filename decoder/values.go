@@ -305,7 +305,7 @@ func daysIn(m time.Month, year int) int {
 // headers pointed at 1024 rows, 64 MB, of which the pipeline might hold
 // one. So the chunks are also let go after arenaSpan bytes of rows
 // (account), and a live row pins at most about that much of other rows'
-// memory (DESIGN.md §3 invariant 14).
+// memory (the memory bound: docs/configuration.md, Memory).
 type arena struct {
 	text    []byte
 	strs    []string

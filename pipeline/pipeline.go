@@ -11,7 +11,7 @@
 // the batch is delivered, so a transaction larger than a batch becomes
 // durable with its last batch.
 //
-// Memory is bounded in bytes (DESIGN.md §3 invariant 14): a batch never
+// Memory is bounded in bytes (docs/configuration.md, Memory): a batch never
 // exceeds Options.MaxBytes (unless it is one row larger than that), and
 // Options.Budget counts every row from the moment its source hands it on
 // until the insert of its batch is over — the input channel, the batch being
@@ -95,7 +95,7 @@ type Options struct {
 // DefaultBudget is the byte budget for a pipeline cutting batches of at most
 // maxBytes: one batch being written and one being filled (or queued). Rows
 // then take at most 2 × maxBytes, which is what the memory bound of
-// DESIGN.md §3 invariant 14 (peak RSS < 2 × batch.max_bytes + 64 MiB) is
+// docs/configuration.md (peak RSS < 2 × batch.max_bytes + 64 MiB) is
 // built from.
 func DefaultBudget(maxBytes int64) *Budget {
 	return NewBudget(2 * maxBytes)

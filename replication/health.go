@@ -59,8 +59,8 @@ func (s SlotInfo) Health() SlotHealth {
 	}
 	if detail, why, lost := s.invalidation(); lost {
 		return SlotHealth{Class: SlotLost, Reason: fmt.Sprintf("replication slot %q was invalidated (%s): %s; "+
-			"stop every cdc instance, run SELECT pg_drop_replication_slot('%s') and start cdc again "+
-			"to re-create the slot and backfill pending and failed rows", s.Name, detail, why, s.Name)}
+			"run SELECT pg_drop_replication_slot('%s'): a running cdc then re-creates the slot and backfills "+
+			"pending and failed rows (so does one started later)", s.Name, detail, why, s.Name)}
 	}
 	switch {
 	case s.SlotType != "" && s.SlotType != "logical":

@@ -3,7 +3,7 @@
 # it exists for? (`make mutants`, issue 23)
 #
 # Each mutant below is a small, realistic bug that breaks one rule of
-# DESIGN.md §3/§8 (docs/architecture.md lists them with their rules). The
+# docs/architecture.md (which lists each rule with its guards). The
 # script copies the working tree to a scratch directory (the real tree is
 # never touched), and for each mutant:
 #   1. applies it: every anchor must match exactly once, else the script

@@ -672,7 +672,7 @@ func (c *ClickHouse) bisect(ctx context.Context, rows []convertedRow, res *Resul
 // chunkRows): the driver copies a block's values into its column buffers,
 // encodes and compresses them, and keeps those buffers' capacity per
 // connection, so a block of 1024 rows with 64 KB payloads would cost some
-// 3 × 64 MB (DESIGN.md §3 invariant 14). Measured with 64 KB rows: 14 MB
+// 3 × 64 MB (the memory bound: docs/configuration.md, Memory). Measured with 64 KB rows: 14 MB
 // of driver buffers live with 4 MiB blocks. Rows of the usual few hundred
 // bytes fill 1024 rows long before 1 MiB.
 const chunkBytes = 1 << 20

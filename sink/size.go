@@ -1,6 +1,6 @@
 package sink
 
-// Row sizes for the memory bound (DESIGN.md §3 invariant 14). Every path
+// Row sizes for the memory bound (docs/configuration.md, Memory). Every path
 // (stream, backfill, re-drive) measures its rows with Row.Size, so that
 // batch.max_bytes and the pipeline's byte budget see the memory a row really
 // holds, whatever its origin.

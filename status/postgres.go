@@ -325,7 +325,29 @@ func gatherOutbox(ctx context.Context, conn *pgx.Conn, o Options, r *Report) err
 	byStatus["processed"] = processed
 	r.OutboxByStatus = byStatus
 	r.Pending, r.Failed, r.Processed = ptr(byStatus["pending"]), ptr(byStatus["failed"]), &processed
+	gatherHOT(ctx, conn, o, r)
 	return nil
+}
+
+// gatherHOT reads how many of the outbox's updates were HOT. A low ratio
+// means marking writes every index and more WAL: a warning (the exit code
+// does not change) that points at `cdc migrate`, which names the index.
+func gatherHOT(ctx context.Context, conn *pgx.Conn, o Options, r *Report) {
+	qctx, cancel := context.WithTimeout(ctx, o.timeout()+time.Second)
+	defer cancel()
+	schema, name := splitTable(o.Table)
+	var upd, hot int64
+	err := conn.QueryRow(qctx, `SELECT coalesce(sum(n_tup_upd), 0)::bigint, coalesce(sum(n_tup_hot_upd), 0)::bigint
+	  FROM pg_stat_user_tables WHERE relid = $1::regclass OR relid IN (SELECT relid FROM pg_partition_tree($1::regclass))`, pgx.Identifier{schema, name}.Sanitize()).Scan(&upd, &hot)
+	if err != nil {
+		r.Warnings = append(r.Warnings, "pg_stat_user_tables unavailable: "+oneLine(err))
+		return
+	}
+	r.Updates, r.HOTUpdates = &upd, &hot
+	if upd >= 1000 && hot*2 < upd {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("only %d of %d updates of the outbox were HOT: marking rows processed writes every index "+
+			"(an index on status, updated_at or last_error, or pages without room; `cdc migrate` names such an index and how to drop it)", hot, upd))
+	}
 }
 
 // isConnError reports whether err means the server could not be reached or

@@ -314,6 +314,13 @@ type OutboxInfo struct {
 	// OldestPendingAgeSeconds is the server's UTC now minus OldestPendingCreatedAt.
 	OldestPendingAgeSeconds *float64 `json:"oldest_pending_age_seconds"`
 	OutboxError             *string  `json:"outbox_error"`
+	// Updates and HOTUpdates are pg_stat_user_tables' n_tup_upd and
+	// n_tup_hot_upd of the outbox (summed over its partitions) since the
+	// statistics were last reset. Nearly all updates are cdc's markings,
+	// which should be HOT (no index names a column they set; see
+	// migrations.FindMarkingIndexes); null when unavailable.
+	Updates    *int64 `json:"updates"`
+	HOTUpdates *int64 `json:"hot_updates"`
 }
 
 // ClickHouseInfo describes the destination table.

@@ -1,7 +1,7 @@
 // Command cdc-bench measures the real cdc binary against the ceiling of one
 // replication slot (pg_recvlogical) and the polling design it replaces, on
 // the local test servers (scripts/testenv.sh), and checks the performance
-// targets of DESIGN.md §6. Run it with `make bench`; see README.md in this
+// targets listed in the README's Benchmark section. Run it with `make bench`; see README.md in this
 // folder for the method.
 package main
 
@@ -419,8 +419,7 @@ func (b *bench) primeCDC(ctx context.Context, e *env) error {
 	return p.stop(time.Minute)
 }
 
-// polling runs the baseline on the seed's own table (DESIGN.md §5 measured
-// it there): on a copy as loaded and on a freshly vacuumed copy, the better
+// polling runs the baseline on the seed's own table: on a copy as loaded and on a freshly vacuumed copy, the better
 // rate being the baseline. A third run adds an index that serves the
 // poller's query, which the seed does not have: a tuned polling design,
 // reported for comparison and not used as the baseline.
@@ -461,8 +460,7 @@ func (v pollVariant) String() string {
 }
 
 // seedTable turns the migrated outbox back into the seed's table by
-// removing what cdc migrate adds (DESIGN.md §5 measured the polling design
-// there): its own columns, the index on failed rows and the fillfactor. What
+// removing what cdc migrate adds: its own columns, the index on failed rows and the fillfactor. What
 // is left is a primary key and nothing else.
 const seedTable = `DROP INDEX event_outbox_failed_idx;
 ALTER TABLE event_outbox RESET (fillfactor), DROP COLUMN last_error, DROP COLUMN attempts`

@@ -20,8 +20,8 @@ import (
 // The memory scenario: rows with big payloads (a 64 KB event_context by
 // default) through every path that holds rows — the backfill, the stream,
 // one big transaction, a ClickHouse outage with a backlog, and the re-drive
-// of failed rows — each checked against the bound of DESIGN.md §3 invariant
-// 14: peak RSS < 2 × batch.max_bytes + 64 MiB, cdc otherwise at its default
+// of failed rows — each checked against the memory bound of
+// docs/configuration.md: peak RSS < 2 × batch.max_bytes + 64 MiB, cdc otherwise at its default
 // configuration.
 
 // memoryPath is one row of the memory table.

@@ -102,6 +102,9 @@ func runMigrate(ctx context.Context, cfg *config.Config, log *slog.Logger) error
 		return err
 	}
 	logApplied(log, "postgres", applied, "table", cfg.Postgres.Table, "publication", cfg.Postgres.Publication)
+	if err := warnMarkingIndexes(ctx, pg, cfg.Postgres.Table, log); err != nil {
+		return err
+	}
 
 	chApplied, err := migrations.ApplyClickHouse(ctx, ch, migrations.ClickHouse{Database: cfg.ClickHouse.Database, Table: cfg.ClickHouse.Table,
 		Cluster: cfg.ClickHouse.Cluster, EventContext: cfg.ClickHouse.EventContextType, Views: migrationViews(cfg.Views),
@@ -113,6 +116,21 @@ func runMigrate(ctx context.Context, cfg *config.Config, log *slog.Logger) error
 		return err
 	}
 	logApplied(log, "clickhouse", chApplied, "database", cfg.ClickHouse.Database, "table", cfg.ClickHouse.Table)
+	return nil
+}
+
+// warnMarkingIndexes names each index of an adopted outbox that keeps
+// marking from being a HOT update, with its cost and the statement that
+// drops it. migrate does not drop it: something else may still query by it.
+func warnMarkingIndexes(ctx context.Context, pg *pgx.Conn, table string, log *slog.Logger) error {
+	found, err := migrations.FindMarkingIndexes(ctx, pg, table)
+	if err != nil {
+		return err
+	}
+	for _, ix := range found {
+		log.Warn("postgres: an index of the outbox covers "+ix.Column+", which marking sets", "table", table,
+			"index", ix.Name, "definition", ix.Definition, "cost", migrations.MarkingIndexCost, "fix", ix.Drop)
+	}
 	return nil
 }
 

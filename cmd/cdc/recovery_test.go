@@ -126,9 +126,12 @@ func TestInterruptedSlotCreationIsRedone(t *testing.T) {
 	assertDelivered(t, o, deliver, len(processed))
 }
 
-// A slot whose WAL was removed must not be streamed from: the daemon
-// refuses with the recovery in its message, and the documented recovery
-// (drop the slot, start again) delivers everything exactly once.
+// A slot whose WAL was removed must not be streamed from. The daemon
+// refuses, and stays up to say so until an operator acts: cdc_slot_lost 1,
+// /readyz 503 with the reason and the recovery, one ERROR a minute (a
+// process that exits shows the gauge to no scrape). The documented recovery
+// (drop the slot) is picked up by the running process, which re-creates the
+// slot and delivers everything exactly once.
 func TestLostSlotIsRefusedAndRecovered(t *testing.T) {
 	bin := cdcBinary(t)
 	srv := testenv.StartPrivate(t, "lostslot")
@@ -166,22 +169,37 @@ func TestLostSlotIsRefusedAndRecovered(t *testing.T) {
 		return status == "lost"
 	})
 
-	cmd := exec.Command(bin, "run")
-	cmd.Env = append(os.Environ(), env...)
-	out, err := runWithTimeout(cmd, 60*time.Second)
-	if err == nil {
-		t.Fatalf("cdc run streamed from a lost slot:\n%s", out)
+	port := testenv.FreePort(t)
+	p2 := startDaemon(t, bin, withListen(withEnv(env, "CDC_REPLICATION_STANDBY_RETRY=200ms"), port), dir, "second")
+	readyz := func() (int, string) { return httpGet(fmt.Sprintf("http://127.0.0.1:%d/readyz", port)) }
+	waitUntil(t, "/readyz naming the lost slot", 60*time.Second, func() bool {
+		code, body := readyz()
+		return code == 503 && strings.Contains(body, "invalidated") && strings.Contains(body, "pg_drop_replication_slot")
+	})
+	waitUntil(t, "cdc_slot_lost 1", 30*time.Second, func() bool { return scrape(t, port)["cdc_slot_lost"] == 1 })
+	time.Sleep(3 * time.Second) // it stays up, and does not repeat the ERROR within a minute
+	select {
+	case <-p2.done:
+		t.Fatalf("cdc run exited on a lost slot instead of reporting it:\n%s", tail(p2.log, 10))
+	default:
 	}
-	if !strings.Contains(out, "lost") || !strings.Contains(out, "pg_drop_replication_slot") {
-		t.Errorf("message does not explain the lost slot and its recovery:\n%s", out)
+	b, _ := os.ReadFile(p2.log)
+	if n := strings.Count(string(b), `"msg":"replication slot lost`); n != 1 {
+		t.Errorf("%d ERROR lines about the lost slot in the first seconds, want 1:\n%s", n, tail(p2.log, 10))
+	}
+	if o.StatusCounts()["processed"] != 100 {
+		t.Errorf("rows were marked while the slot was lost: %v", o.StatusCounts())
 	}
 
-	// The documented recovery.
+	// The documented recovery, with the process still running.
 	if _, err := o.PG.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, o.Slot); err != nil {
 		t.Fatal(err)
 	}
-	p2 := startDaemon(t, bin, env, dir, "second")
 	o.WaitCH(200, 60*time.Second)
+	waitUntil(t, "ready again", 30*time.Second, func() bool { code, _ := readyz(); return code == 200 })
+	if v := scrape(t, port)["cdc_slot_lost"]; v != 0 {
+		t.Errorf("cdc_slot_lost %v after the recovery, want 0", v)
+	}
 	if code := p2.terminate(t, 30*time.Second); code != 0 {
 		t.Errorf("exit %d", code)
 	}

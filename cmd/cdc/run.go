@@ -132,7 +132,7 @@ func run(cfg *config.Config, log *slog.Logger) (err error) {
 
 // setMemoryLimit gives the garbage collector a soft memory limit that
 // follows from the memory bound, peak RSS < 2 × batch.max_bytes + 64 MiB
-// (DESIGN.md §3 invariant 14), unless the GOMEMLIMIT environment variable is
+// (docs/configuration.md, Memory), unless the GOMEMLIMIT environment variable is
 // set; it returns the limit in effect. The rows held take at most
 // 2 × batch.max_bytes (the pipeline's byte budget), the driver's buffers
 // and the runtime a few MiB more; but by default the collector lets the heap

@@ -53,7 +53,13 @@ func withPGURL(t *testing.T, raw, user, db string) string {
 // means it was still running after within (and was killed).
 func runUntilExit(t *testing.T, bin string, env []string, within time.Duration) (string, int, time.Duration) {
 	t.Helper()
-	cmd := exec.Command(bin, "run")
+	return runWithArgs(t, bin, env, within, "run")
+}
+
+// runWithArgs runs cdc with args, as runUntilExit runs `cdc run`.
+func runWithArgs(t *testing.T, bin string, env []string, within time.Duration, args ...string) (string, int, time.Duration) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	start := time.Now()
 	out, err := runWithTimeout(cmd, within)

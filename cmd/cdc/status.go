@@ -303,6 +303,9 @@ func renderStatusTable(w io.Writer, r *status.Report, showReason bool) error {
 			processed = "~" + processed + " (estimate)"
 		}
 		row("  processed", "%s", processed)
+		if r.Updates != nil && r.HOTUpdates != nil {
+			row("  HOT updates", "%s", stHOT(*r.HOTUpdates, *r.Updates))
+		}
 		var other []string
 		for k, v := range r.OutboxByStatus {
 			if k != "pending" && k != "failed" && k != "processed" {
@@ -364,6 +367,15 @@ func stSince(vnum, minVersion int, ok bool, value func() string, null string) st
 		return null
 	}
 	return value()
+}
+
+// stHOT shows the share of the outbox's updates (cdc's markings) that
+// were HOT, i.e. wrote no index entry.
+func stHOT(hot, updates int64) string {
+	if updates == 0 {
+		return "no updates yet"
+	}
+	return fmt.Sprintf("%d of %d (%.1f%%)", hot, updates, 100*float64(hot)/float64(updates))
 }
 
 func stLSN(l *status.LSN) string {

@@ -324,22 +324,3 @@ func Keys() []string {
 	}
 	return keys
 }
-
-// UnknownEnv returns, in the order given, the names of CDC_* variables in
-// environ ("NAME=value" entries, as from os.Environ) that match no key, so a
-// command can warn about typos such as CDC_BATCH_SISE. Variables the
-// commands read themselves should be filtered by the caller.
-func UnknownEnv(environ []string) []string {
-	known := make(map[string]bool, len(specs))
-	for _, s := range specs {
-		known[EnvVar(s.key)] = true
-	}
-	var unknown []string
-	for _, kv := range environ {
-		name, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(name, envPrefix+"_") && !known[name] {
-			unknown = append(unknown, name)
-		}
-	}
-	return unknown
-}

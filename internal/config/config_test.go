@@ -663,9 +663,37 @@ func TestEnvVarAndUnknownEnv(t *testing.T) {
 	if got := EnvVar("batch.flush_interval"); got != "CDC_BATCH_FLUSH_INTERVAL" {
 		t.Fatalf("EnvVar = %s", got)
 	}
-	got := UnknownEnv([]string{"PATH=/bin", "CDC_BATCH_SIZE=1", "CDC_BATCH_SISE=1", "CDC_POSTGRES_URL=x=y", "CDC_X"})
+	got := UnknownEnv([]string{"PATH=/bin", "CDC_BATCH_SIZE=1", "CDC_BATCH_SISE=1", "CDC_POSTGRES_URL=x=y",
+		"CDC_X=1", "CDC_EMPTY=", "CDC_TEST_POSTGRES_URL=x", "CDC_TESTENV_DIR=/tmp", "CDC_SERVICE_HOST=10.0.0.1", "CDC_PORT=tcp://x", "CDC_BIN=/bin/cdc"})
 	if want := []string{"CDC_BATCH_SISE", "CDC_X"}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("UnknownEnv = %q, want %q", got, want)
+	}
+}
+
+// An unknown CDC_* variable fails Load with the did-you-mean of the YAML
+// path; a far miss gets no suggestion; known non-key variables pass.
+func TestLoadRejectsUnknownEnv(t *testing.T) {
+	for _, tt := range []struct {
+		name, value, want string
+	}{
+		{"CDC_BATCH_SISE", "5", "unknown environment variable CDC_BATCH_SISE (did you mean CDC_BATCH_SIZE?)"},
+		{"CDC_CLICKHOUSE_ADR", "x:9000", "unknown environment variable CDC_CLICKHOUSE_ADR (did you mean CDC_CLICKHOUSE_ADDR?)"},
+		{"CDC_WHATEVER", "1", "unknown environment variable CDC_WHATEVER: "},
+		{"CDC_TEST_POSTGRES_URL", "x", ""},
+		{"CDC_BATCH_SISE", "", ""}, // empty counts as unset
+	} {
+		t.Run(tt.name+"="+tt.value, func(t *testing.T) {
+			clearEnv(t)
+			t.Setenv("CDC_POSTGRES_URL", sampleURL)
+			t.Setenv(tt.name, tt.value)
+			_, err := Load("")
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("Load: %v, want no error", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("Load error = %v, want it to contain %q", err, tt.want)
+			}
+		})
 	}
 }
 

@@ -14,9 +14,13 @@ import (
 
 // Load builds the configuration from the defaults, the YAML file at path
 // (skipped when path is "") and the CDC_* environment variables, then
-// validates it with [Config.Validate]. The first problem found is returned as
+// validates it with [Config.Validate]. An unknown CDC_* variable fails like an
+// unknown key in the file ([CheckEnv]). The first problem found is returned as
 // one error naming the key (a *[KeyError] for bad values).
 func Load(path string) (*Config, error) {
+	if err := CheckEnv(os.Environ()); err != nil {
+		return nil, err
+	}
 	v := viper.New()
 	v.SetConfigType("yaml")
 	v.SetEnvPrefix(envPrefix)

@@ -58,7 +58,7 @@ func (d *Daemon) monitorSlot(ctx context.Context) {
 		}
 		if since := time.Since(lastSummary); since >= time.Minute {
 			flushed := metrics.Value(d.metrics.RowsFlushed)
-			d.log.Info("summary", "slot", slot, "leader", d.streaming.Load(), "rows_per_second", int((flushed-lastFlushed)/since.Seconds()),
+			d.log.Info("summary", "slot", slot, "streaming", d.streaming.Load(), "rows_per_second", int((flushed-lastFlushed)/since.Seconds()),
 				"lag_bytes", info.LagBytes, "retained_wal_bytes", info.RetainedBytes, "rows_failed_total", int(metrics.Value(d.metrics.RowsFailed)))
 			lastFlushed, lastSummary = flushed, time.Now()
 		}
@@ -95,6 +95,15 @@ func (d *Daemon) heartbeat(ctx context.Context) {
 		if err := replication.EmitHeartbeat(ctx, d.pool, time.Now()); err != nil && ctx.Err() == nil {
 			d.log.Warn("heartbeat", "slot", d.cfg.Postgres.Slot, "err", err)
 		}
+	})
+}
+
+// refreshHeartbeatLag sets cdc_heartbeat_lag_seconds every second on every
+// instance, leader or standby, so the gauge grows while no heartbeat gets
+// through (see heartbeatClock).
+func (d *Daemon) refreshHeartbeatLag(ctx context.Context) {
+	every(ctx, time.Second, func(context.Context) {
+		d.metrics.HeartbeatLag.Set(d.heartbeats.age(time.Now()).Seconds())
 	})
 }
 

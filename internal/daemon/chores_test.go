@@ -17,11 +17,11 @@ func TestHeartbeatTravelsTheStream(t *testing.T) {
 	cfg.Heartbeat.Interval = 200 * time.Millisecond
 	r := start(t, cfg)
 	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
-	// The gauge is set only when a heartbeat comes back through the slot.
-	waitFor(t, "a heartbeat received", 30*time.Second, func() bool { return metrics.Value(r.m.HeartbeatLag) > 0 })
-	if lag := metrics.Value(r.m.HeartbeatLag); lag > 30 {
-		t.Errorf("heartbeat lag %vs", lag)
-	}
+	// The gauge counts from the start until a heartbeat has come back
+	// through the slot and is durable; past 3 s, a value under 2 s means one
+	// did.
+	time.Sleep(3 * time.Second)
+	waitFor(t, "a heartbeat delivered", 30*time.Second, func() bool { return metrics.Value(r.m.HeartbeatLag) < 2 })
 	// With only heartbeats flowing the slot keeps up.
 	waitFor(t, "slot lag under 1 MiB", 30*time.Second, func() bool {
 		lag, err := o.SlotLag(cfg.Postgres.Slot)

@@ -71,6 +71,12 @@ type Daemon struct {
 	// chReady is the sink for readiness checks from the HTTP goroutine;
 	// only the session goroutine uses sink itself.
 	chReady atomic.Pointer[sink.ClickHouse]
+	// heartbeats measures cdc_heartbeat_lag_seconds; nil when
+	// heartbeat.interval is 0 (the gauge is then absent).
+	heartbeats *heartbeatClock
+	// slotLost is the reason the slot cannot stream while waitLostSlot
+	// waits for an operator; nil otherwise.
+	slotLost atomic.Pointer[string]
 	// confirmed is the LSN the stream last confirmed to the slot (0 before
 	// the first stream), for reports.
 	confirmed atomic.Uint64
@@ -84,6 +90,9 @@ func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) *Daemon {
 
 // Ready reports whether the stream is connected and ClickHouse answers.
 func (d *Daemon) Ready(ctx context.Context) error {
+	if reason := d.slotLost.Load(); reason != nil {
+		return errors.New(*reason)
+	}
 	if !d.streaming.Load() {
 		return errors.New("replication stream not connected (standby, starting or reconnecting)")
 	}
@@ -117,6 +126,10 @@ func (d *Daemon) Run(ctx context.Context, sd *Shutdown) error {
 	defer monitor.Wait()
 	defer stopMonitor()
 	monitor.Go(func() { defer reportPanic(); d.monitorSlot(monCtx) })
+	if d.cfg.Heartbeat.Interval > 0 {
+		d.heartbeats = newHeartbeatClock(time.Now())
+		monitor.Go(func() { defer reportPanic(); d.refreshHeartbeatLag(monCtx) })
+	}
 
 	for attempt := 1; ; attempt++ {
 		started := time.Now()
@@ -126,6 +139,13 @@ func (d *Daemon) Run(ctx context.Context, sd *Shutdown) error {
 		}
 		if sd.Draining() {
 			return nil
+		}
+		if errors.Is(err, replication.ErrSlotLost) {
+			if d.waitLostSlot(ctx, sd, err) != nil {
+				return nil // stopping while waiting: nothing was read
+			}
+			attempt = 0
+			continue
 		}
 		if err := d.fatal(err); err != nil {
 			return err
@@ -193,7 +213,7 @@ func (d *Daemon) report(err error, extra map[string]any) {
 		c := sentry.Context{
 			"confirmed_lsn": pglogrepl.LSN(d.confirmed.Load()).String(),
 			"batch_size":    d.cfg.Batch.Size,
-			"leader":        d.streaming.Load(),
+			"streaming":     d.streaming.Load(),
 		}
 		for k, v := range extra {
 			c[k] = v

@@ -83,5 +83,5 @@ func (d *Daemon) warnStandbyGuard(guard replication.StandbyGuard, slotFailover b
 // permanent reports whether err is a set-up error that no retry can fix,
 // so `cdc run` stops instead of retrying.
 func permanent(err error) bool {
-	return errors.Is(err, replication.ErrSlotLost) || errors.Is(err, replication.ErrFailoverUnsupported)
+	return errors.Is(err, replication.ErrFailoverUnsupported)
 }

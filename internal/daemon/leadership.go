@@ -1,6 +1,6 @@
 package daemon
 
-// Leadership: one consumer per slot (DESIGN.md §3.8) and fencing (§3.10).
+// Leadership: one consumer per slot (docs/architecture.md §3.8) and fencing (§3.10).
 //
 // A session is one leadership term. It takes the slot's leader lease
 // (internal/lease: an advisory lock plus a row in cdc_lease whose term grows

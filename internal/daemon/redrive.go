@@ -1,6 +1,6 @@
 package daemon
 
-// Re-drive: delivery again of rows marked failed (DESIGN.md §3.7), by
+// Re-drive: delivery again of rows marked failed (docs/architecture.md, §3.7), by
 // `cdc retry-failed` and by the leader's periodic re-drive. It runs the
 // stream's pipeline (startDelivery) over rows read from the outbox, under
 // the retry:<table> lease that serialises and fences every re-drive of one

@@ -47,6 +47,11 @@ type source struct {
 	// outside the budget, so a chunk also ends after rowChunkBytes.
 	rows      []sink.Row
 	rowsBytes int
+
+	// hb learns of each heartbeat with its transaction's end, so it can
+	// tell when the heartbeat is durable (nil: heartbeats are off).
+	hb          *heartbeatClock
+	txnBeatSent time.Time // emit time of a heartbeat in the open transaction
 }
 
 const (
@@ -168,7 +173,7 @@ func (s *source) handle(msg replication.Message) error {
 	}
 	switch e := ev.(type) {
 	case *decoder.Begin:
-		s.inTxn, s.txnLSN, s.txnXid, s.seq = true, e.FinalLSN, e.Xid, 0
+		s.inTxn, s.txnLSN, s.txnXid, s.seq, s.txnBeatSent = true, e.FinalLSN, e.Xid, 0, time.Time{}
 	case *decoder.Relation:
 		// A Relation of another table is harmless until a row of it comes;
 		// a new one of ours (after DDL) may have moved the id column.
@@ -198,10 +203,13 @@ func (s *source) handle(msg replication.Message) error {
 		s.inTxn = false
 		s.lastCommitEnd = e.EndLSN
 		s.pending, s.hasPending, s.acquired = pipeline.Item{CommitEnd: e.EndLSN}, true, true
+		if !s.txnBeatSent.IsZero() {
+			s.hb.saw(e.EndLSN, s.txnBeatSent)
+		}
 	case *decoder.Message:
 		if e.Prefix == replication.HeartbeatPrefix {
 			if sent, err := time.Parse(time.RFC3339Nano, string(e.Content)); err == nil {
-				s.metrics.HeartbeatLag.Set(time.Since(sent).Seconds())
+				s.txnBeatSent = sent
 			}
 		}
 	}

@@ -1,7 +1,7 @@
 package daemon
 
 // Streaming: replication → source → pipeline → sink → checkpoint, and the
-// slot's confirmation (DESIGN.md §3.1, §3.5, §3.6, §3.9, §8).
+// slot's confirmation (docs/architecture.md: §3.1, §3.5, §3.6, §3.9, §8).
 //
 // One goroutine (pump) owns the replication connection: it reads, hands rows
 // to the pipeline and sends status. When the pipeline is full it stops
@@ -96,6 +96,8 @@ func (d *Daemon) pump(ctx context.Context, sd *Shutdown, st *replication.Stream,
 
 	dl := d.startDelivery(ctx, d.sink, tracker)
 	src := newSource(d.cfg.Postgres.Table, d.metrics, dl.budget)
+	src.hb = d.heartbeats
+	d.heartbeats.follow(tracker.Durable)
 	if err := src.read(ctx, sd, st, tracker, dl); err != nil {
 		return dl.finish(err)
 	}
@@ -145,7 +147,7 @@ type delivery struct {
 
 // startDelivery starts the pipeline of any path (stream, backfill,
 // re-drive, replay) with the batching options of cfg. Its byte budget
-// (pipeline.DefaultBudget: DESIGN.md §3 invariant 14) counts every row from
+// (pipeline.DefaultBudget: docs/configuration.md, Memory) counts every row from
 // the moment it is handed on; the input channel is short, since the batcher
 // drains it in bursts, and the rows it holds count against the budget, so
 // whatever their size it never holds more bytes than the budget allows.

@@ -102,6 +102,7 @@ func TryAcquire(ctx context.Context, url string, opts Options) (*Lease, error) {
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = "outbox-cdc"
 	}
+	serverKeepalives(cfg.RuntimeParams, opts.TTL)
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres %s:%d: connect: %w", cfg.Host, cfg.Port, err)
@@ -116,6 +117,31 @@ func TryAcquire(ctx context.Context, url string, opts Options) (*Lease, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// serverKeepalives sets the server's TCP keepalives for the lock's session
+// (the tcp_keepalives_* settings, which any session may set for itself;
+// ignored on a Unix socket), unless postgres.url sets them. The advisory lock
+// lives as long as its session, and when the holder's host vanishes (power
+// loss, a partition) nothing tells the server: between renewals it waits
+// for the next query with nothing unacknowledged on the wire, so only a
+// keepalive finds the peer gone. With the kernel's defaults that takes over
+// two hours, and no successor can take the lock meanwhile. Here the server
+// closes the session, and releases the lock, within about
+// ttl + 3 × max(ttl/4, 1s) of the holder's last packet, in whole seconds
+// rounded down (16 s at the default replication.leader_lease of 10s); the
+// successor then waits out what is left of the lease, nothing by then.
+func serverKeepalives(params map[string]string, ttl time.Duration) {
+	secs := func(d time.Duration) string { return strconv.Itoa(max(int(d/time.Second), 1)) }
+	for name, value := range map[string]string{
+		"tcp_keepalives_idle":     secs(ttl),
+		"tcp_keepalives_interval": secs(ttl / 4),
+		"tcp_keepalives_count":    "3",
+	} {
+		if params[name] == "" {
+			params[name] = value
+		}
+	}
 }
 
 func (l *Lease) acquire(ctx context.Context, opts Options) (bool, error) {

@@ -1,5 +1,6 @@
 // Package metrics defines the daemon's Prometheus metrics on a private
-// registry (no global state), with the names DESIGN.md §4 fixes.
+// registry (no global state). The names are a contract: dashboards, alerts
+// and the README's metric table (checked by cmd/cdc's docs test) use them.
 package metrics
 
 import (
@@ -74,7 +75,7 @@ func New() *Metrics {
 		Connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_replication_connected", Help: "1 while the replication stream is connected."}),
 		Leader:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_leader", Help: "1 while this instance holds the slot's leader lock; 0 on a standby."}),
 		HeartbeatLag: newOptionalGauge(prometheus.GaugeOpts{Name: "cdc_heartbeat_lag_seconds",
-			Help: "Age of the newest heartbeat message seen on the stream; absent when heartbeat.interval is 0 or none was seen."}),
+			Help: "Age of the newest heartbeat whose transaction is durable (every row before it in ClickHouse and marked), counted from the process start until one is; grows while none gets through. Absent when heartbeat.interval is 0."}),
 		Backfilled:    prometheus.NewCounter(prometheus.CounterOpts{Name: "cdc_backfill_rows_total", Help: "Rows read by the initial backfill."}),
 		LagWarning:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_lag_warning", Help: "1 while the slot's lag exceeds replication.lag_warn_bytes."}),
 		SlotLost:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_slot_lost", Help: "1 when the slot's wal_status is lost: streaming cannot resume without re-creating it."}),
