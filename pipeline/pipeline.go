@@ -83,8 +83,8 @@ type Options struct {
 	Queue int
 	Retry backoff.Policy
 	// quietGap ends a backlog: no item for this long means the batcher
-	// caught up with the source (default FlushInterval/10; tests set it
-	// through export_test.go).
+	// caught up with the source (default FlushInterval/100, at least 1 ms;
+	// tests set it through export_test.go).
 	quietGap time.Duration
 	// Budget, when set, is the byte budget the source acquires each row's
 	// Item.Size from; the pipeline releases a batch's bytes after its
@@ -129,7 +129,7 @@ func New(opts Options, w Writer, mk Marker, t *checkpoint.Tracker, m *metrics.Me
 	}
 	opts.Queue = max(opts.Queue, 0)
 	if opts.quietGap <= 0 {
-		opts.quietGap = opts.FlushInterval / 10
+		opts.quietGap = max(opts.FlushInterval/100, time.Millisecond)
 	}
 	if m == nil {
 		m = metrics.New()
