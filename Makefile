@@ -102,3 +102,8 @@ demo: build
 .PHONY: bench
 bench: build testenv
 	eval "$$(scripts/testenv.sh env)" && $(GO) run ./cmd/cdc-bench -cdc bin/cdc $(BENCHFLAGS)
+
+.PHONY: diagram
+# docs/architecture.svg is generated from docs/architecture.dot (Graphviz: apt-get install graphviz).
+diagram:
+	dot -Tsvg docs/architecture.dot -o docs/architecture.svg

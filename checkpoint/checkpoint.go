@@ -1,10 +1,11 @@
 // Package checkpoint records what has been delivered: it marks outbox rows
-// processed or failed in PostgreSQL, and tracks the LSN that is safe to
-// confirm to the replication slot.
+// processed or failed in PostgreSQL, and decides which LSN may be confirmed
+// to the replication slot (Confirmer).
 //
-// The order is the invariant: a transaction's end LSN becomes safe only after
-// every one of its rows is in ClickHouse and marked here. The replication
-// stream reads Tracker.Durable and never confirms past it.
+// The order is the invariant: a transaction's end LSN becomes durable only
+// after every one of its rows is in ClickHouse and marked here. The stream
+// confirms what Confirmer allows: the durable LSN, or a keepalive's position
+// when no row is buffered or in flight, never backwards.
 package checkpoint
 
 import (

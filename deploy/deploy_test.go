@@ -6,7 +6,9 @@
 //     -ldflags, stamping `cdc version`;
 //   - docker-compose.yml: loaded with the compose-spec parser, essentials
 //     checked (services, depends_on conditions, wal_level=logical, profiles,
-//     mounted files exist);
+//     mounted files exist); its `cluster` profile's Keeper and replica
+//     configurations (deploy/compose/cluster/) fit together
+//     (compose_cluster_test.go);
 //   - deploy/systemd/cdc.service: directives, and `systemd-analyze verify`
 //     (required: install Debian's package `systemd`);
 //   - deploy/k8s/*.yaml: every manifest parsed, essentials checked, the

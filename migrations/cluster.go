@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 )
 
 // checkTables checks, before anything is created, that the server can hold
@@ -126,12 +128,12 @@ func remakeDistributed(ctx context.Context, conn driver.Conn, c ClickHouse) erro
 	if err := conn.QueryRow(ctx, "SELECT engine_full FROM system.tables WHERE database = ? AND name = ?", c.Database, c.Table).Scan(&engine); err != nil {
 		return fmt.Errorf("clickhouse: read the engine of %s.%s: %w", c.Database, c.Table, err)
 	}
-	name := quoteCH(c.Database) + "." + quoteCH(c.Table)
-	on := " ON CLUSTER " + quoteCH(c.Cluster)
+	name := chclient.QuoteIdent(c.Database) + "." + chclient.QuoteIdent(c.Table)
+	on := " ON CLUSTER " + chclient.QuoteIdent(c.Cluster)
 	if err := conn.Exec(ctx, "DROP TABLE IF EXISTS "+name+on); err != nil {
 		return fmt.Errorf("clickhouse: drop %s to remake it with new columns: %w", name, err)
 	}
-	if err := conn.Exec(ctx, "CREATE TABLE "+name+on+" AS "+quoteCH(c.Database)+"."+quoteCH(c.rowTable())+" ENGINE = "+engine); err != nil {
+	if err := conn.Exec(ctx, "CREATE TABLE "+name+on+" AS "+chclient.QuoteIdent(c.Database)+"."+chclient.QuoteIdent(c.rowTable())+" ENGINE = "+engine); err != nil {
 		return fmt.Errorf("clickhouse: create %s again over %s: %w", name, c.rowTable(), err)
 	}
 	return nil

@@ -24,6 +24,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/outbox-cdc/outbox-cdc/checkpoint"
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 )
 
 //go:embed postgres/*.sql clickhouse/*.sql
@@ -262,9 +263,9 @@ func ClickHouseStatements(v Version, c ClickHouse) ([][]string, []string, error)
 	}
 	data := map[string]any{
 		"Context":  ctxType,
-		"Database": quoteCH(c.Database),
-		"Table":    quoteCH(c.Table),
-		"Local":    quoteCH(c.rowTable()),
+		"Database": chclient.QuoteIdent(c.Database),
+		"Table":    chclient.QuoteIdent(c.Table),
+		"Local":    chclient.QuoteIdent(c.rowTable()),
 		"Cluster":  "",
 		"ZKPath":   "/clickhouse/tables/{shard}/" + c.Database + "/" + c.rowTable(),
 		"Modern":   v.Modern(),
@@ -273,7 +274,7 @@ func ClickHouseStatements(v Version, c ClickHouse) ([][]string, []string, error)
 		"Now":      "now()",
 	}
 	if c.Cluster != "" {
-		data["Cluster"] = quoteCH(c.Cluster)
+		data["Cluster"] = chclient.QuoteIdent(c.Cluster)
 	}
 	if v.Modern() {
 		data["Symbol"] = "LowCardinality(String)"
@@ -309,8 +310,6 @@ func splitStatements(sql string) []string {
 	}
 	return out
 }
-
-func quoteCH(s string) string { return "`" + strings.ReplaceAll(s, "`", "\\`") + "`" }
 
 // ApplyClickHouse creates the database and table if missing. Every statement
 // is idempotent, so it also repairs a server whose data was wiped.
@@ -414,7 +413,7 @@ func ensureColumn(ctx context.Context, conn driver.Conn, c ClickHouse, name, typ
 		}
 		onCluster := ""
 		if c.Cluster != "" {
-			onCluster = " ON CLUSTER " + quoteCH(c.Cluster)
+			onCluster = " ON CLUSTER " + chclient.QuoteIdent(c.Cluster)
 		}
 		if c.Cluster != "" && table == c.Table {
 			// ClickHouse refuses ALTER … ON CLUSTER of a table that is not
@@ -427,7 +426,7 @@ func ensureColumn(ctx context.Context, conn driver.Conn, c ClickHouse, name, typ
 			added = true
 			continue
 		}
-		if err := conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s.%s%s ADD COLUMN %s %s", quoteCH(c.Database), quoteCH(table), onCluster, quoteCH(name), typ)); err != nil {
+		if err := conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s.%s%s ADD COLUMN %s %s", chclient.QuoteIdent(c.Database), chclient.QuoteIdent(table), onCluster, chclient.QuoteIdent(name), typ)); err != nil {
 			return false, fmt.Errorf("clickhouse: add column %s to %s.%s: %w", name, c.Database, table, err)
 		}
 		added = true
@@ -446,7 +445,7 @@ func recordedClickHouse(ctx context.Context, conn driver.Conn, db string) (map[s
 	if n == 0 {
 		return have, nil
 	}
-	rows, err := conn.Query(ctx, "SELECT name FROM "+quoteCH(db)+".cdc_schema_migrations")
+	rows, err := conn.Query(ctx, "SELECT name FROM "+chclient.QuoteIdent(db)+".cdc_schema_migrations")
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse: read cdc_schema_migrations: %w", err)
 	}
@@ -462,7 +461,7 @@ func recordedClickHouse(ctx context.Context, conn driver.Conn, db string) (map[s
 }
 
 func recordClickHouse(ctx context.Context, conn driver.Conn, db string, names []string) error {
-	tbl := quoteCH(db) + ".cdc_schema_migrations"
+	tbl := chclient.QuoteIdent(db) + ".cdc_schema_migrations"
 	if err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+tbl+" (name String, applied_at DateTime DEFAULT now()) ENGINE = TinyLog"); err != nil {
 		return fmt.Errorf("clickhouse: create cdc_schema_migrations: %w", err)
 	}

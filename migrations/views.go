@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 )
 
 // View is one per-event-type table (config views:): a table of its own and
@@ -65,7 +67,7 @@ func applyView(ctx context.Context, conn driver.Conn, c ClickHouse, v View) ([]s
 	if err != nil {
 		return nil, err
 	}
-	table := quoteCH(c.Database) + "." + quoteCH(v.Table)
+	table := chclient.QuoteIdent(c.Database) + "." + chclient.QuoteIdent(v.Table)
 	var applied []string
 	if len(have) == 0 {
 		if err := conn.Exec(ctx, createViewTable(table, want)); err != nil {
@@ -79,7 +81,7 @@ func applyView(ctx context.Context, conn driver.Conn, c ClickHouse, v View) ([]s
 	if err != nil {
 		return nil, err
 	}
-	name := quoteCH(c.Database) + "." + quoteCH(ViewName(v.Table))
+	name := chclient.QuoteIdent(c.Database) + "." + chclient.QuoteIdent(ViewName(v.Table))
 	switch engine := engines[ViewName(v.Table)]; engine {
 	case "MaterializedView":
 		// Kept as it is: migrate cannot compare an existing view's SELECT
@@ -100,12 +102,12 @@ func applyView(ctx context.Context, conn driver.Conn, c ClickHouse, v View) ([]s
 func viewSelect(c ClickHouse, v View) string {
 	cols := append([]string(nil), viewColumns...)
 	for i := range cols {
-		cols[i] = quoteCH(cols[i])
+		cols[i] = chclient.QuoteIdent(cols[i])
 	}
 	for _, col := range v.Columns {
-		cols = append(cols, "("+col.Expr+") AS "+quoteCH(col.Name))
+		cols = append(cols, "("+col.Expr+") AS "+chclient.QuoteIdent(col.Name))
 	}
-	return "SELECT " + strings.Join(cols, ", ") + " FROM " + quoteCH(c.Database) + "." + quoteCH(c.rowTable()) +
+	return "SELECT " + strings.Join(cols, ", ") + " FROM " + chclient.QuoteIdent(c.Database) + "." + chclient.QuoteIdent(c.rowTable()) +
 		" WHERE event_type = " + quoteString(v.EventType)
 }
 
@@ -118,7 +120,7 @@ func quoteString(s string) string {
 func createViewTable(table string, cols []column) string {
 	defs := make([]string, len(cols))
 	for i, c := range cols {
-		defs[i] = quoteCH(c.name) + " " + c.typ
+		defs[i] = chclient.QuoteIdent(c.name) + " " + c.typ
 	}
 	return "CREATE TABLE IF NOT EXISTS " + table + " (" + strings.Join(defs, ", ") +
 		") ENGINE = MergeTree PARTITION BY toYYYYMM(event_date_time) ORDER BY id"
@@ -216,7 +218,7 @@ func checkContextType(ctx context.Context, conn driver.Conn, c ClickHouse, v Ver
 			continue
 		}
 		return fmt.Errorf("clickhouse: clickhouse.event_context_type is %s, but %s.%s has event_context %s: convert it with ALTER TABLE %s.%s MODIFY COLUMN event_context %s (a mutation that rewrites the column), or set clickhouse.event_context_type to auto to keep it",
-			c.EventContext, c.Database, c.rowTable(), col.typ, quoteCH(c.Database), quoteCH(c.rowTable()), want)
+			c.EventContext, c.Database, c.rowTable(), col.typ, chclient.QuoteIdent(c.Database), chclient.QuoteIdent(c.rowTable()), want)
 	}
 	return nil
 }

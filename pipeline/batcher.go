@@ -73,7 +73,7 @@ type batcher struct {
 	// held a batch back, until the next item.
 	caughtUp     bool
 	timer, quiet *time.Timer
-	// unreported rows received: metrics are updated once per burst.
+	// unreported rows received: the observer hears once per burst.
 	unreported int
 }
 
@@ -298,11 +298,9 @@ func (b *batcher) flushAll(ctx context.Context) error {
 	}
 }
 
-// report updates the buffer metrics.
+// report tells the observer the rows received since the last report and
+// how many the batch being filled holds.
 func (b *batcher) report() {
-	if b.unreported > 0 {
-		b.p.metrics.RowsReceived.Add(float64(b.unreported))
-		b.unreported = 0
-	}
-	b.p.metrics.BufferRows.Set(float64(len(b.cur.rows)))
+	b.p.obs.Buffered(b.unreported, len(b.cur.rows))
+	b.unreported = 0
 }

@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/outbox-cdc/outbox-cdc/checkpoint"
-	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/pipeline"
 	"github.com/outbox-cdc/outbox-cdc/sink"
 )
@@ -51,7 +50,7 @@ func BenchmarkPipeline(b *testing.B) {
 				budget = pipeline.DefaultBudget(16 << 20)
 			}
 			p := pipeline.New(pipeline.Options{Size: size, FlushInterval: time.Hour, Retry: tinyRetry, Budget: budget},
-				nopDest{}, nopDest{}, tracker, metrics.New(), slog.New(slog.DiscardHandler))
+				nopDest{}, nopDest{}, tracker, nil, slog.New(slog.DiscardHandler))
 			// The rows exist before the clock starts, as the stream's do
 			// (the source hands them out of chunks): allocs/row is the
 			// pipeline's own.

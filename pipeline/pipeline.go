@@ -32,7 +32,6 @@ import (
 
 	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/internal/backoff"
-	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/sink"
 )
 
@@ -58,12 +57,30 @@ type Writer interface {
 	Write(ctx context.Context, rows []sink.Row) (sink.Result, error)
 }
 
+// Pinger is a Writer that can tell cheaply whether its server answers
+// (sink.ClickHouse does). While the server is unreachable, the pipeline
+// then retries an insert as soon as a ping answers, instead of waiting out
+// a backoff of up to retry.max_backoff after the server is back.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
 // Marker records delivery in PostgreSQL (checkpoint.Store). xids are the
 // transactions the batch's rows were streamed from: a marking must see
 // every one of them, or it would skip their rows.
 type Marker interface {
 	MarkProcessed(ctx context.Context, ids []int64, xids []uint32) error
 	MarkFailed(ctx context.Context, failures []checkpoint.Failure, xids []uint32) error
+}
+
+// Positions takes the durable LSN as it advances (checkpoint.Confirmer for
+// the stream; checkpoint.Tracker): every transaction ending at or before it
+// is inserted and marked. Calls come from the pipeline's goroutines, in
+// order but not from one goroutine. A nil Positions (the backfill, the
+// re-drives, replay: their rows have no slot position to confirm) is not
+// told.
+type Positions interface {
+	Advance(lsn pglogrepl.LSN)
 }
 
 // Options tune batching (see batcher for how they play together).
@@ -81,7 +98,7 @@ type Options struct {
 	// full batch waits until the writer takes it, and no input is taken
 	// meanwhile.
 	Queue int
-	Retry backoff.Policy
+	Retry Backoff
 	// quietGap ends a backlog: no item for this long means the batcher
 	// caught up with the source (default FlushInterval/100, at least 1 ms;
 	// tests set it through export_test.go).
@@ -106,8 +123,9 @@ type Pipeline struct {
 	opts    Options
 	sink    Writer
 	marker  Marker
-	tracker *checkpoint.Tracker
-	metrics *metrics.Metrics
+	tracker Positions
+	obs     Observer
+	retry   backoff.Policy
 	log     *slog.Logger
 	// inserting is set while the writer delivers a batch of rows (insert,
 	// then waiting for the marking before): the batcher tells a backlog
@@ -115,8 +133,8 @@ type Pipeline struct {
 	inserting atomic.Bool
 }
 
-// New returns a pipeline; m may be nil.
-func New(opts Options, w Writer, mk Marker, t *checkpoint.Tracker, m *metrics.Metrics, log *slog.Logger) *Pipeline {
+// New returns a pipeline; t and obs may be nil.
+func New(opts Options, w Writer, mk Marker, t Positions, obs Observer, log *slog.Logger) *Pipeline {
 	if opts.Size <= 0 {
 		opts.Size = 1000
 	}
@@ -131,10 +149,10 @@ func New(opts Options, w Writer, mk Marker, t *checkpoint.Tracker, m *metrics.Me
 	if opts.quietGap <= 0 {
 		opts.quietGap = max(opts.FlushInterval/100, time.Millisecond)
 	}
-	if m == nil {
-		m = metrics.New()
+	if obs == nil {
+		obs = noObserver{}
 	}
-	return &Pipeline{opts: opts, sink: w, marker: mk, tracker: t, metrics: m, log: log}
+	return &Pipeline{opts: opts, sink: w, marker: mk, tracker: t, obs: obs, retry: backoff.Policy(opts.Retry), log: log}
 }
 
 type batch struct {
@@ -276,11 +294,23 @@ func (p *Pipeline) write(ctx context.Context, queue <-chan *batch) error {
 	}
 }
 
-// advance moves the tracker. It does not touch cdc_confirmed_lsn: a
-// pipeline does not know whether its positions are the slot's (a re-drive's
-// tracker starts at 0); the stream sets the gauge from what it confirms.
+// advance tells the positions' owner that safe is durable. Which LSN is
+// then confirmed to the slot is not the pipeline's to decide
+// (checkpoint.Confirmer).
 func (p *Pipeline) advance(safe pglogrepl.LSN) {
-	p.tracker.Advance(safe)
+	if p.tracker != nil {
+		p.tracker.Advance(safe)
+	}
+}
+
+// probe is how an insert that found ClickHouse unreachable learns that it
+// is back: a ping every 200ms, when the writer can ping.
+func (p *Pipeline) probe() backoff.Probe {
+	pinger, ok := p.sink.(Pinger)
+	if !ok {
+		return backoff.Probe{}
+	}
+	return backoff.Probe{Down: sink.Unreachable, Up: pinger.Ping, Interval: 200 * time.Millisecond}
 }
 
 // insert writes a batch to ClickHouse, marks the rows it rejected failed,
@@ -291,18 +321,18 @@ func (p *Pipeline) insert(ctx context.Context, b *batch) (ids []int64, start tim
 	defer p.opts.Budget.Release(b.bytes)
 	start = time.Now()
 	var res sink.Result
-	err = backoff.Retry(ctx, p.opts.Retry, p.log, "clickhouse insert", func(ctx context.Context) error {
+	err = backoff.RetryProbing(ctx, p.retry, p.probe(), p.log, "clickhouse insert", func(ctx context.Context) error {
 		var err error
 		res, err = p.sink.Write(ctx, b.rows)
 		if err != nil {
-			p.metrics.FlushErrors.Inc()
+			p.obs.InsertFailed(err)
 		}
 		return err
 	})
 	if err != nil {
 		return nil, start, err
 	}
-	p.metrics.RowsFlushed.Add(float64(res.Inserted))
+	p.obs.Inserted(res.Inserted)
 	p.log.Debug("inserted", "rows", len(b.rows), "inserted", res.Inserted, "skipped", res.Skipped,
 		"rejected", len(res.Rejected), "duration", time.Since(start))
 	ids = make([]int64, 0, len(b.rows))
@@ -319,12 +349,12 @@ func (p *Pipeline) insert(ctx context.Context, b *batch) (ids []int64, start tim
 		rejected[r.ID] = true
 		p.log.Error("row rejected by ClickHouse, marked failed", "id", r.ID, "err", r.Err)
 	}
-	if err := backoff.Retry(ctx, p.opts.Retry, p.log, "postgres mark failed", func(ctx context.Context) error {
+	if err := backoff.Retry(ctx, p.retry, p.log, "postgres mark failed", func(ctx context.Context) error {
 		return p.marker.MarkFailed(ctx, failures, b.xids)
 	}); err != nil {
 		return nil, start, err
 	}
-	p.metrics.RowsFailed.Add(float64(len(failures)))
+	p.obs.Rejected(len(failures))
 	for _, r := range b.rows {
 		if !rejected[r.ID] {
 			ids = append(ids, r.ID)
@@ -338,16 +368,13 @@ func (p *Pipeline) insert(ctx context.Context, b *batch) (ids []int64, start tim
 // when its insert began, for the flush duration.
 func (p *Pipeline) mark(ctx context.Context, n int, safe pglogrepl.LSN, ids []int64, xids []uint32, start time.Time) error {
 	marked := time.Now()
-	if err := backoff.Retry(ctx, p.opts.Retry, p.log, "postgres mark processed", func(ctx context.Context) error {
+	if err := backoff.Retry(ctx, p.retry, p.log, "postgres mark processed", func(ctx context.Context) error {
 		return p.marker.MarkProcessed(ctx, ids, xids)
 	}); err != nil {
 		return err
 	}
 	took := time.Since(start)
-	p.metrics.BatchesFlushed.Inc()
-	p.metrics.BatchRows.Observe(float64(n))
-	p.metrics.FlushDuration.Observe(took.Seconds())
-	p.metrics.LastFlush.SetToCurrentTime()
+	p.obs.Delivered(n, took)
 	p.log.Debug("flushed", "rows", n, "safe_lsn", safe.String(), "duration", took,
 		"mark_duration", time.Since(marked))
 	return nil

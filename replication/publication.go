@@ -24,14 +24,14 @@ func (e *PublicationError) Error() string {
 }
 
 // CheckPublication verifies that publication delivers the outbox table
-// (postgres.table, "[schema.]name") as `cdc migrate` sets it up: the
+// schema.name (postgres.table, split by checkpoint.SplitTable) as
+// `cdc migrate` sets it up: the
 // publication exists, publishes inserts, contains the table and no other
 // (a row of another table stops the stream), with no row filter or column
 // list, and a partitioned outbox is published via its root
 // (publish_via_partition_root), so its rows arrive under the outbox's name.
 // A problem is a *PublicationError naming the object and the fix.
-func CheckPublication(ctx context.Context, q Querier, publication, table string) error {
-	schema, name := splitTable(table)
+func CheckPublication(ctx context.Context, q Querier, publication, schema, name string) error {
 	qualified := pgx.Identifier{schema, name}.Sanitize()
 	fail := func(problem, fix string) error {
 		return &PublicationError{Publication: publication, Table: schema + "." + name, Problem: problem, Fix: fix}
@@ -117,15 +117,4 @@ func CheckPublication(ctx context.Context, q Querier, publication, table string)
 		return fail(fmt.Sprintf("publishes only some columns of %s", qualified), readd)
 	}
 	return nil
-}
-
-// splitTable splits "schema.name" like postgres.table, defaulting the
-// schema to public.
-func splitTable(table string) (schema, name string) {
-	for i := 0; i < len(table); i++ {
-		if table[i] == '.' {
-			return table[:i], table[i+1:]
-		}
-	}
-	return "public", table
 }

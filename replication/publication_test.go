@@ -89,7 +89,7 @@ func TestCheckPublication(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			err := CheckPublication(ctx, conn, "cdc_outbox", "event_outbox")
+			err := CheckPublication(ctx, conn, "cdc_outbox", "public", "event_outbox")
 			if len(tc.want) == 0 {
 				if err != nil {
 					t.Fatalf("CheckPublication: %v", err)
@@ -107,7 +107,7 @@ func TestCheckPublication(t *testing.T) {
 			}
 			if tc.migrateFixes {
 				migrate()
-				if err := CheckPublication(ctx, conn, "cdc_outbox", "event_outbox"); err != nil {
+				if err := CheckPublication(ctx, conn, "cdc_outbox", "public", "event_outbox"); err != nil {
 					t.Errorf("after `cdc migrate`, as the error says: %v", err)
 				}
 			}

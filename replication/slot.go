@@ -209,9 +209,9 @@ func Holder(ctx context.Context, q Querier, pid int32) string {
 	err := q.QueryRow(ctx, `SELECT coalesce(application_name, ''), coalesce(host(client_addr), 'local'), backend_start
 	  FROM pg_stat_activity WHERE pid = $1`, pid).Scan(&app, &addr, &started)
 	if err != nil {
-		return fmt.Sprintf("pid %d", pid)
+		return fmt.Sprintf("backend_pid %d", pid)
 	}
-	return fmt.Sprintf("pid %d (%s from %s, connected %s)", pid, app, addr, started.UTC().Format(time.RFC3339))
+	return fmt.Sprintf("backend_pid %d (%s from %s, connected %s)", pid, app, addr, started.UTC().Format(time.RFC3339))
 }
 
 // LeaderLockKey is the advisory lock key of slot's leader lease: the

@@ -134,7 +134,7 @@ func TestLeaderHolderFiltersByDatabase(t *testing.T) {
 
 	leadA := takeLeaderLock(ctx, t, urlA, slot)
 	pidA := leadA.PgConn().PID()
-	wantA := "pid " + strconv.Itoa(int(pidA)) + " "
+	wantA := "backend_pid " + strconv.Itoa(int(pidA)) + " "
 
 	if got := LeaderHolder(ctx, connA, slot); !strings.HasPrefix(got, wantA) {
 		t.Errorf("holder in A = %q, want the lock's session %q", got, wantA)
@@ -145,7 +145,7 @@ func TestLeaderHolderFiltersByDatabase(t *testing.T) {
 
 	// B can lead its own outbox meanwhile, and is then reported there only.
 	leadB := takeLeaderLock(ctx, t, urlB, slot)
-	wantB := "pid " + strconv.Itoa(int(leadB.PgConn().PID())) + " "
+	wantB := "backend_pid " + strconv.Itoa(int(leadB.PgConn().PID())) + " "
 	if got := LeaderHolder(ctx, connB, slot); !strings.HasPrefix(got, wantB) {
 		t.Errorf("holder in B = %q, want %q", got, wantB)
 	}

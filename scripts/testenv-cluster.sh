@@ -1,31 +1,39 @@
 # testenv-cluster.sh — the replicated ClickHouse of scripts/testenv.sh, sourced by it.
 #
-# A standalone ZooKeeper (Debian's `zookeeper` package) and N clickhouse-server
-# processes that are the replicas of one shard of the cluster `cdc_cluster`,
-# each with its own directory, ports, <macros> (shard 01, replica rI),
-# <remote_servers>, <interserver_http_host> and <distributed_ddl>. Everything
-# lives in its own state dir, so it never touches the single test server.
+# A standalone ZooKeeper (Debian's `zookeeper` package) and S x R
+# clickhouse-server processes: S shards of R replicas each, the cluster
+# `cdc_cluster` (default: 1 shard of 2 replicas). Server I (1..S*R) is replica
+# rI of shard (I-1)/R+1, so servers 1..R are shard 01, R+1..2R shard 02, and so
+# on. Each has its own directory, ports, <macros> (shard 0S, replica rI),
+# <remote_servers> (every shard), <interserver_http_host> and <distributed_ddl>.
+# Everything lives in its own state dir, so it never touches the single test
+# server.
 #
 #   cluster-up               install zookeeper if missing, start ZooKeeper and every replica
 #   cluster-down             stop every replica and ZooKeeper, keep their data
-#   cluster-kill-replica N   SIGKILL replica N (a crash: no flush, no goodbye to ZooKeeper)
-#   cluster-stop-replica N   stop replica N (SIGTERM, wait for exit)
-#   cluster-start-replica N  start replica N, wait until it answers and sees ZooKeeper
+#   cluster-kill-replica N   SIGKILL server N (a crash: no flush, no goodbye to ZooKeeper)
+#   cluster-stop-replica N   stop server N (SIGTERM, wait for exit)
+#   cluster-start-replica N  start server N, wait until it answers and sees ZooKeeper
 #   cluster-zk-restart       SIGKILL ZooKeeper and start it again
+#   cluster-zk-kill          SIGKILL ZooKeeper (replicated tables turn read-only until it is back)
+#   cluster-zk-start         start ZooKeeper (again), wait until it answers
 #   cluster-status           show whether ZooKeeper and each replica answer
 #
 # Set CDC_TESTENV_CLUSTER=1 to make `up`, `down`, `env` and `status` include the cluster.
 # Overrides: CDC_TESTENV_CLUSTER_DIR (default $STATE_DIR/cluster), CDC_TESTENV_ZKPORT
-# (27190), CDC_TESTENV_CLUSTER_REPLICAS (2), CDC_TESTENV_CLUSTER_BASEPORT (27100: replica I
-# listens on BASE+10*(I-1) for TCP, +1 HTTP, +2 interserver HTTP; below Linux's ephemeral
-# ports, which a client connection can hold when a server starts).
+# (27190), CDC_TESTENV_CLUSTER_SHARDS (1), CDC_TESTENV_CLUSTER_REPLICAS (2, per shard),
+# CDC_TESTENV_CLUSTER_BASEPORT (27100: server I listens on BASE+10*(I-1) for TCP, +1 HTTP,
+# +2 interserver HTTP; below Linux's ephemeral ports, which a client connection can hold
+# when a server starts; ZooKeeper's default sits at BASE+90, so at most 9 servers).
 #
 # It reuses testenv.sh's ch_* functions by pointing their CH_* variables at one replica
 # (cl_select) before each call.
 
 CL_DIR="${CDC_TESTENV_CLUSTER_DIR:-$STATE_DIR/cluster}"
 ZK_PORT="${CDC_TESTENV_ZKPORT:-27190}"
+CL_SHARDS="${CDC_TESTENV_CLUSTER_SHARDS:-1}"
 CL_REPLICAS="${CDC_TESTENV_CLUSTER_REPLICAS:-2}"
+CL_SERVERS=$((CL_SHARDS * CL_REPLICAS))
 CL_BASEPORT="${CDC_TESTENV_CLUSTER_BASEPORT:-27100}"
 CL_NAME="cdc_cluster"
 ZK_DIR="$CL_DIR/zk"
@@ -35,11 +43,15 @@ ZK_SERVER="/usr/share/zookeeper/bin/zkServer.sh"
 
 cl_tcp_port() { echo $((CL_BASEPORT + 10 * ($1 - 1))); }
 
-# cl_select I points the ch_* functions of testenv.sh at replica I.
+# cl_shard I prints the shard macro of server I: 01 for servers 1..R, 02 for
+# R+1..2R, ...
+cl_shard() { printf '%02d' $((($1 - 1) / CL_REPLICAS + 1)); }
+
+# cl_select I points the ch_* functions of testenv.sh at server I.
 cl_select() {
 	local i="$1"
-	[[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -ge 1 ] && [ "$i" -le "$CL_REPLICAS" ] ||
-		die "replica must be 1..$CL_REPLICAS, got '$i'"
+	[[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -ge 1 ] && [ "$i" -le "$CL_SERVERS" ] ||
+		die "server must be 1..$CL_SERVERS ($CL_SHARDS shards x $CL_REPLICAS replicas), got '$i'"
 	CH_DIR="$CL_DIR/r$i"
 	CH_CONFIG="$CH_DIR/config.xml"
 	CH_USERS="$CH_DIR/users.xml"
@@ -52,10 +64,10 @@ cl_select() {
 	CH_INTER_PORT=$((CH_PORT + 2))
 }
 
-# cl_addrs prints the replicas' native addresses, comma-separated.
+# cl_addrs prints the servers' native addresses (shard by shard), comma-separated.
 cl_addrs() {
 	local i out=""
-	for ((i = 1; i <= CL_REPLICAS; i++)); do
+	for ((i = 1; i <= CL_SERVERS; i++)); do
 		out="${out:+$out,}127.0.0.1:$(cl_tcp_port "$i")"
 	done
 	echo "$out"
@@ -144,10 +156,10 @@ zk_stop() {
 
 # ---------------------------------------------------------------- replicas
 
-# cl_write_config I: testenv.sh's single-server config for replica I plus
+# cl_write_config I: testenv.sh's single-server config for server I plus
 # config.d/cluster.xml, which ClickHouse merges from beside config.xml.
 cl_write_config() {
-	local i="$1" j
+	local i="$1"
 	cl_select "$i"
 	ch_write_config
 	mkdir -p "$CH_DIR/config.d"
@@ -162,21 +174,16 @@ cl_write_config() {
     </zookeeper>
     <macros>
         <cluster>$CL_NAME</cluster>
-        <shard>01</shard>
+        <shard>$(cl_shard "$i")</shard>
         <replica>r$i</replica>
     </macros>
     <interserver_http_host>127.0.0.1</interserver_http_host>
     <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
     <remote_servers>
         <$CL_NAME>
-            <shard>
-                <internal_replication>true</internal_replication>
 EOF
-		for ((j = 1; j <= CL_REPLICAS; j++)); do
-			echo "                <replica><host>127.0.0.1</host><port>$(cl_tcp_port "$j")</port></replica>"
-		done
+		cl_remote_shards
 		cat <<EOF
-            </shard>
         </$CL_NAME>
     </remote_servers>
 </yandex>
@@ -187,7 +194,22 @@ EOF
 	fi
 }
 
-# cl_wait_zk I: replica I answers and reaches ZooKeeper.
+# cl_remote_shards prints the <shard> elements of remote_servers: every
+# shard with its replicas (internal_replication: a ReplicatedMergeTree copies
+# a part to the other replicas itself).
+cl_remote_shards() {
+	local s j
+	for ((s = 0; s < CL_SHARDS; s++)); do
+		echo "            <shard>"
+		echo "                <internal_replication>true</internal_replication>"
+		for ((j = s * CL_REPLICAS + 1; j <= (s + 1) * CL_REPLICAS; j++)); do
+			echo "                <replica><host>127.0.0.1</host><port>$(cl_tcp_port "$j")</port></replica>"
+		done
+		echo "            </shard>"
+	done
+}
+
+# cl_wait_zk I: server I answers and reaches ZooKeeper.
 cl_wait_zk() {
 	cl_select "$1"
 	local deadline=$((SECONDS + 60))
@@ -223,22 +245,22 @@ cl_up() {
 	chmod 0755 "$CL_DIR"
 	zk_install
 	zk_start
-	for ((i = 1; i <= CL_REPLICAS; i++)); do
+	for ((i = 1; i <= CL_SERVERS; i++)); do
 		cl_select "$i"
 		if ! ch_pid >/dev/null; then
 			cl_write_config "$i"
 		fi
 		ch_start
 	done
-	for ((i = 1; i <= CL_REPLICAS; i++)); do
+	for ((i = 1; i <= CL_SERVERS; i++)); do
 		cl_wait_zk "$i"
 	done
-	log "cluster up in $((SECONDS - t0))s ($CL_NAME: $(cl_addrs), zookeeper 127.0.0.1:$ZK_PORT, state $CL_DIR)"
+	log "cluster up in $((SECONDS - t0))s ($CL_NAME, $CL_SHARDS shards x $CL_REPLICAS replicas: $(cl_addrs), zookeeper 127.0.0.1:$ZK_PORT, state $CL_DIR)"
 }
 
 cl_down() {
 	local i
-	for ((i = 1; i <= CL_REPLICAS; i++)); do
+	for ((i = 1; i <= CL_SERVERS; i++)); do
 		cl_select "$i"
 		ch_stop
 	done
@@ -248,9 +270,9 @@ cl_down() {
 cl_status() {
 	local i
 	if zk_ready; then echo "zookeeper:  up   127.0.0.1:$ZK_PORT"; else echo "zookeeper:  down"; fi
-	for ((i = 1; i <= CL_REPLICAS; i++)); do
+	for ((i = 1; i <= CL_SERVERS; i++)); do
 		cl_select "$i"
-		if ch_ready; then echo "replica $i:  up   127.0.0.1:$CH_PORT"; else echo "replica $i:  down"; fi
+		if ch_ready; then echo "replica $i (shard $(cl_shard "$i")):  up   127.0.0.1:$CH_PORT"; else echo "replica $i (shard $(cl_shard "$i")):  down"; fi
 	done
 }
 
@@ -262,6 +284,7 @@ cl_print_env() {
 		"CDC_TEST_ZK_ADDR=127.0.0.1:$ZK_PORT" \
 		"CDC_TESTENV_CLUSTER_DIR=$CL_DIR" \
 		"CDC_TESTENV_ZKPORT=$ZK_PORT" \
+		"CDC_TESTENV_CLUSTER_SHARDS=$CL_SHARDS" \
 		"CDC_TESTENV_CLUSTER_REPLICAS=$CL_REPLICAS" \
 		"CDC_TESTENV_CLUSTER_BASEPORT=$CL_BASEPORT"; do
 		printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}"
@@ -286,6 +309,8 @@ cluster_main() {
 		zk_stop KILL
 		zk_start
 		;;
+	cluster-zk-kill) zk_stop KILL ;;
+	cluster-zk-start) zk_start ;;
 	cluster-status) cl_status ;;
 	cluster-env) cl_print_env ;;
 	*) usage ;;

@@ -338,7 +338,8 @@ pg_restart() {
 # ---------------------------------------------------------------- ClickHouse
 
 # deps_install installs, with apt, what the servers and tests need and the
-# machine lacks: ClickHouse, and systemd-analyze for the unit file test.
+# machine lacks: ClickHouse, ZooKeeper, systemd-analyze for the unit file test
+# and promtool for the alert rules' tests.
 deps_install() {
 	local missing=()
 	command -v clickhouse-server >/dev/null 2>&1 || missing+=(clickhouse-server)
@@ -347,6 +348,9 @@ deps_install() {
 	# The replicated-ClickHouse tests start their own ZooKeeper: install it
 	# here once, not from tests running in parallel (dpkg has one lock).
 	[ -x /usr/share/zookeeper/bin/zkServer.sh ] || missing+=(zookeeper)
+	# promtool (Debian's prometheus package) runs the alert rules' unit
+	# tests (deploy/prometheus/alerts_test.yml); nothing starts the server.
+	command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 	[ ${#missing[@]} -eq 0 ] && return
 	is_root || die "missing ${missing[*]}; run as root or: apt-get install -y ${missing[*]}"
 	log "installing ${missing[*]} (apt)"

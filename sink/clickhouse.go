@@ -27,8 +27,10 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/column"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/cespare/xxhash/v2"
+	"github.com/jackc/pglogrepl"
 
 	"github.com/outbox-cdc/outbox-cdc/decoder"
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 )
 
 // Bookkeeping columns the daemon adds to every row.
@@ -92,6 +94,12 @@ type Options struct {
 	// Fence, when set, is asked before every INSERT and every block of one:
 	// an error (a lost lease) stops the write, and nothing more is sent.
 	Fence func() error
+	// SourceColumns are the names of the outbox table's columns. Open
+	// checks that every column of the ClickHouse table with one of these
+	// names (or of the outbox's documented columns) has a type the sink
+	// converts to, so that a column it cannot fill is a *SchemaError at
+	// start, not a failure of every row.
+	SourceColumns []string
 	// Cluster, when set, makes the sink write to and read from
 	// <Table>_local, the replicated table under the Distributed <Table>.
 	Cluster string
@@ -148,9 +156,10 @@ type insertPlan struct {
 	identity []int
 	// fpCol is the index of the _fingerprint column in sources.
 	fpCol int
-	convs []converter
-	names []string // the columns, in the INSERT's order
-	types []string
+	// newCols make the buffers of the columns of sources (nil for the
+	// bookkeeping columns, whose values the sink computes).
+	newCols []func() colBuf
+	names   []string // the columns, in the INSERT's order
 }
 
 // Sources of bookkeeping values in insertPlan.sources (-1 means absent).
@@ -180,21 +189,36 @@ func Open(ctx context.Context, opts Options) (*ClickHouse, error) {
 // Dial opens a connection with the sink's settings (address, credentials,
 // compression), for readers of the same table such as `cdc verify`.
 func Dial(opts Options) (driver.Conn, error) {
-	chOpts := &clickhouse.Options{
-		Addr:        opts.Addr,
+	return dial(opts, opts.Addr, opts.DialTimeout)
+}
+
+// dial opens a connection to addrs with connOptions.
+func dial(opts Options, addrs []string, timeout time.Duration) (driver.Conn, error) {
+	conn, err := clickhouse.Open(connOptions(opts, addrs, timeout))
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse %s: open: %w", strings.Join(addrs, ","), err)
+	}
+	return conn, nil
+}
+
+// connOptions are the options of every connection the sink opens, its own
+// and those to each replica of the in-flight fence (peers): the same
+// credentials, TLS dialer and compression. Options carries its own fields
+// rather than internal/chclient's configuration type, so that the package's
+// API stands on its own; the daemon passes chclient's TLS dialer in
+// DialContext.
+func connOptions(opts Options, addrs []string, timeout time.Duration) *clickhouse.Options {
+	o := &clickhouse.Options{
+		Addr:        addrs,
 		Auth:        clickhouse.Auth{Database: opts.Database, Username: opts.Username, Password: opts.Password},
-		DialTimeout: opts.DialTimeout,
+		DialTimeout: timeout,
 		DialContext: opts.DialContext,
 		ReadTimeout: 5 * time.Minute,
 	}
 	if opts.Compression {
-		chOpts.Compression = &clickhouse.Compression{Method: clickhouse.CompressionLZ4}
+		o.Compression = &clickhouse.Compression{Method: clickhouse.CompressionLZ4}
 	}
-	conn, err := clickhouse.Open(chOpts)
-	if err != nil {
-		return nil, fmt.Errorf("clickhouse %s: open: %w", strings.Join(opts.Addr, ","), err)
-	}
-	return conn, nil
+	return o
 }
 
 // Close closes the connections.
@@ -214,7 +238,7 @@ func (c *ClickHouse) Ping(ctx context.Context) error {
 func (c *ClickHouse) addr() string { return strings.Join(c.opts.Addr, ",") }
 
 func (c *ClickHouse) table() string {
-	return quoteIdent(c.opts.Database) + "." + quoteIdent(rowTable(c.opts))
+	return chclient.QuoteIdent(c.opts.Database) + "." + chclient.QuoteIdent(rowTable(c.opts))
 }
 
 func (c *ClickHouse) loadColumns(ctx context.Context) error {
@@ -222,7 +246,7 @@ func (c *ClickHouse) loadColumns(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("clickhouse %s: %w", c.addr(), err)
 	}
-	if err := checkColumns(c.opts.Database, rowTable(c.opts), cols); err != nil {
+	if err := checkColumns(c.opts.Database, rowTable(c.opts), cols, c.opts.SourceColumns); err != nil {
 		return err
 	}
 	c.columns = cols
@@ -256,18 +280,19 @@ func (c *ClickHouse) plan(rel *decoder.Relation) (*insertPlan, error) {
 		if src == -1 {
 			continue // ClickHouse fills its default
 		}
-		var conv converter
+		var newCol func() colBuf
 		if src >= 0 {
 			var err error
-			if conv, err = converterFor(col.typ); err != nil {
-				return nil, fmt.Errorf("clickhouse %s: column %s of %s: %w", c.addr(), col.name, c.table(), err)
+			if newCol, err = converterFor(col.typ); err != nil {
+				// A column the outbox gained after Open checked the table.
+				return nil, &SchemaError{Table: c.table(), Problem: unconvertible(col, err),
+					Fix: alterFix(c.table(), []string{"MODIFY COLUMN " + chclient.QuoteIdent(col.name) + " String"})}
 			}
 		}
-		names = append(names, quoteIdent(col.name))
+		names = append(names, chclient.QuoteIdent(col.name))
 		p.sources = append(p.sources, src)
-		p.convs = append(p.convs, conv)
+		p.newCols = append(p.newCols, newCol)
 		p.names = append(p.names, col.name)
-		p.types = append(p.types, col.typ)
 	}
 	p.sql = "INSERT INTO " + c.table() + " (" + strings.Join(names, ", ") + ")"
 	c.plans[rel.ID] = p
@@ -298,6 +323,9 @@ func (c *ClickHouse) Recover(ctx context.Context, floor uint64) error {
 	if err := c.awaitInflightInserts(ctx); err != nil {
 		return err
 	}
+	if err := c.awaitSettledQuorum(ctx); err != nil {
+		return err
+	}
 	c.uncertain = false
 	q := fmt.Sprintf("SELECT %s, %s FROM %s WHERE %s >= %d ORDER BY %s DESC, %s DESC LIMIT 1",
 		ColumnLSN, ColumnSeq, c.table(), ColumnLSN, floor, ColumnLSN, ColumnSeq)
@@ -318,7 +346,7 @@ func (c *ClickHouse) Recover(ctx context.Context, floor uint64) error {
 	}
 	if c.hasHWM {
 		c.log.Info("rows above the slot position are already in ClickHouse; re-sent rows up to here are checked by id",
-			"table", c.opts.Table, "hwm_lsn", lsnString(c.hwm.LSN), "hwm_seq", c.hwm.Seq)
+			"table", c.opts.Table, "hwm_lsn", pglogrepl.LSN(c.hwm.LSN).String(), "hwm_seq", c.hwm.Seq)
 	}
 	return nil
 }
@@ -356,6 +384,10 @@ func (c *ClickHouse) Write(ctx context.Context, rows []Row) (Result, error) {
 	}
 	last := rows[len(rows)-1].Pos
 	if err := c.insertIsolating(ctx, todo, &res); err != nil {
+		var schemaErr *SchemaError
+		if errors.As(err, &schemaErr) {
+			return Result{}, err // found before anything was sent
+		}
 		// Part of the batch may be stored, or still being stored: wait for
 		// it and check ids when it is retried.
 		if !c.hasHWM || c.hwm.Less(last) {
@@ -371,6 +403,9 @@ func (c *ClickHouse) Write(ctx context.Context, rows []Row) (Result, error) {
 // fingerprints stored with it. Normally only the rows' own positions need
 // looking at; CheckEveryRow looks everywhere.
 func (c *ClickHouse) present(ctx context.Context, rows []Row) (map[int64][]uint64, error) {
+	if err := c.awaitSettledQuorum(ctx); err != nil {
+		return nil, err
+	}
 	present := make(map[int64][]uint64)
 	// Ids go in chunks: one IN list of a whole big batch would pass the
 	// server's max_query_size (256 KiB) at about 24k ids, and fail on
@@ -495,8 +530,12 @@ func (c *ClickHouse) insertIsolating(ctx context.Context, rows []Row, res *Resul
 	for _, r := range rows {
 		p, err := c.plan(r.Relation)
 		if err != nil {
-			res.Rejected = append(res.Rejected, Rejected{ID: r.ID, Pos: r.Pos, Err: err})
-			continue
+			// The table, not the row, is at fault: every row of the
+			// relation would fail alike. Nothing is sent and the batch is
+			// retried until the table is fixed; no row is marked failed.
+			clear(good)
+			c.releaseBlocks()
+			return fmt.Errorf("clickhouse %s: %w", c.addr(), err)
 		}
 		if blk == nil || blk.plan != p {
 			blk = c.newBlock(p)
@@ -529,7 +568,7 @@ func (c *ClickHouse) insertIsolating(ctx context.Context, rows []Row, res *Resul
 // block holds converted rows that share an insert plan, column by column.
 type block struct {
 	plan *insertPlan
-	cols []*colBuf
+	cols []colBuf // the bookkeeping columns are *buf[uint64]
 	rows int
 	// sizes are the rows' sizes (Row.Size), for cutting data blocks by bytes.
 	sizes []int
@@ -553,13 +592,13 @@ func (c *ClickHouse) newBlock(p *insertPlan) *block {
 			return b
 		}
 	}
-	b := &block{plan: p, cols: make([]*colBuf, len(p.sources))}
-	for i, src := range p.sources {
-		conv := p.convs[i]
-		if src < 0 {
-			conv = nil
+	b := &block{plan: p, cols: make([]colBuf, len(p.sources))}
+	for i, newCol := range p.newCols {
+		if newCol == nil {
+			b.cols[i] = &buf[uint64]{}
+			continue
 		}
-		b.cols[i] = newColBuf(p.types[i], conv)
+		b.cols[i] = newCol()
 	}
 	c.busy = append(c.busy, b)
 	return b
@@ -590,11 +629,11 @@ func (b *block) add(r Row, digest *xxhash.Digest) (int, error) {
 	for i, src := range p.sources {
 		switch src {
 		case srcLSN:
-			b.cols[i].addUint(r.Pos.LSN)
+			b.push(i, r.Pos.LSN)
 		case srcSeq:
-			b.cols[i].addUint(r.Pos.Seq)
+			b.push(i, r.Pos.Seq)
 		case srcFingerprint:
-			b.cols[i].addUint(fingerprint(digest, r.Values, p.identity))
+			b.push(i, fingerprint(digest, r.Values, p.identity))
 		default:
 			if err := b.cols[i].add(r.Values[src]); err != nil {
 				for _, col := range b.cols[:i+1] {
@@ -607,6 +646,12 @@ func (b *block) add(r Row, digest *xxhash.Digest) (int, error) {
 	b.sizes = append(b.sizes, r.Size())
 	b.rows++
 	return b.rows - 1, nil
+}
+
+// push appends a value the sink computes to bookkeeping column i.
+func (b *block) push(i int, n uint64) {
+	col := b.cols[i].(*buf[uint64])
+	col.vals = append(col.vals, n)
 }
 
 // chunkEnd is the end of the data block that starts at block row start of
@@ -692,7 +737,7 @@ func (c *ClickHouse) withoutStored(ctx context.Context, rows []convertedRow, res
 	if len(present) == 0 {
 		return rows, nil
 	}
-	fps := rows[0].blk.cols[rows[0].blk.plan.fpCol].uints
+	fps := rows[0].blk.cols[rows[0].blk.plan.fpCol].(*buf[uint64]).vals
 	out := make([]convertedRow, 0, len(rows))
 	for _, r := range rows {
 		if slices.ContainsFunc(present[r.id], func(fp uint64) bool { return fp == fps[r.idx] || fp == 0 }) {
@@ -805,10 +850,7 @@ func appendRows(batch driver.Batch, cols []column.Interface, byColumn bool, blk 
 	lo := rows[0].idx
 	if byColumn {
 		for i, col := range cols {
-			if at, err := blk.cols[i].appendTo(col, start, end); err != nil {
-				if at >= 0 {
-					return &dataError{fmt.Errorf("clickhouse: append row id %d: %w", rows[at-lo].id, err)}
-				}
+			if err := blk.cols[i].appendTo(col, start, end); err != nil {
 				return &dataError{fmt.Errorf("clickhouse: append column %s: %w", blk.plan.names[i], err)}
 			}
 		}
@@ -844,9 +886,3 @@ type dataError struct{ err error }
 
 func (e *dataError) Error() string { return e.err.Error() }
 func (e *dataError) Unwrap() error { return e.err }
-
-func quoteIdent(s string) string {
-	return "`" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "`", "\\`") + "`"
-}
-
-func lsnString(l uint64) string { return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l)) }

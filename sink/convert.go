@@ -14,123 +14,249 @@ import (
 	"github.com/shopspring/decimal"
 )
 
-// converter turns one decoded PostgreSQL value (see package decoder for the
-// possible Go types) into the Go value clickhouse-go expects for a column
-// type. A conversion error rejects that one row, never the batch.
-type converter func(v any) (any, error)
+// Conversion of decoded PostgreSQL values (see package decoder for their Go
+// types) into the table's ClickHouse column types, so that the same daemon
+// serves ClickHouse 18 (DateTime, String) and current servers
+// (DateTime64(6, 'UTC'), LowCardinality(String), JSON).
+//
+// There is one path: every column of a batch is a colBuf holding its
+// values in the Go type clickhouse-go takes for the column's type, filled
+// value by value as rows are converted (a value that does not fit rejects
+// its row, never the batch) and handed to the driver's column one slice at
+// a time. A value is never boxed on the way.
 
-// converterFor builds the converter for a ClickHouse type as system.columns
-// spells it, so the same daemon serves ClickHouse 18 (DateTime, String) and
-// current servers (DateTime64(6, 'UTC'), LowCardinality(String), JSON).
-func converterFor(chType string) (converter, error) {
-	t := strings.TrimSpace(chType)
-	switch {
-	case strings.HasPrefix(t, "LowCardinality(") && strings.HasSuffix(t, ")"):
-		return converterFor(t[len("LowCardinality(") : len(t)-1])
-	case strings.HasPrefix(t, "Nullable(") && strings.HasSuffix(t, ")"):
-		inner, err := converterFor(t[len("Nullable(") : len(t)-1])
-		if err != nil {
-			return nil, err
-		}
-		return func(v any) (any, error) {
-			if v == nil {
-				return nil, nil
-			}
-			return inner(v)
-		}, nil
-	}
-	base, args := splitType(t)
-	var conv converter
-	switch base {
-	case "String", "JSON", "Object":
-		conv = toString
-	case "FixedString":
-		n, err := strconv.Atoi(args)
-		if err != nil {
-			return nil, fmt.Errorf("parse %s: %w", t, err)
-		}
-		conv = func(v any) (any, error) {
-			s, err := toString(v)
-			if err != nil {
-				return nil, err
-			}
-			if len(s.(string)) > n {
-				return nil, fmt.Errorf("value of %d bytes does not fit %s", len(s.(string)), t)
-			}
-			return s, nil
-		}
-	case "Int8", "Int16", "Int32", "Int64":
-		bits, _ := strconv.Atoi(base[3:])
-		conv = func(v any) (any, error) { return toInt(v, bits) }
-	case "UInt8", "UInt16", "UInt32", "UInt64":
-		bits, _ := strconv.Atoi(base[4:])
-		conv = func(v any) (any, error) { return toUint(v, bits) }
-	case "Bool":
-		conv = toBool
-	case "Float32":
-		conv = func(v any) (any, error) {
-			f, err := toFloat(v)
-			if err != nil {
-				return nil, err
-			}
-			return float32(f), nil
-		}
-	case "Float64":
-		conv = func(v any) (any, error) { return toFloat(v) }
-	case "Decimal", "Decimal32", "Decimal64", "Decimal128", "Decimal256":
-		prec, scale, err := decimalPrecision(base, args)
-		if err != nil {
-			return nil, fmt.Errorf("parse %s: %w", t, err)
-		}
-		limit := decimal.New(1, int32(prec-scale))
-		conv = func(v any) (any, error) {
-			d, err := toDecimal(v)
-			if err != nil {
-				return nil, err
-			}
-			// ClickHouse keeps scale digits after the point (the driver
-			// drops the rest); what is left must fit the precision.
-			if d.(decimal.Decimal).Truncate(int32(scale)).Abs().GreaterThanOrEqual(limit) {
-				return nil, fmt.Errorf("%s does not fit %s", d, t)
-			}
-			return d, nil
-		}
-	case "DateTime", "DateTime64", "Date", "Date32":
-		lo, hi := timeBounds(base)
-		conv = timeIn(t, lo, hi)
-	case "UUID":
-		conv = toUUID
-	default:
-		return nil, fmt.Errorf("column type %s is not supported by the sink", t)
-	}
-	zero, err := conv(zeroOf(base))
-	if err != nil {
-		return nil, fmt.Errorf("zero value for %s: %w", t, err)
-	}
-	// A NULL into a non-Nullable column becomes the type's default, as
-	// ClickHouse's own input_format_null_as_default does.
-	return func(v any) (any, error) {
-		if v == nil {
-			return zero, nil
-		}
-		return conv(v)
-	}, nil
+// colBuf holds the converted values of one column of a block.
+type colBuf interface {
+	// add converts a decoded value (nil for SQL NULL) and appends it.
+	add(v any) error
+	// truncate drops the values from row n on.
+	truncate(n int)
+	// value returns row i's value, for a driver that takes rows one by one.
+	value(i int) any
+	// appendTo appends rows lo..hi-1 to the driver's column.
+	appendTo(col column.Interface, lo, hi int) error
 }
 
-// timeBounds is the range of a ClickHouse date or time type.
-func timeBounds(base string) (lo, hi time.Time) {
-	switch base {
-	case "DateTime":
-		return time.Unix(0, 0), time.Date(2106, 2, 7, 6, 28, 15, 0, time.UTC)
-	case "DateTime64":
-		// ClickHouse goes up to 2299, but clickhouse-go encodes through
-		// UnixNano, which wraps after 2262-04-11: stop there.
-		return time.Date(1900, 1, 1, 0, 0, 0, 0, time.UTC), time.Unix(0, math.MaxInt64).UTC()
-	case "Date":
-		return time.Unix(0, 0), time.Date(2149, 6, 6, 0, 0, 0, 0, time.UTC)
-	default: // Date32
-		return time.Date(1900, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2299, 12, 31, 0, 0, 0, 0, time.UTC)
+// conversion is how decoded values become values of one ClickHouse type.
+type conversion interface {
+	// newBuf returns an empty buffer of a column of the type, or of
+	// Nullable(the type) when nullable.
+	newBuf(nullable bool) colBuf
+}
+
+// typed converts to T, the Go type clickhouse-go takes for the column.
+type typed[T any] struct {
+	conv func(v any) (T, error) // v is never nil
+	// zero is what a NULL becomes in a column that is not Nullable: the
+	// type's default, as ClickHouse's own input_format_null_as_default does.
+	zero T
+}
+
+func (t typed[T]) newBuf(nullable bool) colBuf {
+	if nullable {
+		return &nullableBuf[T]{buf: buf[T]{typed: t}}
 	}
+	return &buf[T]{typed: t}
+}
+
+// buf is the buffer of a column that is not Nullable.
+type buf[T any] struct {
+	typed[T]
+	vals []T
+}
+
+func (b *buf[T]) add(v any) error {
+	x := b.zero
+	if v != nil {
+		var err error
+		if x, err = b.conv(v); err != nil {
+			return err
+		}
+	}
+	b.vals = append(b.vals, x)
+	return nil
+}
+
+func (b *buf[T]) truncate(n int) {
+	clear(b.vals[n:]) // drop references to the batch's strings
+	b.vals = b.vals[:n]
+}
+
+func (b *buf[T]) value(i int) any { return b.vals[i] }
+
+func (b *buf[T]) appendTo(col column.Interface, lo, hi int) error {
+	_, err := col.Append(b.vals[lo:hi])
+	return err
+}
+
+// nullableBuf is the buffer of a Nullable column: a NULL stays NULL.
+type nullableBuf[T any] struct {
+	buf[T]
+	null []bool
+	ptrs []*T // what appendTo hands the driver, pointing into vals
+}
+
+func (b *nullableBuf[T]) add(v any) error {
+	if err := b.buf.add(v); err != nil {
+		return err
+	}
+	b.null = append(b.null, v == nil)
+	return nil
+}
+
+func (b *nullableBuf[T]) truncate(n int) {
+	b.buf.truncate(n)
+	b.null = b.null[:n]
+}
+
+func (b *nullableBuf[T]) value(i int) any {
+	if b.null[i] {
+		return nil
+	}
+	return b.vals[i]
+}
+
+func (b *nullableBuf[T]) appendTo(col column.Interface, lo, hi int) error {
+	b.ptrs = b.ptrs[:0]
+	for i := lo; i < hi; i++ {
+		var p *T
+		if !b.null[i] {
+			p = &b.vals[i]
+		}
+		b.ptrs = append(b.ptrs, p)
+	}
+	_, err := col.Append(b.ptrs)
+	clear(b.ptrs)
+	return err
+}
+
+// converterFor returns the maker of a column buffer for a ClickHouse type
+// as system.columns spells it, or an error naming the type when the sink
+// cannot convert to it.
+func converterFor(chType string) (func() colBuf, error) {
+	t, nullable := strings.TrimSpace(chType), false
+	for {
+		if inner, ok := unwrap(t, "LowCardinality"); ok {
+			t = inner // the driver's LowCardinality column takes the inner type's values
+		} else if inner, ok := unwrap(t, "Nullable"); ok {
+			t, nullable = inner, true
+		} else {
+			break
+		}
+	}
+	conv, err := conversionFor(t)
+	if err != nil {
+		return nil, err
+	}
+	return func() colBuf { return conv.newBuf(nullable) }, nil
+}
+
+// unwrap returns x of wrapper(x).
+func unwrap(t, wrapper string) (string, bool) {
+	if !strings.HasPrefix(t, wrapper+"(") || !strings.HasSuffix(t, ")") {
+		return "", false
+	}
+	return strings.TrimSpace(t[len(wrapper)+1 : len(t)-1]), true
+}
+
+// conversionFor is the conversion to a type without Nullable or
+// LowCardinality around it.
+func conversionFor(t string) (conversion, error) {
+	base, args := splitType(t)
+	switch base {
+	case "String":
+		return typed[string]{conv: stringOf}, nil
+	case "JSON", "Object":
+		return typed[string]{conv: stringOf, zero: "{}"}, nil // ClickHouse refuses "" as a document
+	case "FixedString":
+		return fixedString(t, args)
+	case "Int8":
+		return signed[int8](8), nil
+	case "Int16":
+		return signed[int16](16), nil
+	case "Int32":
+		return signed[int32](32), nil
+	case "Int64":
+		return signed[int64](64), nil
+	case "UInt8":
+		return unsigned[uint8](8), nil
+	case "UInt16":
+		return unsigned[uint16](16), nil
+	case "UInt32":
+		return unsigned[uint32](32), nil
+	case "UInt64":
+		return unsigned[uint64](64), nil
+	case "Bool":
+		return typed[bool]{conv: boolOf}, nil
+	case "Float32":
+		return typed[float32]{conv: func(v any) (float32, error) { f, err := floatOf(v); return float32(f), err }}, nil
+	case "Float64":
+		return typed[float64]{conv: floatOf}, nil
+	case "Decimal", "Decimal32", "Decimal64", "Decimal128", "Decimal256":
+		return decimalIn(t, base, args)
+	case "DateTime", "DateTime64", "Date", "Date32":
+		lo, hi := timeBounds(base)
+		return typed[time.Time]{conv: timeIn(t, lo, hi), zero: time.Unix(0, 0).UTC()}, nil
+	case "UUID":
+		return typed[uuid.UUID]{conv: uuidOf}, nil
+	}
+	return nil, fmt.Errorf("column type %s is not supported by the sink", t)
+}
+
+func splitType(t string) (base, args string) {
+	i := strings.IndexByte(t, '(')
+	if i < 0 || !strings.HasSuffix(t, ")") {
+		return t, ""
+	}
+	return t[:i], t[i+1 : len(t)-1]
+}
+
+func signed[T int8 | int16 | int32 | int64](bits int) typed[T] {
+	return typed[T]{conv: func(v any) (T, error) {
+		n, err := intOf(v, bits)
+		return T(n), err
+	}}
+}
+
+func unsigned[T uint8 | uint16 | uint32 | uint64](bits int) typed[T] {
+	return typed[T]{conv: func(v any) (T, error) {
+		n, err := uintOf(v, bits)
+		return T(n), err
+	}}
+}
+
+func fixedString(t, args string) (conversion, error) {
+	n, err := strconv.Atoi(args)
+	if err != nil {
+		return nil, fmt.Errorf("parse %s: %w", t, err)
+	}
+	return typed[string]{conv: func(v any) (string, error) {
+		s, err := stringOf(v)
+		if err == nil && len(s) > n {
+			return "", fmt.Errorf("value of %d bytes does not fit %s", len(s), t)
+		}
+		return s, err
+	}}, nil
+}
+
+func decimalIn(t, base, args string) (conversion, error) {
+	prec, scale, err := decimalPrecision(base, args)
+	if err != nil {
+		return nil, fmt.Errorf("parse %s: %w", t, err)
+	}
+	limit := decimal.New(1, int32(prec-scale))
+	return typed[decimal.Decimal]{zero: decimal.Zero, conv: func(v any) (decimal.Decimal, error) {
+		d, err := decimalOf(v)
+		if err != nil {
+			return decimal.Decimal{}, err
+		}
+		// ClickHouse keeps scale digits after the point (the driver drops
+		// the rest); what is left must fit the precision.
+		if d.Truncate(int32(scale)).Abs().GreaterThanOrEqual(limit) {
+			return decimal.Decimal{}, fmt.Errorf("%s does not fit %s", d, t)
+		}
+		return d, nil
+	}}, nil
 }
 
 // decimalPrecision reads Decimal(P, S) and DecimalNN(S).
@@ -154,40 +280,22 @@ func decimalPrecision(base, args string) (prec, scale int, err error) {
 	return prec, scale, err
 }
 
-func splitType(t string) (base, args string) {
-	i := strings.IndexByte(t, '(')
-	if i < 0 || !strings.HasSuffix(t, ")") {
-		return t, ""
-	}
-	return t[:i], t[i+1 : len(t)-1]
-}
-
-func zeroOf(base string) any {
+// timeBounds is the range of a ClickHouse date or time type.
+func timeBounds(base string) (lo, hi time.Time) {
 	switch base {
-	case "JSON", "Object":
-		return "{}" // ClickHouse's default; it refuses "" as a document
-	case "String", "FixedString":
-		return ""
-	case "DateTime", "DateTime64", "Date", "Date32":
-		return time.Unix(0, 0).UTC()
-	case "UUID":
-		return uuid.Nil.String()
-	case "Bool":
-		return false
-	default:
-		return int64(0)
+	case "DateTime":
+		return time.Unix(0, 0), time.Date(2106, 2, 7, 6, 28, 15, 0, time.UTC)
+	case "DateTime64":
+		// ClickHouse goes up to 2299, but clickhouse-go encodes through
+		// UnixNano, which wraps after 2262-04-11: stop there.
+		return time.Date(1900, 1, 1, 0, 0, 0, 0, time.UTC), time.Unix(0, math.MaxInt64).UTC()
+	case "Date":
+		return time.Unix(0, 0), time.Date(2149, 6, 6, 0, 0, 0, 0, time.UTC)
+	default: // Date32
+		return time.Date(1900, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2299, 12, 31, 0, 0, 0, 0, time.UTC)
 	}
 }
 
-func toString(v any) (any, error) {
-	s, err := stringOf(v)
-	if err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
-// stringOf is toString without boxing the result.
 func stringOf(v any) (string, error) {
 	switch x := v.(type) {
 	case string:
@@ -219,23 +327,7 @@ func numericDecimal(n pgtype.Numeric) (decimal.Decimal, error) {
 	return decimal.NewFromBigInt(new(big.Int).Set(n.Int), n.Exp), nil
 }
 
-func toInt(v any, bits int) (any, error) {
-	n, err := intOf(v, bits)
-	if err != nil {
-		return nil, err
-	}
-	switch bits {
-	case 8:
-		return int8(n), nil
-	case 16:
-		return int16(n), nil
-	case 32:
-		return int32(n), nil
-	}
-	return n, nil
-}
-
-// intOf is toInt without narrowing and boxing the result.
+// intOf returns v as an integer of Int<bits>'s range (a bool is 0 or 1).
 func intOf(v any, bits int) (int64, error) {
 	var n int64
 	switch x := v.(type) {
@@ -278,30 +370,7 @@ func intOf(v any, bits int) (int64, error) {
 	return n, nil
 }
 
-func toUint(v any, bits int) (any, error) {
-	if b, ok := v.(bool); ok && bits == 8 {
-		if b {
-			return uint8(1), nil
-		}
-		return uint8(0), nil
-	}
-	n, err := uintOf(v, bits)
-	if err != nil {
-		return nil, err
-	}
-	switch bits {
-	case 8:
-		return uint8(n), nil
-	case 16:
-		return uint16(n), nil
-	case 32:
-		return uint32(n), nil
-	}
-	return n, nil
-}
-
-// uintOf is toUint without narrowing and boxing the result (and without
-// its bool case, which only UInt8 has).
+// uintOf returns v as an integer of UInt<bits>'s range (a bool is 0 or 1).
 func uintOf(v any, bits int) (uint64, error) {
 	n, err := intOf(v, 64)
 	if err != nil {
@@ -313,7 +382,7 @@ func uintOf(v any, bits int) (uint64, error) {
 	return uint64(n), nil
 }
 
-func toBool(v any) (any, error) {
+func boolOf(v any) (bool, error) {
 	switch x := v.(type) {
 	case bool:
 		return x, nil
@@ -322,14 +391,14 @@ func toBool(v any) (any, error) {
 	case string:
 		b, err := strconv.ParseBool(x)
 		if err != nil {
-			return nil, fmt.Errorf("%q is not a boolean", x)
+			return false, fmt.Errorf("%q is not a boolean", x)
 		}
 		return b, nil
 	}
-	return nil, fmt.Errorf("cannot convert %T to Bool", v)
+	return false, fmt.Errorf("cannot convert %T to Bool", v)
 }
 
-func toFloat(v any) (float64, error) {
+func floatOf(v any) (float64, error) {
 	switch x := v.(type) {
 	case float64:
 		return x, nil
@@ -352,7 +421,7 @@ func toFloat(v any) (float64, error) {
 	return 0, fmt.Errorf("cannot convert %T to a float", v)
 }
 
-func toDecimal(v any) (any, error) {
+func decimalOf(v any) (decimal.Decimal, error) {
 	switch x := v.(type) {
 	case pgtype.Numeric:
 		return numericDecimal(x)
@@ -360,44 +429,33 @@ func toDecimal(v any) (any, error) {
 		return decimal.NewFromInt(x), nil
 	case float64:
 		if math.IsNaN(x) || math.IsInf(x, 0) {
-			return nil, fmt.Errorf("%v is not a decimal", x)
+			return decimal.Decimal{}, fmt.Errorf("%v is not a decimal", x)
 		}
 		return decimal.NewFromFloat(x), nil
 	case string:
 		d, err := decimal.NewFromString(strings.TrimSpace(x))
 		if err != nil {
-			return nil, fmt.Errorf("%q is not a decimal", x)
+			return decimal.Decimal{}, fmt.Errorf("%q is not a decimal", x)
 		}
 		return d, nil
 	}
-	return nil, fmt.Errorf("cannot convert %T to Decimal", v)
+	return decimal.Decimal{}, fmt.Errorf("cannot convert %T to Decimal", v)
 }
 
-func toUUID(v any) (any, error) {
+func uuidOf(v any) (uuid.UUID, error) {
 	s, ok := v.(string)
 	if !ok {
-		return nil, fmt.Errorf("cannot convert %T to UUID", v)
+		return uuid.Nil, fmt.Errorf("cannot convert %T to UUID", v)
 	}
 	u, err := uuid.Parse(s)
 	if err != nil {
-		return nil, fmt.Errorf("%q is not a UUID", s)
+		return uuid.Nil, fmt.Errorf("%q is not a UUID", s)
 	}
 	return u, nil
 }
 
-func timeIn(chType string, lo, hi time.Time) converter {
-	conv := timeOf(chType, lo, hi)
-	return func(v any) (any, error) {
-		t, err := conv(v)
-		if err != nil {
-			return nil, err
-		}
-		return t, nil
-	}
-}
-
-// timeOf is timeIn without boxing the result.
-func timeOf(chType string, lo, hi time.Time) func(v any) (time.Time, error) {
+// timeIn converts to a date or time type of range lo..hi.
+func timeIn(chType string, lo, hi time.Time) func(v any) (time.Time, error) {
 	return func(v any) (time.Time, error) {
 		var t time.Time
 		switch x := v.(type) {
@@ -417,205 +475,4 @@ func timeOf(chType string, lo, hi time.Time) func(v any) (time.Time, error) {
 		}
 		return t, nil
 	}
-}
-
-// colBuf holds the converted values of one column of a batch, in a typed
-// slice for the column types the outbox table uses (String,
-// LowCardinality(String), Int64, UInt64, DateTime, DateTime64), so a value
-// is converted without being boxed and the column takes the whole slice in
-// one Append; any other type keeps its converter's values and appends them
-// one by one, as clickhouse-go's row-wise Append does. Both give the column
-// the same values.
-type colBuf struct {
-	kind  colKind
-	conv  converter // colGeneric
-	str   func(any) (string, error)
-	tim   func(any) (time.Time, error)
-	strs  []string
-	ints  []int64
-	uints []uint64
-	times []time.Time
-	anys  []any
-}
-
-type colKind uint8
-
-const (
-	colGeneric colKind = iota
-	colString
-	colInt64
-	colUInt64
-	colTime
-)
-
-// kindOf picks the buffer for a ClickHouse column type.
-func kindOf(chType string) colKind {
-	t := strings.TrimSpace(chType)
-	if strings.HasPrefix(t, "LowCardinality(") && strings.HasSuffix(t, ")") {
-		if inner := strings.TrimSpace(t[len("LowCardinality(") : len(t)-1]); inner == "String" {
-			return colString
-		}
-		return colGeneric
-	}
-	base, _ := splitType(t)
-	switch {
-	case t == "String":
-		return colString
-	case t == "Int64":
-		return colInt64
-	case t == "UInt64":
-		return colUInt64
-	case base == "DateTime" || base == "DateTime64":
-		return colTime
-	}
-	return colGeneric
-}
-
-// newColBuf returns the buffer of a column of type chType whose values come
-// from the decoder (conv is the column's converter) or, with conv nil, are
-// stream positions (UInt64 values added with addUint).
-func newColBuf(chType string, conv converter) *colBuf {
-	c := &colBuf{kind: kindOf(chType), conv: conv}
-	if conv == nil {
-		if c.kind != colUInt64 {
-			c.kind = colGeneric
-		}
-		return c
-	}
-	switch c.kind {
-	case colString:
-		c.str = func(v any) (string, error) {
-			if v == nil {
-				return "", nil // the type's default, as converterFor's NULL
-			}
-			return stringOf(v)
-		}
-	case colTime:
-		base, _ := splitType(strings.TrimSpace(chType))
-		lo, hi := timeBounds(base)
-		of := timeOf(chType, lo, hi)
-		zero, err := of(time.Unix(0, 0).UTC())
-		if err != nil {
-			c.kind = colGeneric
-			break
-		}
-		c.tim = func(v any) (time.Time, error) {
-			if v == nil {
-				return zero, nil
-			}
-			return of(v)
-		}
-	}
-	return c
-}
-
-// add converts v and appends it.
-func (c *colBuf) add(v any) error {
-	switch c.kind {
-	case colString:
-		s, err := c.str(v)
-		if err != nil {
-			return err
-		}
-		c.strs = append(c.strs, s)
-	case colInt64:
-		var n int64
-		if v != nil {
-			var err error
-			if n, err = intOf(v, 64); err != nil {
-				return err
-			}
-		}
-		c.ints = append(c.ints, n)
-	case colUInt64:
-		var n uint64
-		if v != nil {
-			var err error
-			if n, err = uintOf(v, 64); err != nil {
-				return err
-			}
-		}
-		c.uints = append(c.uints, n)
-	case colTime:
-		t, err := c.tim(v)
-		if err != nil {
-			return err
-		}
-		c.times = append(c.times, t)
-	default:
-		x, err := c.conv(v)
-		if err != nil {
-			return err
-		}
-		c.anys = append(c.anys, x)
-	}
-	return nil
-}
-
-// addUint appends a stream position.
-func (c *colBuf) addUint(n uint64) {
-	if c.kind == colUInt64 {
-		c.uints = append(c.uints, n)
-		return
-	}
-	c.anys = append(c.anys, n)
-}
-
-// truncate drops the values from row n on.
-func (c *colBuf) truncate(n int) {
-	switch c.kind {
-	case colString:
-		clear(c.strs[n:])
-		c.strs = c.strs[:n]
-	case colInt64:
-		c.ints = c.ints[:n]
-	case colUInt64:
-		c.uints = c.uints[:n]
-	case colTime:
-		c.times = c.times[:n]
-	default:
-		clear(c.anys[n:])
-		c.anys = c.anys[:n]
-	}
-}
-
-// value returns row i's value as the converter would.
-func (c *colBuf) value(i int) any {
-	switch c.kind {
-	case colString:
-		return c.strs[i]
-	case colInt64:
-		return c.ints[i]
-	case colUInt64:
-		return c.uints[i]
-	case colTime:
-		return c.times[i]
-	}
-	return c.anys[i]
-}
-
-// appendTo appends rows lo..hi-1 to col. On an error it returns the row
-// that failed, or -1 when it cannot tell.
-func (c *colBuf) appendTo(col column.Interface, lo, hi int) (int, error) {
-	var err error
-	switch c.kind {
-	case colString:
-		_, err = col.Append(c.strs[lo:hi])
-	case colInt64:
-		_, err = col.Append(c.ints[lo:hi])
-	case colUInt64:
-		_, err = col.Append(c.uints[lo:hi])
-	case colTime:
-		_, err = col.Append(c.times[lo:hi])
-	default:
-		for i := lo; i < hi; i++ {
-			if err := col.AppendRow(c.anys[i]); err != nil {
-				return i, err
-			}
-		}
-	}
-	if err != nil {
-		return -1, err
-	}
-	return 0, nil
 }

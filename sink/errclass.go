@@ -81,3 +81,32 @@ func Classify(err error) Class {
 	}
 	return Retry
 }
+
+// Unreachable reports whether err, returned by an INSERT, says that no
+// server answered: it is neither the server's own exception (the server is
+// up: quotas, too many parts, quorum) nor a refusal by our conversion, so it
+// is a refused, reset or timed-out connection. The pipeline retries such an
+// insert as soon as a ping answers again.
+func Unreachable(err error) bool {
+	var de *dataError
+	var ex *clickhouse.Exception
+	return err != nil && !errors.As(err, &de) && !errors.As(err, &ex)
+}
+
+// quorumCodes are the server errors of an INSERT whose quorum
+// (insert_quorum on a Replicated* table) is lost: too few replicas alive,
+// an earlier quorum insert still unsettled, or the outcome unknown.
+var quorumCodes = map[proto.Error]bool{
+	proto.ErrTooFewLiveReplicas:                true,
+	proto.ErrUnsatisfiedQuorumForPreviousWrite: true,
+	proto.ErrReplicaIsNotInQuorum:              true,
+	proto.ErrUnknownStatusOfInsert:             true,
+}
+
+// QuorumLost reports whether err, returned by an INSERT, says that the
+// table's insert quorum cannot be reached: the insert is retried, and the
+// instance is not ready (/readyz) until one succeeds.
+func QuorumLost(err error) bool {
+	var ex *clickhouse.Exception
+	return errors.As(err, &ex) && quorumCodes[proto.Error(ex.Code)]
+}

@@ -3,6 +3,9 @@ package sink
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"syscall"
 	"testing"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -111,5 +114,28 @@ func TestClassify(t *testing.T) {
 				t.Errorf("Classify = %s, want %s", got, c.want)
 			}
 		})
+	}
+}
+
+// Unreachable: no server answered (connection refused, reset, timed out);
+// anything the server said, or our own refusal, means it is up.
+func TestUnreachable(t *testing.T) {
+	cases := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"connection refused", fmt.Errorf("insert: %w", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}), true},
+		{"connection reset", fmt.Errorf("insert: %w", io.ErrUnexpectedEOF), true},
+		{"read timeout", context.DeadlineExceeded, true},
+		{"server exception", fmt.Errorf("insert: %w", &clickhouse.Exception{Code: 252, Message: "Too many parts"}), false},
+		{"quorum not reached", fmt.Errorf("insert: %w", &clickhouse.Exception{Code: 285, Message: "Number of alive replicas (1) is less than requested quorum (2)"}), false},
+		{"our own conversion", &dataError{fmt.Errorf("value out of range")}, false},
+		{"no error", nil, false},
+	}
+	for _, c := range cases {
+		if got := Unreachable(c.err); got != c.want {
+			t.Errorf("%s: Unreachable = %v, want %v", c.name, got, c.want)
+		}
 	}
 }

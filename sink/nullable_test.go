@@ -6,23 +6,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/outbox-cdc/outbox-cdc/decoder"
-	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
 )
 
 // An adopted table may have Nullable columns: a NULL goes in as NULL, never
 // as the type's default (1970-01-01 for a timestamp).
 func TestNullIntoNullableColumns(t *testing.T) {
 	ctx := context.Background()
-	addr, db := testenv.ClickHouseAddr(t), testenv.NewClickHouseDB(t)
-	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	addr, db, conn := testDatabase(t)
 	if err := conn.Exec(ctx, fmt.Sprintf("CREATE TABLE `%s`.events (id Int64, created_at Nullable(DateTime), note Nullable(String), n Nullable(Int64), "+
 		"_lsn UInt64, _seq UInt64, _fingerprint UInt64) ENGINE = MergeTree ORDER BY id", db)); err != nil {
 		t.Fatal(err)

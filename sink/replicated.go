@@ -45,6 +45,9 @@ type Mode struct {
 	Engine   string
 	Replicas uint64 // total_replicas in system.replicas (0: not replicated)
 	Quorum   int    // insert_quorum sent with every INSERT (0: none)
+	// SerialQuorum: the server has insert_quorum_parallel (20.10 and
+	// later, on by default), which the quorum inserts turn off.
+	SerialQuorum bool
 }
 
 // Replicated reports whether the table is a Replicated* engine.
@@ -87,6 +90,13 @@ func (c *ClickHouse) detectMode(ctx context.Context) error {
 			c.opts.Database, m.Table).Scan(&m.Replicas, &active); err != nil {
 			return fmt.Errorf("clickhouse %s: read system.replicas for %s: %w", c.addr(), c.table(), err)
 		}
+		if m.Replicas == 0 {
+			// ClickHouse counts the replicas in ZooKeeper and says 0
+			// while it cannot reach it: a quorum sized on that (auto:
+			// 0/2+1 = 1, i.e. none) would write without one for the
+			// life of this sink. Measured in the cluster torture.
+			return fmt.Errorf("clickhouse %s: system.replicas reports 0 replicas of %s (ZooKeeper unreachable?): cannot size the insert quorum yet", c.addr(), c.table())
+		}
 	}
 	switch q := c.opts.InsertQuorum; {
 	case q == QuorumAuto && m.Replicated():
@@ -99,6 +109,12 @@ func (c *ClickHouse) detectMode(ctx context.Context) error {
 		return fmt.Errorf("clickhouse %s: clickhouse.insert_quorum is %d but %s has %d replicas: no insert could ever succeed", c.addr(), q, c.table(), m.Replicas)
 	default:
 		m.Quorum = q
+	}
+	if m.Quorum > 0 {
+		var err error
+		if m.SerialQuorum, err = c.hasSetting(ctx, "insert_quorum_parallel"); err != nil {
+			return err
+		}
 	}
 	c.mode = m
 	return nil
@@ -119,14 +135,8 @@ func (c *ClickHouse) insertContext(ctx context.Context, oneBlock bool) context.C
 			s[k] = v
 		}
 	}
-	if c.mode.Quorum > 0 {
-		// Integers only: ClickHouse 18 takes settings as varints.
-		s["insert_quorum"] = c.mode.Quorum
-		timeout := c.opts.InsertQuorumTimeout
-		if timeout <= 0 {
-			timeout = time.Minute
-		}
-		s["insert_quorum_timeout"] = int(timeout / time.Millisecond)
+	for k, v := range c.mode.quorumSettings(c.opts.InsertQuorumTimeout) {
+		s[k] = v
 	}
 	return clickhouse.Context(ctx, clickhouse.WithSettings(s))
 }
@@ -150,12 +160,8 @@ func (c *ClickHouse) peers() []driver.Conn {
 	}
 	if c.peerConns == nil {
 		for _, a := range c.opts.Addr {
-			conn, err := clickhouse.Open(&clickhouse.Options{
-				Addr:        []string{a},
-				Auth:        clickhouse.Auth{Database: c.opts.Database, Username: c.opts.Username, Password: c.opts.Password},
-				DialTimeout: 5 * time.Second,
-				DialContext: c.opts.DialContext,
-			})
+			// A short dial timeout: a dead replica is skipped, not waited for.
+			conn, err := dial(c.opts, []string{a}, 5*time.Second)
 			if err != nil {
 				continue // an address that does not parse: the main connection reports it
 			}

@@ -36,6 +36,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/outbox-cdc/outbox-cdc/decoder"
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
 	"github.com/outbox-cdc/outbox-cdc/migrations"
 )
@@ -275,12 +276,12 @@ func runCells(t *testing.T, e *testEngine, rows []Row) {
 		t.Run(c.col+" "+c.typ, func(t *testing.T) {
 			ctx := context.Background()
 			table := fmt.Sprintf("cell%02d", i)
-			cols := "id Int64, " + quoteIdent(c.col) + " " + c.typ
+			cols := "id Int64, " + chclient.QuoteIdent(c.col) + " " + c.typ
 			if c.col == "id" {
 				cols = "id " + c.typ
 			}
 			if err := e.conn.Exec(ctx, fmt.Sprintf("CREATE TABLE %s.%s (%s, _lsn UInt64, _seq UInt64, _fingerprint UInt64) ENGINE = MergeTree ORDER BY (_lsn, _seq)",
-				quoteIdent(e.db), table, cols)); err != nil {
+				chclient.QuoteIdent(e.db), table, cols)); err != nil {
 				t.Fatalf("create table: %v", err)
 			}
 			checkWrite(t, e, e.open(t, table), table, rows, []string{c.col}, map[string]string{c.col: c.typ})
@@ -299,7 +300,7 @@ func runLaterRunRejected(t *testing.T, e *testEngine, rows []Row) {
 		t.Fatal("the capture's last row should come with a second relation")
 	}
 	if err := e.conn.Exec(ctx, fmt.Sprintf("CREATE TABLE %s.later (id Int64, c_text String, _lsn UInt64, _seq UInt64, _fingerprint UInt64, "+
-		"_guard UInt8 MATERIALIZED throwIf(id = %d)) ENGINE = MergeTree ORDER BY (_lsn, _seq)", quoteIdent(e.db), last.ID)); err != nil {
+		"_guard UInt8 MATERIALIZED throwIf(id = %d)) ENGINE = MergeTree ORDER BY (_lsn, _seq)", chclient.QuoteIdent(e.db), last.ID)); err != nil {
 		t.Fatal(err)
 	}
 	res, err := write(ctx, e.open(t, "later"), rows)
@@ -309,7 +310,7 @@ func runLaterRunRejected(t *testing.T, e *testEngine, rows []Row) {
 	if len(res.Rejected) != 1 || res.Rejected[0].ID != last.ID || res.Inserted != len(rows)-1 {
 		t.Errorf("Write: %+v; want row %d rejected and %d rows inserted", res, last.ID, len(rows)-1)
 	}
-	got, err := e.conn.Query(ctx, "SELECT id, count() FROM "+quoteIdent(e.db)+".later GROUP BY id ORDER BY id")
+	got, err := e.conn.Query(ctx, "SELECT id, count() FROM "+chclient.QuoteIdent(e.db)+".later GROUP BY id ORDER BY id")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -383,9 +384,9 @@ func checkWrite(t *testing.T, e *testEngine, s *ClickHouse, table string, rows [
 	// Read back as the engine renders the stored values.
 	exprs := []string{"_lsn", "_seq"}
 	for _, c := range cols {
-		exprs = append(exprs, render(types[c], quoteIdent(c)))
+		exprs = append(exprs, render(types[c], chclient.QuoteIdent(c)))
 	}
-	q := fmt.Sprintf("SELECT %s FROM %s.%s ORDER BY _lsn, _seq", strings.Join(exprs, ", "), quoteIdent(e.db), quoteIdent(table))
+	q := fmt.Sprintf("SELECT %s FROM %s.%s ORDER BY _lsn, _seq", strings.Join(exprs, ", "), chclient.QuoteIdent(e.db), chclient.QuoteIdent(table))
 	got, err := e.conn.Query(ctx, q)
 	if err != nil {
 		t.Fatalf("read back: %v\n%s", err, q)
@@ -826,7 +827,7 @@ func runMigrated(t *testing.T, e *testEngine, rows []Row, want []schemaColumn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	recorded, err := e.conn.Query(ctx, "SELECT name FROM "+quoteIdent(e.db)+".cdc_schema_migrations ORDER BY name")
+	recorded, err := e.conn.Query(ctx, "SELECT name FROM "+chclient.QuoteIdent(e.db)+".cdc_schema_migrations ORDER BY name")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -875,7 +876,7 @@ func runMigrated(t *testing.T, e *testEngine, rows []Row, want []schemaColumn) {
 
 	// _inserted_at is filled by ClickHouse, in UTC.
 	var oldest, newest string
-	if err := e.conn.QueryRow(ctx, "SELECT toString(min(_inserted_at), 'UTC'), toString(max(_inserted_at), 'UTC') FROM "+quoteIdent(e.db)+".events").
+	if err := e.conn.QueryRow(ctx, "SELECT toString(min(_inserted_at), 'UTC'), toString(max(_inserted_at), 'UTC') FROM "+chclient.QuoteIdent(e.db)+".events").
 		Scan(&oldest, &newest); err != nil {
 		t.Fatal(err)
 	}

@@ -3,9 +3,12 @@ package sink
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 )
 
 // SchemaError is a ClickHouse table cdc cannot write to: it does not exist
@@ -32,11 +35,14 @@ var bookkeepingTypes = []struct{ name, typ string }{
 	{ColumnFingerprint, "UInt64"},
 }
 
-// outboxColumns are the outbox's columns cdc may send: a table column of one
-// of these names must have a type cdc converts to.
+// outboxColumns are the outbox's documented columns (docs/producers.md),
+// which cdc sends when the table has them: a table column of one of these
+// names, or of a name in Options.SourceColumns, must have a type cdc
+// converts to.
 var outboxColumns = map[string]bool{
 	"id": true, "event_type": true, "event_date_time": true, "environment": true, "event_context": true,
 	"metadata_version": true, "status": true, "created_at": true, "updated_at": true,
+	"last_error": true, "attempts": true,
 }
 
 // idTypes may hold the outbox's bigint ids (and are what the id lookups
@@ -54,11 +60,11 @@ func CheckTable(ctx context.Context, conn driver.Conn, database, table string) e
 	if err != nil {
 		return err
 	}
-	return checkColumns(database, table, cols)
+	return checkColumns(database, table, cols, nil)
 }
 
 func readColumns(ctx context.Context, conn driver.Conn, database, table string) ([]tableColumn, error) {
-	qualified := quoteIdent(database) + "." + quoteIdent(table)
+	qualified := chclient.QuoteIdent(database) + "." + chclient.QuoteIdent(table)
 	rows, err := conn.Query(ctx, "SELECT name, type, default_kind FROM system.columns WHERE database = ? AND table = ?", database, table)
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse: read columns of %s: %w", qualified, err)
@@ -78,9 +84,10 @@ func readColumns(ctx context.Context, conn driver.Conn, database, table string) 
 	return cols, nil
 }
 
-// checkColumns is CheckTable's rule on columns already read.
-func checkColumns(database, table string, cols []tableColumn) error {
-	qualified := quoteIdent(database) + "." + quoteIdent(table)
+// checkColumns is CheckTable's rule on columns already read; source are
+// more names of columns the outbox has (Options.SourceColumns).
+func checkColumns(database, table string, cols []tableColumn, source []string) error {
+	qualified := chclient.QuoteIdent(database) + "." + chclient.QuoteIdent(table)
 	if len(cols) == 0 {
 		return &SchemaError{Table: qualified, Missing: true, Problem: "does not exist",
 			Fix: "run `cdc migrate` (it creates it), or set clickhouse.database and clickhouse.table to the events table"}
@@ -94,10 +101,10 @@ func checkColumns(database, table string, cols []tableColumn) error {
 		c, ok := byName[b.name]
 		switch {
 		case !ok:
-			add = append(add, "ADD COLUMN "+quoteIdent(b.name)+" "+b.typ)
+			add = append(add, "ADD COLUMN "+chclient.QuoteIdent(b.name)+" "+b.typ)
 			problems = append(problems, "lacks "+b.name)
 		case c.typ != b.typ:
-			modify = append(modify, "MODIFY COLUMN "+quoteIdent(b.name)+" "+b.typ)
+			modify = append(modify, "MODIFY COLUMN "+chclient.QuoteIdent(b.name)+" "+b.typ)
 			problems = append(problems, fmt.Sprintf("has %s %s, not %s", b.name, c.typ, b.typ))
 		}
 	}
@@ -109,18 +116,32 @@ func checkColumns(database, table string, cols []tableColumn) error {
 		modify = append(modify, "MODIFY COLUMN `id` Int64")
 	}
 	for _, c := range cols {
-		if !outboxColumns[c.name] || c.defaultKind == "MATERIALIZED" || c.defaultKind == "ALIAS" {
+		if computed(c) || !(outboxColumns[c.name] || slices.Contains(source, c.name)) {
 			continue
 		}
 		if _, err := converterFor(c.typ); err != nil {
-			problems = append(problems, fmt.Sprintf("has %s %s, a type cdc cannot write the outbox's values to (%v)", c.name, c.typ, err))
-			modify = append(modify, "MODIFY COLUMN "+quoteIdent(c.name)+" String")
+			problems = append(problems, unconvertible(c, err))
+			modify = append(modify, "MODIFY COLUMN "+chclient.QuoteIdent(c.name)+" String")
 		}
 	}
 	if len(problems) == 0 {
 		return nil
 	}
 	return &SchemaError{Table: qualified, Problem: strings.Join(problems, ", ") + " (cdc needs them to deliver exactly once)",
-		Fix: "run ALTER TABLE " + qualified + " " + strings.Join(append(add, modify...), ", ") +
-			" (`cdc migrate` does not change the columns of an existing table)"}
+		Fix: alterFix(qualified, append(add, modify...))}
+}
+
+// computed reports whether ClickHouse computes a column itself: cdc never
+// sends it.
+func computed(c tableColumn) bool { return c.defaultKind == "MATERIALIZED" || c.defaultKind == "ALIAS" }
+
+// unconvertible says that column c has a type cdc cannot write to (err).
+func unconvertible(c tableColumn, err error) string {
+	return fmt.Sprintf("has %s %s, a type cdc cannot write the outbox's values to (%v)", c.name, c.typ, err)
+}
+
+// alterFix is the Fix of a SchemaError: the ALTER TABLE that repairs it.
+func alterFix(qualified string, changes []string) string {
+	return "run ALTER TABLE " + qualified + " " + strings.Join(changes, ", ") +
+		" (`cdc migrate` does not change the columns of an existing table)"
 }

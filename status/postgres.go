@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/internal/errclass"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 )
@@ -75,15 +76,11 @@ var slotColumns = []slotColumn{
 	{pg17, "s.synced", func(r *slotRow) any { return &r.synced }},
 }
 
-// SlotQuery returns the query reading the slot's row ($1 = slot name) on a
+// slotQuery returns the query reading the slot's row ($1 = slot name) on a
 // server of the given server_version_num, with the columns that version
-// has. It always returns one row: the slot's columns are null when it does
-// not exist.
-func SlotQuery(versionNum int) string {
-	q, _ := slotQuery(versionNum, nil)
-	return q
-}
-
+// has, and the destinations of those columns in row (none when row is nil).
+// It always returns one row: the slot's columns are null when it does not
+// exist.
 func slotQuery(versionNum int, row *slotRow) (string, []any) {
 	var exprs []string
 	var dests []any
@@ -100,9 +97,9 @@ func slotQuery(versionNum int, row *slotRow) (string, []any) {
 		"\n  FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots AS s ON s.slot_name = $1", dests
 }
 
-// StatsQuery returns the pg_stat_replication_slots query ($1 = slot name),
+// statsQuery returns the pg_stat_replication_slots query ($1 = slot name),
 // or "" when the server (before 14) has no such view.
-func StatsQuery(versionNum int) string {
+func statsQuery(versionNum int) string {
 	if versionNum < pg14 {
 		return ""
 	}
@@ -114,15 +111,40 @@ func StatsQuery(versionNum int) string {
 // gatherPostgres fills r's PostgreSQL, slot and outbox parts. A non-OK code
 // means the slot could not be read.
 func gatherPostgres(ctx context.Context, o Options, r *Report) (Code, string) {
-	timeout := o.timeout()
-	fail := func(code Code, reason string) (Code, string) {
+	s, code, reason := connectPostgres(ctx, o)
+	if code == OK {
+		defer s.close()
+		code, reason = s.readSlot(ctx, o, r)
+	}
+	if code != OK {
 		r.PostgresError = ptr(reason)
 		return code, reason
 	}
+	s.readSlotStats(ctx, o, r)
+	s.checkStandby(ctx, o, r)
+	s.checkPublication(ctx, o, r)
+	if err := gatherOutbox(ctx, s.conn, o, r); err != nil {
+		r.OutboxError = ptr(oneLine(withFix(err)))
+	}
+	return OK, ""
+}
 
+// pgSession is the status command's one PostgreSQL connection. Each
+// statement is bounded on the server (statement_timeout, set by readSlot)
+// and, for a server or network that stops answering, by the context.
+type pgSession struct {
+	conn    *pgx.Conn
+	where   string // host:port, for messages
+	timeout time.Duration
+}
+
+// connectPostgres connects within the timeout (or the URL's shorter
+// connect_timeout); a failure is Unreachable or, for a bad URL, Error.
+func connectPostgres(ctx context.Context, o Options) (*pgSession, Code, string) {
+	timeout := o.timeout()
 	cfg, err := pgx.ParseConfig(o.PostgresURL)
 	if err != nil {
-		return fail(Error, "postgres.url: "+oneLine(err))
+		return nil, Error, "postgres.url: " + oneLine(err)
 	}
 	if cfg.ConnectTimeout <= 0 || cfg.ConnectTimeout > timeout {
 		cfg.ConnectTimeout = timeout
@@ -130,8 +152,6 @@ func gatherPostgres(ctx context.Context, o Options, r *Report) (Code, string) {
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = "outbox-cdc status"
 	}
-	where := fmt.Sprintf("%s:%d", cfg.Host, cfg.Port)
-
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	conn, err := pgx.ConnectConfig(cctx, cfg)
 	cancel()
@@ -140,26 +160,33 @@ func gatherPostgres(ctx context.Context, o Options, r *Report) (Code, string) {
 		if errors.Is(err, context.DeadlineExceeded) || strings.Contains(msg, "timeout") {
 			msg += fmt.Sprintf(" (connect timeout %s)", cfg.ConnectTimeout)
 		}
-		return fail(Unreachable, "postgres unreachable: "+msg) // msg names the server
+		return nil, Unreachable, "postgres unreachable: " + msg // msg names the server
 	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_ = conn.Close(cctx)
-	}()
+	return &pgSession{conn: conn, where: fmt.Sprintf("%s:%d", cfg.Host, cfg.Port), timeout: timeout}, OK, ""
+}
 
-	// Each statement is bounded on the server (statement_timeout) and, for
-	// a server or network that stops answering, by the context.
-	queryCtx := func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(ctx, timeout+time.Second)
-	}
-	queryFailed := func(what string, err error) (Code, string) {
-		if isConnError(err) {
-			return fail(Unreachable, "postgres unreachable: "+where+": "+what+": "+oneLine(err))
-		}
-		return fail(Error, "postgres "+where+": "+what+": "+oneLine(err))
-	}
+func (s *pgSession) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = s.conn.Close(ctx)
+}
 
+// query bounds one statement.
+func (s *pgSession) query(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.timeout+time.Second)
+}
+
+// failed classifies the failure of a statement that the report needs.
+func (s *pgSession) failed(what string, err error) (Code, string) {
+	if isConnError(err) {
+		return Unreachable, "postgres unreachable: " + s.where + ": " + what + ": " + oneLine(err)
+	}
+	return Error, "postgres " + s.where + ": " + what + ": " + oneLine(err)
+}
+
+// readSlot reads the server's version and settings, then the slot's row
+// with the columns that version has.
+func (s *pgSession) readSlot(ctx context.Context, o Options, r *Report) (Code, string) {
 	var (
 		versionNum int
 		version    string
@@ -167,62 +194,76 @@ func gatherPostgres(ctx context.Context, o Options, r *Report) (Code, string) {
 		inRecovery bool
 		walLevel   string
 	)
-	qctx, cancel := queryCtx()
-	err = conn.QueryRow(qctx, `SELECT current_setting('server_version_num')::int, current_setting('server_version'),
+	qctx, cancel := s.query(ctx)
+	err := s.conn.QueryRow(qctx, `SELECT current_setting('server_version_num')::int, current_setting('server_version'),
 	       current_database(), pg_is_in_recovery(), current_setting('wal_level'), set_config('statement_timeout', $1, false)`,
-		fmt.Sprint(timeout.Milliseconds())).Scan(&versionNum, &version, &database, &inRecovery, &walLevel, nil)
+		fmt.Sprint(s.timeout.Milliseconds())).Scan(&versionNum, &version, &database, &inRecovery, &walLevel, nil)
 	cancel()
 	if err != nil {
-		return queryFailed("read server version", err)
+		return s.failed("read server version", err)
 	}
 	r.PostgresVersion, r.PostgresVersionNum, r.PostgresDatabase, r.InRecovery = &version, &versionNum, &database, &inRecovery
 	r.WALLevel = &walLevel
 
 	var row slotRow
 	q, dests := slotQuery(versionNum, &row)
-	qctx, cancel = queryCtx()
-	err = conn.QueryRow(qctx, q, o.Slot).Scan(dests...)
+	qctx, cancel = s.query(ctx)
+	err = s.conn.QueryRow(qctx, q, o.Slot).Scan(dests...)
 	cancel()
 	if err != nil {
-		return queryFailed(fmt.Sprintf("read slot %q", o.Slot), err)
+		return s.failed(fmt.Sprintf("read slot %q", o.Slot), err)
 	}
 	fillSlot(r, &row)
+	return OK, ""
+}
 
-	if sq := StatsQuery(versionNum); sq != "" && r.SlotExists && str(r.SlotType) == "logical" {
-		s := &r.SlotInfo
-		qctx, cancel = queryCtx()
-		err = conn.QueryRow(qctx, sq, o.Slot).Scan(&s.SpillTxns, &s.SpillCount, &s.SpillBytes,
-			&s.StreamTxns, &s.StreamCount, &s.StreamBytes, &s.TotalTxns, &s.TotalBytes, &s.StatsReset)
-		cancel()
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			r.Warnings = append(r.Warnings, "pg_stat_replication_slots unavailable: "+oneLine(err))
-		}
+// readSlotStats reads pg_stat_replication_slots (14+) for a logical slot;
+// a failure is a warning.
+func (s *pgSession) readSlotStats(ctx context.Context, o Options, r *Report) {
+	if r.PostgresVersionNum == nil || !r.SlotExists || str(r.SlotType) != "logical" {
+		return
 	}
+	sq := statsQuery(*r.PostgresVersionNum)
+	if sq == "" {
+		return
+	}
+	si := &r.SlotInfo
+	qctx, cancel := s.query(ctx)
+	err := s.conn.QueryRow(qctx, sq, o.Slot).Scan(&si.SpillTxns, &si.SpillCount, &si.SpillBytes,
+		&si.StreamTxns, &si.StreamCount, &si.StreamBytes, &si.TotalTxns, &si.TotalBytes, &si.StatsReset)
+	cancel()
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		r.Warnings = append(r.Warnings, "pg_stat_replication_slots unavailable: "+oneLine(err))
+	}
+}
 
-	// A consumer ahead of the synchronous standby is a warning, not a state:
-	// the exit code stays what the slot says.
-	qctx, cancel = queryCtx()
-	guard, err := replication.ReadStandbyGuard(qctx, conn)
+// checkStandby warns of a consumer that can get ahead of the synchronous
+// standby: a warning, not a state, so the exit code stays what the slot
+// says.
+func (s *pgSession) checkStandby(ctx context.Context, o Options, r *Report) {
+	qctx, cancel := s.query(ctx)
+	guard, err := replication.ReadStandbyGuard(qctx, s.conn)
 	cancel()
 	if err != nil {
 		r.Warnings = append(r.Warnings, "synchronous standby settings unavailable: "+oneLine(err))
 	} else if hazard := guard.Hazard(o.Slot, r.Failover); hazard != "" {
 		r.Warnings = append(r.Warnings, "consumer can get ahead of the synchronous standby: "+hazard)
 	}
+}
 
-	if o.Publication != "" {
-		qctx, cancel = queryCtx()
-		err = replication.CheckPublication(qctx, conn, o.Publication, o.Table)
-		cancel()
-		if err != nil {
-			r.PublicationError = ptr(strings.TrimPrefix(oneLine(err), "postgres: "))
-		}
+// checkPublication checks the publication as `cdc run` does at the start
+// of each term.
+func (s *pgSession) checkPublication(ctx context.Context, o Options, r *Report) {
+	if o.Publication == "" {
+		return
 	}
-
-	if err := gatherOutbox(ctx, conn, o, r); err != nil {
-		r.OutboxError = ptr(oneLine(withFix(err)))
+	schema, name := checkpoint.SplitTable(o.Table)
+	qctx, cancel := s.query(ctx)
+	err := replication.CheckPublication(qctx, s.conn, o.Publication, schema, name)
+	cancel()
+	if err != nil {
+		r.PublicationError = ptr(strings.TrimPrefix(oneLine(err), "postgres: "))
 	}
-	return OK, ""
 }
 
 func fillSlot(r *Report, row *slotRow) {
@@ -269,7 +310,7 @@ func lsnDiff(a, b *LSN) *int64 {
 // see migration 0005); the processed count falls back to an estimate when it
 // exceeds statement_timeout.
 func gatherOutbox(ctx context.Context, conn *pgx.Conn, o Options, r *Report) error {
-	schema, name := splitTable(o.Table)
+	schema, name := checkpoint.SplitTable(o.Table)
 	table := pgx.Identifier{schema, name}.Sanitize()
 	timeout := o.timeout() + time.Second
 
@@ -335,7 +376,7 @@ func gatherOutbox(ctx context.Context, conn *pgx.Conn, o Options, r *Report) err
 func gatherHOT(ctx context.Context, conn *pgx.Conn, o Options, r *Report) {
 	qctx, cancel := context.WithTimeout(ctx, o.timeout()+time.Second)
 	defer cancel()
-	schema, name := splitTable(o.Table)
+	schema, name := checkpoint.SplitTable(o.Table)
 	var upd, hot int64
 	err := conn.QueryRow(qctx, `SELECT coalesce(sum(n_tup_upd), 0)::bigint, coalesce(sum(n_tup_hot_upd), 0)::bigint
 	  FROM pg_stat_user_tables WHERE relid = $1::regclass OR relid IN (SELECT relid FROM pg_partition_tree($1::regclass))`, pgx.Identifier{schema, name}.Sanitize()).Scan(&upd, &hot)
@@ -378,7 +419,7 @@ type Backlog struct {
 // OutboxBacklog counts pending and failed rows of table ([schema.]name) as
 // `cdc status` does; the daemon exports it as metrics.
 func OutboxBacklog(ctx context.Context, q replication.Querier, table string) (Backlog, error) {
-	schema, name := splitTable(table)
+	schema, name := checkpoint.SplitTable(table)
 	var b Backlog
 	err := q.QueryRow(ctx, `SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed'),
 	       extract(epoch FROM (now() AT TIME ZONE 'utc') - min(created_at) FILTER (WHERE status = 'pending'))::float8

@@ -37,8 +37,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
-	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
-	"github.com/outbox-cdc/outbox-cdc/internal/config"
+	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 )
 
@@ -122,6 +121,9 @@ type ClickHouseOptions struct {
 	Addr     []string
 	Database string
 	Table    string
+	// Cluster is clickhouse.cluster: with it, every replica's rows of
+	// <Table>_local and replication queue are read too.
+	Cluster  string
 	Username string
 	Password string
 	// DialTimeout is used when it is shorter than Options.Timeout.
@@ -129,29 +131,6 @@ type ClickHouseOptions struct {
 	// DialContext, when set, opens the connection (clickhouse.tls, see
 	// internal/chclient); nil dials plain TCP.
 	DialContext func(ctx context.Context, addr string) (net.Conn, error)
-}
-
-// FromConfig returns the options for cfg with the given timeout (0 means
-// DefaultTimeout).
-func FromConfig(cfg *config.Config, timeout time.Duration) Options {
-	return Options{
-		PostgresURL: cfg.Postgres.URL,
-		Table:       cfg.Postgres.Table,
-		Slot:        cfg.Postgres.Slot,
-		Publication: cfg.Postgres.Publication,
-		ClickHouse: ClickHouseOptions{
-			Addr:        cfg.ClickHouse.Addr,
-			Database:    cfg.ClickHouse.Database,
-			Table:       cfg.ClickHouse.Table,
-			Username:    cfg.ClickHouse.Username,
-			Password:    cfg.ClickHouse.Password,
-			DialTimeout: cfg.ClickHouse.DialTimeout,
-			DialContext: chclient.DialContext(cfg.ClickHouse),
-		},
-		Timeout:       timeout,
-		LagWarnBytes:  cfg.Replication.LagWarnBytes,
-		MaxPendingAge: DefaultMaxPendingAge,
-	}
 }
 
 func (o Options) maxPendingAge() time.Duration {
@@ -335,6 +314,31 @@ type ClickHouseInfo struct {
 	// ClickHouseError is why ClickHouse could not be inspected; it does not
 	// change the exit code.
 	ClickHouseError *string `json:"clickhouse_error"`
+	// ClickHouseReplicas lists every replica of clickhouse.cluster with its
+	// rows and replication queue; null without a cluster.
+	ClickHouseReplicas []ReplicaInfo `json:"clickhouse_replicas"`
+}
+
+// ReplicaInfo is one replica of clickhouse.cluster: its rows of
+// <table>_local and its row of system.replicas. Values it could not read
+// are null and Error says why.
+type ReplicaInfo struct {
+	Shard   uint32 `json:"shard"`
+	Replica uint32 `json:"replica"`
+	// Host is host_name:port from system.clusters.
+	Host string  `json:"host"`
+	Rows *uint64 `json:"rows"`
+	// QueueSize is system.replicas.queue_size: fetches and merges waiting.
+	QueueSize      *uint64 `json:"queue_size"`
+	InsertsInQueue *uint64 `json:"inserts_in_queue"`
+	// AbsoluteDelaySeconds is how far behind the newest part the replica is.
+	AbsoluteDelaySeconds *uint64 `json:"absolute_delay_seconds"`
+	// ReadOnly is true when the replica lost ZooKeeper (or Keeper): it takes
+	// no inserts.
+	ReadOnly       *bool   `json:"is_readonly"`
+	ActiveReplicas *uint64 `json:"active_replicas"`
+	TotalReplicas  *uint64 `json:"total_replicas"`
+	Error          *string `json:"error"`
 }
 
 // Err returns nil when ExitCode is OK, else an error whose message is
@@ -364,7 +368,7 @@ func (e *reportError) Unwrap() error { return e.sentinel }
 // a few multiples of the timeout even when a server does not answer, and
 // sooner when ctx ends.
 func Gather(ctx context.Context, o Options) *Report {
-	schema, name := splitTable(o.Table)
+	schema, name := checkpoint.SplitTable(o.Table)
 	r := &Report{
 		Time:     time.Now().UTC(),
 		Warnings: []string{},
@@ -448,6 +452,21 @@ func problems(r *Report, o Options) []string {
 	}
 	if r.ClickHouseError != nil {
 		p = append(p, "clickhouse unavailable: "+*r.ClickHouseError)
+	}
+	return append(p, replicaProblems(r.ClickHouseReplicas)...)
+}
+
+// replicaProblems names the replicas of a cluster that cannot take part in
+// a quorum insert: unreachable, or read-only (ZooKeeper lost).
+func replicaProblems(replicas []ReplicaInfo) []string {
+	var p []string
+	for _, r := range replicas {
+		switch {
+		case r.Error != nil:
+			p = append(p, fmt.Sprintf("clickhouse replica %s (shard %d) unavailable: %s", r.Host, r.Shard, *r.Error))
+		case r.ReadOnly != nil && *r.ReadOnly:
+			p = append(p, fmt.Sprintf("clickhouse replica %s (shard %d) is read-only: it lost ZooKeeper and takes no inserts", r.Host, r.Shard))
+		}
 	}
 	return p
 }
@@ -544,14 +563,6 @@ func warnings(r *Report) []string {
 		w = append(w, "clickhouse unavailable: "+*r.ClickHouseError)
 	}
 	return w
-}
-
-// splitTable returns schema and name of "[schema.]name", like postgres.table.
-func splitTable(table string) (schema, name string) {
-	if i := strings.IndexByte(table, '.'); i >= 0 {
-		return table[:i], table[i+1:]
-	}
-	return "public", table
 }
 
 // oneLine flattens an error message (pgconn reports several hosts' attempts

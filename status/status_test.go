@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"regexp"
 	"strings"
 	"testing"
@@ -346,30 +345,11 @@ func TestGatherSlotOfAnotherDatabase(t *testing.T) {
 func TestGatherPostgresUnreachable(t *testing.T) {
 	// Connection refused, and a server that accepts but never answers: both
 	// end within the connect timeout.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		var held []net.Conn
-		defer func() {
-			for _, c := range held {
-				c.Close()
-			}
-		}()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			held = append(held, c) // never answer
-		}
-	}()
+	silent := testenv.SilentListener(t)
 
 	for name, url := range map[string]string{
 		"refused": "postgres://postgres@127.0.0.1:1/cdc?sslmode=disable",
-		"silent":  "postgres://postgres@" + ln.Addr().String() + "/cdc?sslmode=disable",
+		"silent":  "postgres://postgres@" + silent + "/cdc?sslmode=disable",
 	} {
 		t.Run(name, func(t *testing.T) {
 			o := Options{PostgresURL: url, Table: "public.event_outbox", Slot: "cdc_outbox", Timeout: time.Second,
@@ -408,27 +388,8 @@ func TestGatherBadURL(t *testing.T) {
 func TestGatherClickHouseUnreachable(t *testing.T) {
 	e := newEnv(t)
 	e.createSlot(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		var held []net.Conn
-		defer func() {
-			for _, c := range held {
-				c.Close()
-			}
-		}()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			held = append(held, c)
-		}
-	}()
-	for name, addr := range map[string]string{"refused": "127.0.0.1:1", "silent": ln.Addr().String()} {
+	silent := testenv.SilentListener(t)
+	for name, addr := range map[string]string{"refused": "127.0.0.1:1", "silent": silent} {
 		t.Run(name, func(t *testing.T) {
 			o := e.opts
 			o.ClickHouse.Addr = []string{addr}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
 )
 
@@ -53,7 +54,7 @@ func BenchmarkVerify(b *testing.B) {
 	o.PG.Reset()
 	if err := o.CH.Exec(ctx, fmt.Sprintf(`INSERT INTO %[1]s.events (id, event_type, event_date_time, environment, event_context, metadata_version, created_at, _lsn, _seq, _fingerprint)
 	  SELECT number + 1, 'order.created', now(), 'bench', concat('{"n": ', toString(number + 1), '}'), number + 1, now(), 1, number, cityHash64(number) + 1
-	  FROM system.numbers LIMIT %[2]d`, quoteCH(o.CHDB), rows)); err != nil {
+	  FROM system.numbers LIMIT %[2]d`, chclient.QuoteIdent(o.CHDB), rows)); err != nil {
 		b.Fatal(err)
 	}
 	b.Logf("loaded %d rows on each side in %s", rows, time.Since(start).Round(time.Second))

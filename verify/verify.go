@@ -45,13 +45,13 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"strings"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-cdc/outbox-cdc/checkpoint"
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 )
 
 // Defaults of Options.
@@ -190,7 +190,7 @@ func newVerifier(pool *pgxpool.Pool, ch driver.Conn, opts Options) *verifier {
 	}
 	v := &verifier{pool: pool, ch: ch, opts: opts, log: opts.Logger,
 		pgTbl: checkpoint.QuoteTable(opts.Table),
-		chTbl: quoteCH(opts.Database) + "." + quoteCH(opts.ClickHouseTable)}
+		chTbl: chclient.QuoteIdent(opts.Database) + "." + chclient.QuoteIdent(opts.ClickHouseTable)}
 	v.report.Missing.Sample, v.report.Duplicated.Sample, v.report.NotInOutbox.Sample = []int64{}, []int64{}, []int64{}
 	return v
 }
@@ -348,10 +348,6 @@ func satAdd(a, b int64) int64 {
 		return math.MaxInt64
 	}
 	return a + b
-}
-
-func quoteCH(s string) string {
-	return "`" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "`", "\\`") + "`"
 }
 
 func errf(op string, err error) error { return fmt.Errorf("verify: %s: %w", op, err) }

@@ -132,20 +132,14 @@ func primaryFailoverRun(t *testing.T, bin string, fc failoverCase, res *failover
 	c := testenv.StartCluster(t, "failover", fc.opts)
 	chAddr, chDB := testenv.ClickHouseAddr(t), testenv.NewClickHouseDB(t)
 	const slot = "cdc_failover"
-	env := []string{
+	env := append([]string{
 		"CDC_POSTGRES_URL=" + c.URL() + "&application_name=" + failoverApp,
 		"CDC_POSTGRES_SLOT=" + slot,
 		"CDC_CLICKHOUSE_ADDR=" + chAddr,
 		"CDC_CLICKHOUSE_DATABASE=" + chDB,
 		"CDC_BATCH_SIZE=500",
-		"CDC_BATCH_FLUSH_INTERVAL=100ms",
-		"CDC_RETRY_INITIAL_BACKOFF=50ms",
-		"CDC_RETRY_MAX_BACKOFF=1s",
-		"CDC_REPLICATION_STANDBY_RETRY=200ms",
-		"CDC_REPLICATION_STATUS_INTERVAL=1s",
-		"CDC_HTTP_LISTEN=127.0.0.1:0",
-		"CDC_LOG_FORMAT=json",
-	}
+	}, testenv.FastEnv()...)
+	env = append(env, "CDC_HTTP_LISTEN=127.0.0.1:0")
 	migrate(t, bin, env)
 	o := testenv.OpenOutbox(t, c.URL(), chAddr, chDB)
 	ctx := context.Background()
@@ -187,7 +181,7 @@ func primaryFailoverRun(t *testing.T, bin string, fc failoverCase, res *failover
 	prod.stop()
 
 	// The new primary says what committed.
-	newPG := connectPG(t, c.PrimaryURL())
+	newPG := testenv.Connect(t, c.PrimaryURL())
 	want := idsQuery(t, newPG, `SELECT id FROM event_outbox WHERE NOT (id = ANY($1)) ORDER BY id`, preProcessed)
 	inTable := make(map[int64]bool, len(want))
 	for _, id := range want {
@@ -423,7 +417,7 @@ func startFailoverProducers(o *testenv.Outbox, n int) *failoverProducers {
 				token := fmt.Sprintf("p%d-%d", i, txn)
 				// Not ctx: a cancelled commit would be unknown for no reason.
 				opCtx, done := context.WithTimeout(context.Background(), 10*time.Second)
-				ids, err := insertTxn(opCtx, o, token, 1+rand.IntN(30), commit)
+				ids, err := o.InsertTagged(opCtx, token, 1+rand.IntN(30), commit)
 				done()
 				p.mu.Lock()
 				switch {
@@ -456,30 +450,6 @@ func (p *failoverProducers) stop() {
 	p.wg.Wait()
 }
 
-// insertTxn commits (or rolls back) one transaction of n events, like
-// testenv.Outbox.Insert, with token in each row's event_context.txn.
-func insertTxn(ctx context.Context, o *testenv.Outbox, token string, n int, commit bool) ([]int64, error) {
-	tx, err := o.PG.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer tx.Rollback(ctx)
-	rows, err := tx.Query(ctx, `INSERT INTO event_outbox (event_type, event_date_time, environment, event_context, metadata_version)
-	  SELECT 'order.created', now(), 'test', jsonb_build_object('n', g, 'txn', $2::text, 'amount', 12345678901234567890.5), g
-	  FROM generate_series(1, $1) g RETURNING id`, n, token)
-	if err != nil {
-		return nil, err
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		return nil, err
-	}
-	if !commit {
-		return ids, tx.Rollback(ctx)
-	}
-	return ids, tx.Commit(ctx)
-}
-
 // keptDir is a directory for cdc's logs that outlives a failed test.
 func keptDir(t *testing.T, name string) string {
 	t.Helper()
@@ -495,18 +465,6 @@ func keptDir(t *testing.T, name string) string {
 		os.RemoveAll(dir)
 	})
 	return dir
-}
-
-func connectPG(t *testing.T, url string) *pgx.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatalf("connect %s: %v", url, err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
 }
 
 func queryRow(url, sql string, args []any, dest ...any) error {

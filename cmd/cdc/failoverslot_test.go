@@ -43,7 +43,7 @@ func carriedSlotBefore(t *testing.T, c *testenv.Cluster, slot string) slotState 
 	if err := queryRow(c.PrimaryURL(), `SELECT failover FROM pg_replication_slots WHERE slot_name = $1`, []any{slot}, &failover); err != nil || !failover {
 		t.Fatalf("slot %q on the first primary: failover=%v (want true: postgres.failover_slot auto on PostgreSQL %d), err %v", slot, failover, c.Major(), err)
 	}
-	pg := connectPG(t, c.PrimaryURL())
+	pg := testenv.Connect(t, c.PrimaryURL())
 	st := readSlotState(t, pg, slot)
 	pg.Close(context.Background())
 	if !st.BackfillDone {

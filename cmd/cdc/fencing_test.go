@@ -17,8 +17,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"os/exec"
-	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,37 +34,19 @@ import (
 // the old leader's lock session is terminated while it keeps running, and a
 // standby with a short retry takes over at once.
 func TestLeaderChangeDuringBackfill(t *testing.T) {
-	bin := cdcBinary(t)
 	rows := envInt("CDC_FENCE_ROWS", 150000)
-	for run := 1; run <= envInt("CDC_FENCE_RUNS", 1); run++ {
-		t.Run(fmt.Sprintf("run%d", run), func(t *testing.T) {
-			f := newFenceCase(t, bin)
-			ids := f.pendingRows(rows, "pending")
-
-			a := f.start("a")
-			waitUntil(t, "a holds the leader lock", 30*time.Second, func() bool {
-				return len(f.lockHolders(f.leaderKey())) == 1
-			})
-			b := f.start("b")
-			f.waitStandby(b)
-			// A tenth in: both the old leader's and the successor's share
-			// of the backfill are large.
-			waitUntil(t, "backfill under way", 60*time.Second, func() bool { n, _ := f.o.CHCount(); return n >= uint64(len(ids)/10) })
-
-			inCH, _ := f.o.CHCount()
-			if inCH >= uint64(len(ids)) || backfillDone(t, f.o) {
-				t.Fatalf("the backfill finished before the lock could be killed (%d of %d rows in ClickHouse): raise CDC_FENCE_ROWS", inCH, len(ids))
-			}
-			killed := f.killLeaderLock(a)
-			t.Logf("killed a's leader-lock session %v with %d of %d rows in ClickHouse", killed, inCH, len(ids))
-
-			f.waitProcessed(int64(len(ids)), 3*time.Minute)
-			f.waitOneLeader(a, b)
-			f.stopAll()
-			f.o.AssertExactlyOnce(ids, nil)
-			f.report()
+	kills := []fenceKill{{"", (*fenceCase).killLeaderLock}}
+	eachFenceRun(t, kills, func(f *fenceCase, k fenceKill) {
+		ids := f.pendingRows(rows, "pending")
+		// The backfill runs before the stream: a leads once it holds the lock.
+		a, b := f.leaderAndStandby("holds the leader lock", func(*fenceProc) bool {
+			return len(f.lockHolders(f.leaderKey())) == 1
 		})
-	}
+		// A tenth in: both the old leader's and the successor's share of
+		// the backfill are large.
+		f.killMidway("backfill", a, k, len(ids), len(ids)/10, func() bool { return backfillDone(f.t, f.o) })
+		f.handedOver(a, b, ids, nil)
+	})
 }
 
 // The same pooler kill while a leader streams under load and a standby
@@ -73,46 +54,24 @@ func TestLeaderChangeDuringBackfill(t *testing.T) {
 // the leader (its replication connection is left alone, as a pooler would:
 // poolers do not carry replication connections).
 func TestLeaderChangeDuringStreaming(t *testing.T) {
-	bin := cdcBinary(t)
-	variants := []struct {
-		name string
-		kill func(f *fenceCase, p *fenceProc) []int32
-	}{
-		{"lock session", func(f *fenceCase, p *fenceProc) []int32 { return f.killLeaderLock(p) }},
-		{"all regular sessions", func(f *fenceCase, p *fenceProc) []int32 { return f.killClientSessions(p) }},
-	}
-	for run := 1; run <= envInt("CDC_FENCE_RUNS", 1); run++ {
-		for _, v := range variants {
-			t.Run(fmt.Sprintf("%s/run%d", v.name, run), func(t *testing.T) {
-				f := newFenceCase(t, bin)
-				a := f.start("a")
-				waitUntil(t, "a streaming", 30*time.Second, func() bool { c, _ := httpGet(a.url("/readyz")); return c == 200 })
-				b := f.start("b")
-				f.waitStandby(b)
-
-				ctx, stopProducers := context.WithCancel(context.Background())
-				prods := f.produce(ctx, 3)
-				time.Sleep(2 * time.Second)
-				walsenders := f.walsenders(a)
-				killed := v.kill(f, a)
-				t.Logf("killed %v of a; a's walsenders %v", killed, walsenders)
-				// Past a's 5 s lock check, so the change of hands happens
-				// under load.
-				time.Sleep(8 * time.Second)
-				stopProducers()
-				committed, rolledBack := prods.wait(t)
-				if len(committed) == 0 {
-					t.Fatal("the producers committed nothing")
-				}
-
-				f.waitProcessed(int64(len(committed)), 2*time.Minute)
-				f.waitOneLeader(a, b)
-				f.stopAll()
-				f.o.AssertExactlyOnce(committed, rolledBack)
-				f.report()
-			})
+	eachFenceRun(t, killVariants((*fenceCase).killLeaderLock), func(f *fenceCase, k fenceKill) {
+		a, b := f.leaderAndStandby("streaming", (*fenceProc).ready)
+		ctx, stopProducers := context.WithCancel(context.Background())
+		prods := f.produce(ctx, 3)
+		time.Sleep(2 * time.Second)
+		walsenders := f.walsenders(a)
+		killed := k.kill(f, a)
+		f.t.Logf("killed %v of a; a's walsenders %v", killed, walsenders)
+		// Past a's 5 s lock check, so the change of hands happens under
+		// load.
+		time.Sleep(8 * time.Second)
+		stopProducers()
+		committed, rolledBack := prods.wait(f.t)
+		if len(committed) == 0 {
+			f.t.Fatal("the producers committed nothing")
 		}
-	}
+		f.handedOver(a, b, committed, rolledBack)
+	})
 }
 
 // Re-driving failed rows with `cdc retry-failed` while a pooler kills its
@@ -121,57 +80,37 @@ func TestLeaderChangeDuringStreaming(t *testing.T) {
 // failed by a re-drive that gave up are delivered by running it once more,
 // as an operator would.
 func TestRetryFailedLockKill(t *testing.T) {
-	bin := cdcBinary(t)
 	rows := envInt("CDC_FENCE_ROWS", 150000)
-	variants := []struct {
-		name string
-		kill func(f *fenceCase, p *fenceProc) []int32
-	}{
-		{"lock session", func(f *fenceCase, p *fenceProc) []int32 { return f.killRetryLock(p) }},
-		{"all regular sessions", func(f *fenceCase, p *fenceProc) []int32 { return f.killClientSessions(p) }},
-	}
-	for run := 1; run <= envInt("CDC_FENCE_RUNS", 1); run++ {
-		for _, v := range variants {
-			t.Run(fmt.Sprintf("%s/run%d", v.name, run), func(t *testing.T) {
-				f := newFenceCase(t, bin)
-				ids := f.pendingRows(rows, "failed")
-
-				r1 := f.startCmd("r1", "retry-failed")
-				waitUntil(t, "r1 holds the retry lock", 30*time.Second, func() bool {
-					return len(f.lockHolders(f.retryKey())) == 1
-				})
-				waitUntil(t, "re-drive under way", 60*time.Second, func() bool { n, _ := f.o.CHCount(); return n > 0 })
-				inCH, _ := f.o.CHCount()
-				if inCH >= uint64(len(ids)) || !r1.running() {
-					t.Fatalf("the re-drive finished before its sessions could be killed (%d of %d rows in ClickHouse): raise CDC_FENCE_ROWS", inCH, len(ids))
-				}
-				killed := v.kill(f, r1)
-				t.Logf("killed %v of r1 with %d of %d rows in ClickHouse", killed, inCH, len(ids))
-				r2 := f.startCmd("r2", "retry-failed")
-
-				for _, p := range []*fenceProc{r1, r2} {
-					select {
-					case <-p.done:
-					case <-time.After(3 * time.Minute):
-						t.Fatalf("%s still running after 3m\n%s", p.name, tail(p.log, 20))
-					}
-					t.Logf("%s exited %d: %s", p.name, p.cmd.ProcessState.ExitCode(), strings.TrimSpace(tail(p.log, 1)))
-				}
-				// A re-drive that lost its lock may give up and leave rows
-				// failed; the next one, alone, must deliver them once.
-				if st := f.o.StatusCounts(); st["processed"] != int64(len(ids)) {
-					t.Logf("after both re-drives: %v; running a third", st)
-					r3 := f.startCmd("r3", "retry-failed")
-					<-r3.done
-					if r3.err != nil {
-						t.Errorf("r3: %v\n%s", r3.err, tail(r3.log, 20))
-					}
-				}
-				f.o.AssertExactlyOnce(ids, nil)
-				f.report()
-			})
+	eachFenceRun(t, killVariants((*fenceCase).killRetryLock), func(f *fenceCase, k fenceKill) {
+		t := f.t
+		ids := f.pendingRows(rows, "failed")
+		r1 := f.startCmd("r1", "retry-failed")
+		waitUntil(t, "r1 holds the retry lock", 30*time.Second, func() bool {
+			return len(f.lockHolders(f.retryKey())) == 1
+		})
+		f.killMidway("re-drive", r1, k, len(ids), 1, func() bool { return !r1.running() })
+		r2 := f.startCmd("r2", "retry-failed")
+		for _, p := range []*fenceProc{r1, r2} {
+			select {
+			case <-p.done:
+			case <-time.After(3 * time.Minute):
+				t.Fatalf("%s still running after 3m\n%s", p.name, tail(p.log, 20))
+			}
+			t.Logf("%s exited %d: %s", p.name, p.cmd.ProcessState.ExitCode(), strings.TrimSpace(tail(p.log, 1)))
 		}
-	}
+		// A re-drive that lost its lock may give up and leave rows failed;
+		// the next one, alone, must deliver them once.
+		if st := f.o.StatusCounts(); st["processed"] != int64(len(ids)) {
+			t.Logf("after both re-drives: %v; running a third", st)
+			r3 := f.startCmd("r3", "retry-failed")
+			<-r3.done
+			if r3.err != nil {
+				t.Errorf("r3: %v\n%s", r3.err, tail(r3.log, 20))
+			}
+		}
+		f.o.AssertExactlyOnce(ids, nil)
+		f.report()
+	})
 }
 
 // The leader's periodic re-drive of failed rows (failed.retry_interval) is
@@ -179,47 +118,84 @@ func TestRetryFailedLockKill(t *testing.T) {
 // re-drives too. The failed rows are made as a poison episode leaves them:
 // delivered once, gone from ClickHouse, marked failed in the outbox.
 func TestLeaderChangeDuringRedrive(t *testing.T) {
-	bin := cdcBinary(t)
 	rows := envInt("CDC_FENCE_ROWS", 150000)
-	variants := []struct {
-		name string
-		kill func(f *fenceCase, p *fenceProc) []int32
-	}{
-		{"lock session", func(f *fenceCase, p *fenceProc) []int32 { return f.killLeaderLock(p) }},
-		{"all regular sessions", func(f *fenceCase, p *fenceProc) []int32 { return f.killClientSessions(p) }},
-	}
+	eachFenceRun(t, killVariants((*fenceCase).killLeaderLock), func(f *fenceCase, k fenceKill) {
+		f.env = append(f.env, "CDC_FAILED_RETRY_INTERVAL=500ms")
+		a, b := f.leaderAndStandby("streaming", (*fenceProc).ready)
+		ids := f.pendingRows(rows, "pending")
+		f.waitProcessed(int64(len(ids)), 3*time.Minute)
+		f.failDelivered()
+		f.killMidway("re-drive", a, k, len(ids), len(ids)/10, func() bool { return false })
+		f.handedOver(a, b, ids, nil)
+		for _, p := range []*fenceProc{a, b} {
+			f.t.Logf("%s: %d re-drives logged", p.name, strings.Count(readFile(p.log), "re-drove failed rows"))
+		}
+	})
+}
+
+// fenceKill is one way of taking a process's lock away.
+type fenceKill struct {
+	name string
+	kill func(f *fenceCase, p *fenceProc) []int32
+}
+
+// killVariants are the two ways a pooler or an administrator takes a lock
+// away: the lock's own session, or every regular session of the process.
+func killVariants(lock func(f *fenceCase, p *fenceProc) []int32) []fenceKill {
+	return []fenceKill{{"lock session", lock}, {"all regular sessions", (*fenceCase).killClientSessions}}
+}
+
+// eachFenceRun runs the scenario CDC_FENCE_RUNS times for each kill, every
+// run on a fresh outbox (a fenceCase of its own).
+func eachFenceRun(t *testing.T, kills []fenceKill, scenario func(f *fenceCase, k fenceKill)) {
+	bin := cdcBinary(t)
 	for run := 1; run <= envInt("CDC_FENCE_RUNS", 1); run++ {
-		for _, v := range variants {
-			t.Run(fmt.Sprintf("%s/run%d", v.name, run), func(t *testing.T) {
-				f := newFenceCase(t, bin)
-				f.env = append(f.env, "CDC_FAILED_RETRY_INTERVAL=500ms")
-				a := f.start("a")
-				waitUntil(t, "a streaming", 30*time.Second, func() bool { c, _ := httpGet(a.url("/readyz")); return c == 200 })
-				b := f.start("b")
-				f.waitStandby(b)
-
-				ids := f.pendingRows(rows, "pending")
-				f.waitProcessed(int64(len(ids)), 3*time.Minute)
-				f.failDelivered()
-				waitUntil(t, "re-drive under way", 60*time.Second, func() bool { n, _ := f.o.CHCount(); return n >= uint64(len(ids)/10) })
-				inCH, _ := f.o.CHCount()
-				if inCH >= uint64(len(ids)) {
-					t.Fatalf("the re-drive finished before the locks could be killed (%d of %d rows in ClickHouse): raise CDC_FENCE_ROWS", inCH, len(ids))
-				}
-				killed := v.kill(f, a)
-				t.Logf("killed %v of a with %d of %d rows re-driven", killed, inCH, len(ids))
-
-				f.waitProcessed(int64(len(ids)), 3*time.Minute)
-				f.waitOneLeader(a, b)
-				f.stopAll()
-				f.o.AssertExactlyOnce(ids, nil)
-				f.report()
-				for _, p := range []*fenceProc{a, b} {
-					t.Logf("%s: %d re-drives logged", p.name, strings.Count(readFile(p.log), "re-drove failed rows"))
-				}
-			})
+		for _, k := range kills {
+			name := fmt.Sprintf("run%d", run)
+			if k.name != "" {
+				name = k.name + "/" + name
+			}
+			t.Run(name, func(t *testing.T) { scenario(newFenceCase(t, bin), k) })
 		}
 	}
+}
+
+// leaderAndStandby starts instance a, waits until leads(a), then starts b
+// and waits until b stands by behind it.
+func (f *fenceCase) leaderAndStandby(what string, leads func(a *fenceProc) bool) (a, b *fenceProc) {
+	f.t.Helper()
+	a = f.start("a")
+	waitUntil(f.t, "a "+what, 30*time.Second, func() bool { return leads(a) })
+	b = f.start("b")
+	f.waitStandby(b)
+	return a, b
+}
+
+// killMidway waits until at least min of total rows are in ClickHouse, then
+// applies k to p. A delivery that finished first (every row in ClickHouse,
+// or done() says so) makes the run worthless, not green: the lock must be
+// lost with work in hand.
+func (f *fenceCase) killMidway(what string, p *fenceProc, k fenceKill, total, min int, done func() bool) {
+	f.t.Helper()
+	waitUntil(f.t, what+" under way", 60*time.Second, func() bool { n, _ := f.o.CHCount(); return n >= uint64(min) })
+	inCH, _ := f.o.CHCount()
+	if inCH >= uint64(total) || done() {
+		f.t.Fatalf("the %s finished before %s's sessions could be killed (%d of %d rows in ClickHouse): raise CDC_FENCE_ROWS", what, p.name, inCH, total)
+	}
+	killed := k.kill(f, p)
+	f.t.Logf("killed %v of %s with %d of %d rows in ClickHouse", killed, p.name, inCH, total)
+}
+
+// handedOver judges a change of hands from old to successor: every
+// committed row processed, only the successor leading, every process
+// stopped cleanly, and ClickHouse holding each committed row exactly once.
+func (f *fenceCase) handedOver(old, successor *fenceProc, committed, rolledBack []int64) {
+	f.t.Helper()
+	f.waitProcessed(int64(len(committed)), 3*time.Minute)
+	f.waitOneLeader(old, successor)
+	f.stopAll()
+	f.o.AssertExactlyOnce(committed, rolledBack)
+	f.report()
 }
 
 func readFile(path string) string {
@@ -265,14 +241,12 @@ func newFenceCase(t *testing.T, bin string) *fenceCase {
 	return &fenceCase{t: t, bin: bin, o: o, env: env, dir: t.TempDir()}
 }
 
-// fenceProc is one cdc process of a scenario.
+// fenceProc is one cdc process of a scenario, with the application_name
+// its sessions carry and the port of its HTTP listener.
 type fenceProc struct {
-	name, app string
-	port      int
-	cmd       *exec.Cmd
-	log       string
-	done      chan struct{}
-	err       error
+	*daemonProc
+	app  string
+	port int
 }
 
 // start starts `cdc run` as instance name.
@@ -283,43 +257,21 @@ func (f *fenceCase) start(name string) *fenceProc { return f.startCmd(name, "run
 func (f *fenceCase) startCmd(name string, args ...string) *fenceProc {
 	t := f.t
 	t.Helper()
-	p := &fenceProc{name: name, app: "cdc-" + name, port: testenv.FreePort(t), done: make(chan struct{})}
-	p.log = filepath.Join(f.dir, name+".log")
-	out, err := os.Create(p.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cmd = exec.Command(f.bin, args...)
+	p := &fenceProc{app: "cdc-" + name, port: testenv.FreePort(t)}
 	// Later entries win: the URL and listener of this instance.
-	p.cmd.Env = append(append(os.Environ(), f.env...),
-		"CDC_POSTGRES_URL="+withAppName(t, f.o.PGURL, p.app),
-		fmt.Sprintf("CDC_HTTP_LISTEN=127.0.0.1:%d", p.port))
-	p.cmd.Stdout, p.cmd.Stderr = out, out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		out.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		if p.running() {
-			p.cmd.Process.Kill()
-			<-p.done
-		}
+	env := slices.Concat(f.env, []string{
+		"CDC_POSTGRES_URL=" + withAppName(t, f.o.PGURL, p.app),
+		fmt.Sprintf("CDC_HTTP_LISTEN=127.0.0.1:%d", p.port),
 	})
+	p.daemonProc = startProc(t, f.bin, env, f.dir, name, args...)
 	f.procs = append(f.procs, p)
 	return p
 }
 
-func (p *fenceProc) running() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
+// ready reports whether p's /readyz answers 200: it streams.
+func (p *fenceProc) ready() bool {
+	code, _ := httpGet(p.url("/readyz"))
+	return code == 200
 }
 
 func (p *fenceProc) url(path string) string {

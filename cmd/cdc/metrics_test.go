@@ -76,6 +76,11 @@ func TestMetricsMatchDelivery(t *testing.T) {
 			t.Errorf("%s missing", name)
 		}
 	}
+	// The alerts name the shard's slot and table from cdc_info's labels.
+	info := fmt.Sprintf("cdc_info{slot=%q,table=%q} 1\n", o.Slot, "public.event_outbox")
+	if body := scrapeRaw(t, port); !strings.Contains(body, info) {
+		t.Errorf("/metrics has no %q", info)
+	}
 	if code := p.terminate(t, 30*time.Second); code != 0 {
 		t.Errorf("exit %d", code)
 	}

@@ -105,6 +105,7 @@ func run(cfg *config.Config, log *slog.Logger) (err error) {
 	procs := setMaxProcs(cfg.Runtime.MaxProcs)
 	memLimit := setMemoryLimit(cfg.Batch.MaxBytes)
 	m := metrics.New()
+	m.SetInfo(cfg.Postgres.Slot, cfg.Postgres.Table)
 	d := daemon.New(cfg, log, m)
 
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)

@@ -15,15 +15,10 @@ import (
 	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
 )
 
+// waitUntil is testenv.WaitFor, under the name this package's tests use.
 func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testenv.WaitFor(t, what, timeout, cond)
 }
 
 func httpGet(url string) (int, string) {

@@ -140,26 +140,7 @@ func TestRunStopsOnPermanentSetupErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			out, code, took := runUntilExit(t, bin, withEnv(base, c.env...), 40*time.Second)
-			if code <= 0 {
-				t.Fatalf("exit code %d after %s, want non-zero within 30 s; output:\n%s", code, took, tail2(out, 15))
-			}
-			if took > 30*time.Second {
-				t.Errorf("exited after %s, want within 30 s", took)
-			}
-			msg := lastLine(out)
-			t.Logf("exit %d after %s: %s", code, took.Round(time.Millisecond), msg)
-			for _, w := range c.want {
-				if !strings.Contains(msg, w) {
-					t.Errorf("message lacks %q:\n%s", w, msg)
-				}
-			}
-			if n := strings.Count(out, "session ended, restarting"); n > 0 {
-				t.Errorf("retried %d times before giving up:\n%s", n, tail2(out, 15))
-			}
-			if strings.Contains(out, "shutting down: delivering buffered rows") {
-				t.Errorf("announced a shutdown that no signal asked for:\n%s", tail2(out, 15))
-			}
+			runStopsAtStart(t, bin, withEnv(base, c.env...), c.want)
 		})
 	}
 	// Nothing was created on the way: no slot for the failed starts.
@@ -169,6 +150,33 @@ func TestRunStopsOnPermanentSetupErrors(t *testing.T) {
 	}
 	if slots != 0 {
 		t.Errorf("%d slots left behind", slots)
+	}
+}
+
+// runStopsAtStart runs `cdc run` and checks that it exits non-zero within
+// 30 s, without a retry or a shutdown no signal asked for, with a last line
+// (the one message) that holds every string of want.
+func runStopsAtStart(t *testing.T, bin string, env []string, want []string) {
+	t.Helper()
+	out, code, took := runUntilExit(t, bin, env, 40*time.Second)
+	if code <= 0 {
+		t.Fatalf("exit code %d after %s, want non-zero within 30 s; output:\n%s", code, took, tail2(out, 15))
+	}
+	if took > 30*time.Second {
+		t.Errorf("exited after %s, want within 30 s", took)
+	}
+	msg := lastLine(out)
+	t.Logf("exit %d after %s: %s", code, took.Round(time.Millisecond), msg)
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("message lacks %q:\n%s", w, msg)
+		}
+	}
+	if n := strings.Count(out, "session ended, restarting"); n > 0 {
+		t.Errorf("retried %d times before giving up:\n%s", n, tail2(out, 15))
+	}
+	if strings.Contains(out, "shutting down: delivering buffered rows") {
+		t.Errorf("announced a shutdown that no signal asked for:\n%s", tail2(out, 15))
 	}
 }
 

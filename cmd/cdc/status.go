@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
 	"github.com/outbox-cdc/outbox-cdc/internal/logging"
 	"github.com/outbox-cdc/outbox-cdc/status"
@@ -93,7 +94,7 @@ func statusCmd(configFile *string) *cobra.Command {
 			if maxAge <= 0 {
 				return fmt.Errorf("--max-pending-age must be positive, got %s", maxAge)
 			}
-			opts := status.FromConfig(cfg, timeout)
+			opts := statusOptions(cfg, timeout)
 			opts.MaxPendingAge = maxAge
 			out := cmd.OutOrStdout()
 			if !watch {
@@ -199,10 +200,38 @@ func writeStatusTable(w io.Writer, r *status.Report, showReason bool) error {
 }
 
 func renderStatusTable(w io.Writer, r *status.Report, showReason bool) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	row := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, args...)) }
-	gap := func() { fmt.Fprintln(tw, "\t") }
+	t := &statusTable{tw: tabwriter.NewWriter(w, 0, 0, 2, ' ', 0), r: r}
+	t.verdict(showReason)
+	if r.PostgresVersion == nil {
+		// PostgreSQL was not reached: nothing else is worth a table (the
+		// reason is above in watch mode, else on stderr).
+		return t.tw.Flush()
+	}
+	for _, section := range []func(){t.postgres, t.slot, t.outbox, t.clickhouse, t.warnings} {
+		section()
+	}
+	return t.tw.Flush()
+}
 
+// statusTable renders a report as aligned key/value rows, one method per
+// section, each opening with a blank row.
+type statusTable struct {
+	tw *tabwriter.Writer
+	r  *status.Report
+}
+
+func (t *statusTable) row(k, format string, args ...any) {
+	fmt.Fprintf(t.tw, "%s\t%s\n", k, fmt.Sprintf(format, args...))
+}
+
+func (t *statusTable) gap() { fmt.Fprintln(t.tw, "\t") }
+
+// vnum is the server_version_num, 0 when unknown.
+func (t *statusTable) vnum() int { return stDeref(t.r.PostgresVersionNum) }
+
+// verdict is the first line: OK, or DEGRADED with every problem.
+func (t *statusTable) verdict(showReason bool) {
+	r := t.r
 	verdict := "OK"
 	if r.Verdict != status.VerdictOK {
 		verdict = "DEGRADED"
@@ -211,132 +240,165 @@ func renderStatusTable(w io.Writer, r *status.Report, showReason bool) error {
 		}
 		verdict += ": " + strings.Join(r.Problems, "; ")
 	}
-	row("cdc status", "%s  %s", r.Time.Format("2006-01-02 15:04:05 MST"), verdict)
+	t.row("cdc status", "%s  %s", r.Time.Format("2006-01-02 15:04:05 MST"), verdict)
 	if showReason && r.Reason != nil && r.ExitCode != status.Degraded {
-		row("  reason", "%s", *r.Reason)
+		t.row("  reason", "%s", *r.Reason)
 	}
-	if r.PostgresVersion == nil {
-		// PostgreSQL was not reached: nothing else is worth a table (the
-		// reason is above in watch mode, else on stderr).
-		return tw.Flush()
-	}
-	vnum := 0
-	if r.PostgresVersionNum != nil {
-		vnum = *r.PostgresVersionNum
-	}
-	gap()
+}
+
+func (t *statusTable) postgres() {
+	r := t.r
+	t.gap()
 	role := "primary"
 	if r.InRecovery != nil && *r.InRecovery {
 		role = "standby"
 	}
-	row("PostgreSQL", "%s (%s), database %s", *r.PostgresVersion, role, stDeref(r.PostgresDatabase))
-	row("  current_wal_lsn", "%s", stLSN(r.CurrentWALLSN))
+	t.row("PostgreSQL", "%s (%s), database %s", *r.PostgresVersion, role, stDeref(r.PostgresDatabase))
+	t.row("  current_wal_lsn", "%s", stLSN(r.CurrentWALLSN))
 	if r.Publication != "" {
 		pub := r.Publication + ": publishes the outbox"
 		if r.PublicationError != nil {
 			pub = *r.PublicationError
 		}
-		row("  publication", "%s", pub)
+		t.row("  publication", "%s", pub)
 	}
+}
 
-	gap()
-	s := r.SlotInfo
+func (t *statusTable) slot() {
+	s, vnum := t.r.SlotInfo, t.vnum()
+	t.gap()
 	if !s.SlotExists {
-		row("Slot", "%s: does not exist", s.SlotName)
-	} else {
-		row("Slot", "%s (%s, %s, database %s%s)", s.SlotName, stDeref(s.SlotType), stOrDash(s.Plugin), stOrDash(s.SlotDatabase),
-			map[bool]string{true: ", temporary", false: ""}[s.Temporary != nil && *s.Temporary])
-		active := "no"
-		if s.Active != nil && *s.Active {
-			active = "yes"
-			if s.ActivePID != nil {
-				active += fmt.Sprintf(", pid %d", *s.ActivePID)
-			}
-		}
-		row("  active", "%s", active)
-		row("  inactive_since", "%s", stSince(vnum, 170000, s.InactiveSince != nil, func() string { return stAgo(*s.InactiveSince, r.Time) }, "-"))
-		row("  wal_status", "%s", stSince(vnum, 130000, s.WALStatus != nil, func() string { return *s.WALStatus }, "-"))
-		if s.InvalidationReason != nil {
-			row("  invalidation_reason", "%s", *s.InvalidationReason)
-		}
-		row("  conflicting", "%s", stSince(vnum, 160000, s.Conflicting != nil, func() string { return stYesNo(*s.Conflicting) }, "-"))
-		row("  failover / synced", "%s", stSince(vnum, 170000, s.Failover != nil && s.Synced != nil,
-			func() string { return stYesNo(*s.Failover) + " / " + stYesNo(*s.Synced) }, "-"))
-		row("  confirmed_flush_lsn", "%s", stLSN(s.ConfirmedFlushLSN))
-		row("  restart_lsn", "%s", stLSN(s.RestartLSN))
-		row("  lag", "%s", stBytesPtr(s.LagBytes))
-		row("  retained WAL", "%s", stBytesPtr(s.RetainedWALBytes))
-		noLimit := "unlimited (max_slot_wal_keep_size = -1)"
-		if stDeref(s.WALStatus) == "lost" {
-			noLimit = "-"
-		}
-		row("  safe_wal_size", "%s", stSince(vnum, 130000, s.SafeWALSize != nil, func() string { return stBytes(*s.SafeWALSize) }, noLimit))
-		if vnum < 140000 {
-			row("  spill / stream", "n/a (PostgreSQL 14+)")
-		} else if s.SpillTxns != nil {
-			row("  spilled to disk", "%d txns, %d times, %s", *s.SpillTxns, stDeref(s.SpillCount), stBytesPtr(s.SpillBytes))
-			row("  streamed", "%d txns, %d times, %s", stDeref(s.StreamTxns), stDeref(s.StreamCount), stBytesPtr(s.StreamBytes))
-			decoded := fmt.Sprintf("%d txns, %s", stDeref(s.TotalTxns), stBytesPtr(s.TotalBytes))
-			if s.StatsReset != nil {
-				decoded += " since " + s.StatsReset.UTC().Format(time.RFC3339)
-			}
-			row("  decoded", "%s", decoded)
-		} else {
-			row("  spill / stream", "-")
+		t.row("Slot", "%s: does not exist", s.SlotName)
+		return
+	}
+	t.row("Slot", "%s (%s, %s, database %s%s)", s.SlotName, stDeref(s.SlotType), stOrDash(s.Plugin), stOrDash(s.SlotDatabase),
+		map[bool]string{true: ", temporary", false: ""}[s.Temporary != nil && *s.Temporary])
+	active := "no"
+	if s.Active != nil && *s.Active {
+		active = "yes"
+		if s.ActivePID != nil {
+			active += fmt.Sprintf(", pid %d", *s.ActivePID)
 		}
 	}
+	t.row("  active", "%s", active)
+	t.row("  inactive_since", "%s", stSince(vnum, 170000, s.InactiveSince != nil, func() string { return stAgo(*s.InactiveSince, t.r.Time) }, "-"))
+	t.row("  wal_status", "%s", stSince(vnum, 130000, s.WALStatus != nil, func() string { return *s.WALStatus }, "-"))
+	if s.InvalidationReason != nil {
+		t.row("  invalidation_reason", "%s", *s.InvalidationReason)
+	}
+	t.row("  conflicting", "%s", stSince(vnum, 160000, s.Conflicting != nil, func() string { return stYesNo(*s.Conflicting) }, "-"))
+	t.row("  failover / synced", "%s", stSince(vnum, 170000, s.Failover != nil && s.Synced != nil,
+		func() string { return stYesNo(*s.Failover) + " / " + stYesNo(*s.Synced) }, "-"))
+	t.row("  confirmed_flush_lsn", "%s", stLSN(s.ConfirmedFlushLSN))
+	t.row("  restart_lsn", "%s", stLSN(s.RestartLSN))
+	t.row("  lag", "%s", stBytesPtr(s.LagBytes))
+	t.row("  retained WAL", "%s", stBytesPtr(s.RetainedWALBytes))
+	noLimit := "unlimited (max_slot_wal_keep_size = -1)"
+	if stDeref(s.WALStatus) == "lost" {
+		noLimit = "-"
+	}
+	t.row("  safe_wal_size", "%s", stSince(vnum, 130000, s.SafeWALSize != nil, func() string { return stBytes(*s.SafeWALSize) }, noLimit))
+	t.slotStats()
+}
 
-	gap()
-	row("Outbox", "%s", r.OutboxTable)
+// slotStats shows pg_stat_replication_slots (PostgreSQL 14+).
+func (t *statusTable) slotStats() {
+	s := t.r.SlotInfo
+	switch {
+	case t.vnum() < 140000:
+		t.row("  spill / stream", "n/a (PostgreSQL 14+)")
+	case s.SpillTxns == nil:
+		t.row("  spill / stream", "-")
+	default:
+		t.row("  spilled to disk", "%d txns, %d times, %s", *s.SpillTxns, stDeref(s.SpillCount), stBytesPtr(s.SpillBytes))
+		t.row("  streamed", "%d txns, %d times, %s", stDeref(s.StreamTxns), stDeref(s.StreamCount), stBytesPtr(s.StreamBytes))
+		decoded := fmt.Sprintf("%d txns, %s", stDeref(s.TotalTxns), stBytesPtr(s.TotalBytes))
+		if s.StatsReset != nil {
+			decoded += " since " + s.StatsReset.UTC().Format(time.RFC3339)
+		}
+		t.row("  decoded", "%s", decoded)
+	}
+}
+
+func (t *statusTable) outbox() {
+	r := t.r
+	t.gap()
+	t.row("Outbox", "%s", r.OutboxTable)
 	if r.OutboxError != nil {
-		row("  error", "%s", *r.OutboxError)
-	} else {
-		pending := stCount(r.Pending)
-		if r.OldestPendingCreatedAt != nil && r.OldestPendingAgeSeconds != nil {
-			pending += fmt.Sprintf(" (oldest created %s, %s ago)", r.OldestPendingCreatedAt.Format("2006-01-02 15:04:05"),
-				(time.Duration(*r.OldestPendingAgeSeconds * float64(time.Second))).Round(time.Second))
-		}
-		row("  pending", "%s", pending)
-		row("  failed", "%s", stCount(r.Failed))
-		processed := stCount(r.Processed)
-		if r.ProcessedEstimated {
-			processed = "~" + processed + " (estimate)"
-		}
-		row("  processed", "%s", processed)
-		if r.Updates != nil && r.HOTUpdates != nil {
-			row("  HOT updates", "%s", stHOT(*r.HOTUpdates, *r.Updates))
-		}
-		var other []string
-		for k, v := range r.OutboxByStatus {
-			if k != "pending" && k != "failed" && k != "processed" {
-				other = append(other, fmt.Sprintf("%s=%d", k, v))
-			}
-		}
-		if len(other) > 0 {
-			sort.Strings(other)
-			row("  other statuses", "%s", strings.Join(other, ", "))
+		t.row("  error", "%s", *r.OutboxError)
+		return
+	}
+	pending := stCount(r.Pending)
+	if r.OldestPendingCreatedAt != nil && r.OldestPendingAgeSeconds != nil {
+		pending += fmt.Sprintf(" (oldest created %s, %s ago)", r.OldestPendingCreatedAt.Format("2006-01-02 15:04:05"),
+			(time.Duration(*r.OldestPendingAgeSeconds * float64(time.Second))).Round(time.Second))
+	}
+	t.row("  pending", "%s", pending)
+	t.row("  failed", "%s", stCount(r.Failed))
+	processed := stCount(r.Processed)
+	if r.ProcessedEstimated {
+		processed = "~" + processed + " (estimate)"
+	}
+	t.row("  processed", "%s", processed)
+	if r.Updates != nil && r.HOTUpdates != nil {
+		t.row("  HOT updates", "%s", stHOT(*r.HOTUpdates, *r.Updates))
+	}
+	var other []string
+	for k, v := range r.OutboxByStatus {
+		if k != "pending" && k != "failed" && k != "processed" {
+			other = append(other, fmt.Sprintf("%s=%d", k, v))
 		}
 	}
+	if len(other) > 0 {
+		sort.Strings(other)
+		t.row("  other statuses", "%s", strings.Join(other, ", "))
+	}
+}
 
-	gap()
+func (t *statusTable) clickhouse() {
+	r := t.r
+	t.gap()
 	if r.ClickHouseVersion != nil {
-		row("ClickHouse", "%s (server %s)", r.ClickHouseTable, *r.ClickHouseVersion)
+		t.row("ClickHouse", "%s (server %s)", r.ClickHouseTable, *r.ClickHouseVersion)
 	} else {
-		row("ClickHouse", "%s", r.ClickHouseTable)
+		t.row("ClickHouse", "%s", r.ClickHouseTable)
 	}
 	if r.ClickHouseError != nil {
-		row("  error", "unavailable: %s", *r.ClickHouseError)
-	} else {
-		row("  rows", "%s", stCountU(r.ClickHouseRows))
-		row("  newest event", "%s", stTimeAgo(r.ClickHouseNewestEventTime, r.Time))
-		if r.ClickHouseNewestInsertedAt != nil {
-			row("  newest insert", "%s", stTimeAgo(r.ClickHouseNewestInsertedAt, r.Time))
-		}
+		t.row("  error", "unavailable: %s", *r.ClickHouseError)
+		return
 	}
+	t.row("  rows", "%s", stCountU(r.ClickHouseRows))
+	t.row("  newest event", "%s", stTimeAgo(r.ClickHouseNewestEventTime, r.Time))
+	if r.ClickHouseNewestInsertedAt != nil {
+		t.row("  newest insert", "%s", stTimeAgo(r.ClickHouseNewestInsertedAt, r.Time))
+	}
+	t.replicas()
+}
 
+// replicas shows each replica of clickhouse.cluster: rows of the local
+// table, replication queue, delay, and whether it is read-only or down.
+func (t *statusTable) replicas() {
+	for _, rep := range t.r.ClickHouseReplicas {
+		k := fmt.Sprintf("  replica %d.%d", rep.Shard, rep.Replica)
+		if rep.Error != nil {
+			t.row(k, "%s: unavailable: %s", rep.Host, *rep.Error)
+			continue
+		}
+		state := ""
+		if stDeref(rep.ReadOnly) {
+			state = ", READ-ONLY"
+		}
+		t.row(k, "%s: %s rows, queue %d (%d inserts), delay %ds, %d/%d replicas active%s", rep.Host, stCountU(rep.Rows),
+			stDeref(rep.QueueSize), stDeref(rep.InsertsInQueue), stDeref(rep.AbsoluteDelaySeconds),
+			stDeref(rep.ActiveReplicas), stDeref(rep.TotalReplicas), state)
+	}
+}
+
+// warnings lists what is not shown in a section already.
+func (t *statusTable) warnings() {
+	r := t.r
 	var warns []string
 	for _, w := range r.Warnings {
-		// Errors already shown in their section are not repeated.
 		if (r.ClickHouseError != nil && strings.HasPrefix(w, "clickhouse unavailable")) ||
 			(r.OutboxError != nil && strings.HasPrefix(w, "outbox unavailable")) ||
 			(r.PublicationError != nil && w == *r.PublicationError) ||
@@ -346,16 +408,15 @@ func renderStatusTable(w io.Writer, r *status.Report, showReason bool) error {
 		warns = append(warns, w)
 	}
 	if len(warns) > 0 {
-		gap()
-		for i, w := range warns {
-			k := ""
-			if i == 0 {
-				k = "Warnings"
-			}
-			row(k, "- %s", w)
-		}
+		t.gap()
 	}
-	return tw.Flush()
+	for i, w := range warns {
+		k := ""
+		if i == 0 {
+			k = "Warnings"
+		}
+		t.row(k, "- %s", w)
+	}
 }
 
 // stSince renders a value that exists from server_version_num minVersion on.
@@ -456,4 +517,30 @@ func stOrDash(p *string) string {
 		return "-"
 	}
 	return *p
+}
+
+// statusOptions maps the configuration to what package status inspects, with
+// the given timeout (0 means status.DefaultTimeout). It lives here, not in
+// status, so that status's API takes only its own types and can be called
+// from outside this module.
+func statusOptions(cfg *config.Config, timeout time.Duration) status.Options {
+	return status.Options{
+		PostgresURL: cfg.Postgres.URL,
+		Table:       cfg.Postgres.Table,
+		Slot:        cfg.Postgres.Slot,
+		Publication: cfg.Postgres.Publication,
+		ClickHouse: status.ClickHouseOptions{
+			Addr:        cfg.ClickHouse.Addr,
+			Database:    cfg.ClickHouse.Database,
+			Table:       cfg.ClickHouse.Table,
+			Cluster:     cfg.ClickHouse.Cluster,
+			Username:    cfg.ClickHouse.Username,
+			Password:    cfg.ClickHouse.Password,
+			DialTimeout: cfg.ClickHouse.DialTimeout,
+			DialContext: chclient.DialContext(cfg.ClickHouse),
+		},
+		Timeout:       timeout,
+		LagWarnBytes:  cfg.Replication.LagWarnBytes,
+		MaxPendingAge: status.DefaultMaxPendingAge,
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -241,7 +240,7 @@ func TestStatusExitCodes(t *testing.T) {
 
 	healthy := newStatusFixture(t, true)
 	missing := newStatusFixture(t, false)
-	silent := silentListener(t)
+	silent := testenv.SilentListener(t)
 
 	for _, tc := range []struct {
 		name    string
@@ -355,38 +354,6 @@ func runStatusBinary(t *testing.T, bin string, extraEnv []string, args ...string
 	return o.String(), e.String(), code, took
 }
 
-// silentListener accepts TCP connections and never answers: a server that
-// hangs. It returns host:port.
-func silentListener(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		var held []net.Conn
-		defer func() {
-			for _, c := range held {
-				c.Close()
-			}
-		}()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			held = append(held, c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-	})
-	return ln.Addr().String()
-}
-
 // throwawayPostgres starts a private PostgreSQL (and, since the script
 // manages both, a ClickHouse) through scripts/testenv.sh in its own state
 // directory and ports, and stops it when the test ends. It returns the URL
@@ -405,7 +372,7 @@ func throwawayPostgres(t *testing.T) string {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	ports := freePorts(t, 4)
+	ports := testenv.FreePorts(t, 4)
 	env := []string{}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "CDC_TESTENV_") {
@@ -443,24 +410,6 @@ func throwawayPostgres(t *testing.T) string {
 		t.Fatalf("start throwaway servers: %v", err)
 	}
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/cdc?sslmode=disable", ports[0])
-}
-
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ports []int
-	var lns []net.Listener
-	for i := 0; i < n; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		lns = append(lns, ln)
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
-	}
-	for _, ln := range lns {
-		ln.Close()
-	}
-	return ports
 }
 
 // loseSlot creates a logical slot on the server and makes the server remove

@@ -56,14 +56,23 @@ type daemonProc struct {
 	killed bool
 }
 
+// startDaemon starts `cdc run` with env added to the test's environment,
+// its output in logDir/name.log.
 func startDaemon(t *testing.T, bin string, env []string, logDir, name string) *daemonProc {
+	t.Helper()
+	return startProc(t, bin, env, logDir, name, "run")
+}
+
+// startProc starts the cdc subcommand args like startDaemon; the process is
+// killed at the end of the test if it still runs.
+func startProc(t *testing.T, bin string, env []string, logDir, name string, args ...string) *daemonProc {
 	t.Helper()
 	logPath := filepath.Join(logDir, name+".log")
 	f, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "run")
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
@@ -173,24 +182,14 @@ func TestTorture(t *testing.T) {
 	srv := testenv.StartPrivateClickHouse(t, "torture")
 	pg := testenv.StartCluster(t, "torture", testenv.ClusterOptions{})
 	logDir := keptDir(t, "torture")
-	env := []string{
+	env := append([]string{
 		"CDC_POSTGRES_URL=" + pg.URL(),
 		"CDC_CLICKHOUSE_ADDR=" + srv.CHAddr,
 		"CDC_CLICKHOUSE_DATABASE=torture",
 		"CDC_BATCH_SIZE=500",
-		"CDC_BATCH_FLUSH_INTERVAL=100ms",
-		"CDC_RETRY_INITIAL_BACKOFF=50ms",
-		"CDC_RETRY_MAX_BACKOFF=1s",
-		"CDC_REPLICATION_STANDBY_RETRY=200ms",
-		"CDC_REPLICATION_STATUS_INTERVAL=1s",
-		"CDC_HTTP_LISTEN=127.0.0.1:0",
-		"CDC_LOG_FORMAT=json",
-	}
-	mig := exec.Command(bin, "migrate")
-	mig.Env = append(os.Environ(), env...)
-	if out, err := mig.CombinedOutput(); err != nil {
-		t.Fatalf("cdc migrate: %v\n%s", err, out)
-	}
+	}, testenv.FastEnv()...)
+	env = append(env, "CDC_HTTP_LISTEN=127.0.0.1:0")
+	migrate(t, bin, env)
 	o := testenv.OpenOutbox(t, pg.URL(), srv.CHAddr, "torture")
 	ctx := context.Background()
 	// Rows from the polling era: pending and failed ones must be delivered

@@ -20,7 +20,6 @@ import (
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
 	"github.com/outbox-cdc/outbox-cdc/internal/daemon"
 	"github.com/outbox-cdc/outbox-cdc/internal/logging"
-	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/verify"
 )
 
@@ -142,96 +141,101 @@ func parseWhen(s string, now time.Time) (time.Time, error) {
 }
 
 func verifyCmd(configFile *string) *cobra.Command {
-	var (
-		rf     rangeFlags
-		asJSON bool
-	)
-	cmd := &cobra.Command{
+	var asJSON bool
+	cmd := rangeCmd(configFile, &cobra.Command{
 		Use:   "verify",
 		Short: "Find processed rows missing in ClickHouse, and rows stored twice",
 		Long:  verifyLong,
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, log, pool, ctx, done, err := openOutbox(cmd, *configFile)
+	}, false, func(cmd *cobra.Command, r rangeRun) error {
+		rep := &verify.Report{Missing: verify.Finding{Sample: []int64{}}, Duplicated: verify.Finding{Sample: []int64{}}, NotInOutbox: verify.Finding{Sample: []int64{}}}
+		if r.ok {
+			bar := newProgressBar(os.Stderr, "verify", asJSON)
+			var err error
+			rep, err = daemon.Verify(r.ctx, r.cfg, r.pool, r.log, r.rng, bar.update)
+			bar.done()
 			if err != nil {
 				return err
 			}
-			defer done()
-			rng, ok, err := rf.resolve(ctx, cmd, pool, cfg.Postgres.Table, false)
-			if err != nil {
-				return err
-			}
-			rep := &verify.Report{Missing: verify.Finding{Sample: []int64{}}, Duplicated: verify.Finding{Sample: []int64{}}, NotInOutbox: verify.Finding{Sample: []int64{}}}
-			if ok {
-				bar := newProgressBar(os.Stderr, "verify", asJSON)
-				rep, err = daemon.Verify(ctx, cfg, pool, log, rng, bar.update)
-				bar.done()
-				if err != nil {
-					return err
-				}
-			}
-			if err := printVerify(cmd.OutOrStdout(), rep, asJSON); err != nil {
-				return err
-			}
-			if !rep.Clean() {
-				return &exitError{code: 5, err: fmt.Errorf("differences found: %d missing, %d duplicated", rep.Missing.Count, rep.Duplicated.Count)}
-			}
-			return nil
-		},
-	}
-	rf.register(cmd)
+		}
+		if err := printVerify(cmd.OutOrStdout(), rep, asJSON); err != nil {
+			return err
+		}
+		if !rep.Clean() {
+			return &exitError{code: 5, err: fmt.Errorf("differences found: %d missing, %d duplicated", rep.Missing.Count, rep.Duplicated.Count)}
+		}
+		return nil
+	})
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
 	return cmd
 }
 
 func replayCmd(configFile *string) *cobra.Command {
-	var (
-		rf     rangeFlags
-		dryRun bool
-	)
-	cmd := &cobra.Command{
+	var dryRun bool
+	cmd := rangeCmd(configFile, &cobra.Command{
 		Use:   "replay",
 		Short: "Re-deliver processed rows of a range that ClickHouse lost",
 		Long:  replayLong,
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, log, pool, ctx, done, err := openOutbox(cmd, *configFile)
-			if err != nil {
-				return err
-			}
-			defer done()
-			rng, ok, err := rf.resolve(ctx, cmd, pool, cfg.Postgres.Table, true)
-			if err != nil {
-				return err
-			}
-			out := cmd.OutOrStdout()
-			if !ok {
-				fmt.Fprintln(out, "replay: no outbox rows were created in that window")
-				return nil
-			}
-			bar := newProgressBar(os.Stderr, "replay", false)
-			res, err := daemon.Replay(ctx, cfg, pool, log, metrics.New(), rng, dryRun, bar.update)
-			bar.done()
-			if err != nil {
-				return err
-			}
-			if dryRun {
-				fmt.Fprintf(out, "replay --dry-run: found %d missing rows in ids %d..%d; nothing re-delivered\n", res.Found, rng.FromID, rng.ToID)
-				return nil
-			}
-			fmt.Fprintf(out, "replay: found %d missing rows, inserted %d, already present %d", res.Found, res.Inserted, res.AlreadyPresent)
-			if res.Rejected > 0 {
-				fmt.Fprintf(out, ", rejected by ClickHouse %d (see the log)", res.Rejected)
-			}
-			fmt.Fprintln(out)
-			if res.Rejected > 0 {
-				return fmt.Errorf("ClickHouse rejected %d rows", res.Rejected)
-			}
+	}, true, func(cmd *cobra.Command, r rangeRun) error {
+		out := cmd.OutOrStdout()
+		if !r.ok {
+			fmt.Fprintln(out, "replay: no outbox rows were created in that window")
 			return nil
-		},
+		}
+		bar := newProgressBar(os.Stderr, "replay", false)
+		res, err := daemon.Replay(r.ctx, r.cfg, r.pool, r.log, r.rng, dryRun, bar.update)
+		bar.done()
+		if err != nil {
+			return err
+		}
+		if dryRun {
+			fmt.Fprintf(out, "replay --dry-run: found %d missing rows in ids %d..%d; nothing re-delivered\n", res.Found, r.rng.FromID, r.rng.ToID)
+			return nil
+		}
+		fmt.Fprintf(out, "replay: found %d missing rows, inserted %d, already present %d", res.Found, res.Inserted, res.AlreadyPresent)
+		if res.Rejected > 0 {
+			fmt.Fprintf(out, ", rejected by ClickHouse %d (see the log)", res.Rejected)
+		}
+		fmt.Fprintln(out)
+		if res.Rejected > 0 {
+			return fmt.Errorf("ClickHouse rejected %d rows", res.Rejected)
+		}
+		return nil
+	})
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "only count the rows that would be re-delivered")
+	return cmd
+}
+
+// rangeRun is what a range command runs with: the configuration, the
+// outbox's pool, and the range its flags resolved to (ok is false when a
+// time window holds no rows).
+type rangeRun struct {
+	ctx  context.Context
+	cfg  *config.Config
+	log  *slog.Logger
+	pool *pgxpool.Pool
+	rng  daemon.Range
+	ok   bool
+}
+
+// rangeCmd makes cmd a command over a range of outbox ids (verify, replay):
+// it takes the range flags, opens the outbox, resolves the range (required
+// makes an empty one an error) and calls run until SIGTERM/SIGINT.
+func rangeCmd(configFile *string, cmd *cobra.Command, required bool, run func(cmd *cobra.Command, r rangeRun) error) *cobra.Command {
+	var rf rangeFlags
+	cmd.Args = cobra.NoArgs
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg, log, pool, ctx, done, err := openOutbox(cmd, *configFile)
+		if err != nil {
+			return err
+		}
+		defer done()
+		rng, ok, err := rf.resolve(ctx, cmd, pool, cfg.Postgres.Table, required)
+		if err != nil {
+			return err
+		}
+		return run(cmd, rangeRun{ctx: ctx, cfg: cfg, log: log, pool: pool, rng: rng, ok: ok})
 	}
 	rf.register(cmd)
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "only count the rows that would be re-delivered")
 	return cmd
 }
 

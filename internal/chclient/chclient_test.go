@@ -1,4 +1,4 @@
-package chclient
+package chclient_test
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 
+	"github.com/outbox-cdc/outbox-cdc/internal/chclient"
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
 	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
 )
@@ -95,7 +96,7 @@ func TestClickHouseTLS(t *testing.T) {
 
 func query(t *testing.T, c config.ClickHouse) error {
 	t.Helper()
-	conn, err := clickhouse.Open(Options(c))
+	conn, err := clickhouse.Open(chclient.Options(c))
 	if err != nil {
 		return err
 	}
@@ -176,7 +177,7 @@ func TestRotation(t *testing.T) {
 
 	c := config.Default().ClickHouse
 	c.TLS = config.ClickHouseTLS{Enabled: true, CAFile: ca, CertFile: cert, KeyFile: key}
-	dial := DialContext(c)
+	dial := chclient.DialContext(c)
 	connect := func() (net.Conn, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -55,7 +55,7 @@ type Postgres struct {
 	// is an error.
 	URLFile string
 	// Table is the outbox table as [schema.]name (postgres.table,
-	// default public.event_outbox). See [Postgres.SplitTable].
+	// default public.event_outbox); no schema means public.
 	Table string
 	// Publication is the publication name (postgres.publication, default cdc_outbox).
 	Publication string
@@ -67,15 +67,6 @@ type Postgres struct {
 	// the server supports it; true: required (an older server is a start-up
 	// error); false: cdc never asks for it.
 	FailoverSlot string
-}
-
-// SplitTable returns the schema and table name of Table; the schema is
-// "public" when Table has no schema part.
-func (p Postgres) SplitTable() (schema, name string) {
-	if i := strings.IndexByte(p.Table, '.'); i >= 0 {
-		return p.Table[:i], p.Table[i+1:]
-	}
-	return "public", p.Table
 }
 
 // ClickHouse is the destination server and table.

@@ -646,19 +646,6 @@ func TestExampleFile(t *testing.T) {
 	}
 }
 
-func TestSplitTable(t *testing.T) {
-	for table, want := range map[string][2]string{
-		"public.event_outbox": {"public", "event_outbox"},
-		"event_outbox":        {"public", "event_outbox"},
-		"app.outbox":          {"app", "outbox"},
-	} {
-		s, n := Postgres{Table: table}.SplitTable()
-		if s != want[0] || n != want[1] {
-			t.Errorf("SplitTable(%q) = %q, %q, want %q", table, s, n, want)
-		}
-	}
-}
-
 func TestEnvVarAndUnknownEnv(t *testing.T) {
 	if got := EnvVar("batch.flush_interval"); got != "CDC_BATCH_FLUSH_INTERVAL" {
 		t.Fatalf("EnvVar = %s", got)

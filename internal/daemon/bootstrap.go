@@ -31,7 +31,8 @@ import (
 // needed, and its backfill delivered. It returns nil early when the
 // graceful stop interrupts the backfill (it resumes on the next start).
 func (d *Daemon) bootstrap(ctx context.Context, sd *Shutdown) error {
-	if err := replication.CheckPublication(ctx, d.pool, d.cfg.Postgres.Publication, d.cfg.Postgres.Table); err != nil {
+	schema, name := checkpoint.SplitTable(d.cfg.Postgres.Table)
+	if err := replication.CheckPublication(ctx, d.pool, d.cfg.Postgres.Publication, schema, name); err != nil {
 		return err
 	}
 	state, err := d.prepareSlot(ctx)
@@ -129,8 +130,9 @@ func (d *Daemon) backfill(ctx context.Context, sd *Shutdown, state backfill.Stat
 		return err
 	}
 	d.setUp.Store(true)
+	d.ready.set("backfilling: delivering the rows that predate slot %q", slotName)
 	d.log.Info("backfill: delivering rows that predate the slot", "slot", slotName)
-	dl := d.startDelivery(ctx, w, checkpoint.NewTracker(0))
+	dl := d.startDelivery(ctx, w, nil)
 	start := time.Now()
 	n, err := backfill.Run(ctx, d.pool, slotName, d.cfg.Postgres.Table, state.ConsistentLSN, d.cfg.Batch.Size, func(r sink.Row) error {
 		if err := dl.hand(ctx, sd.Drain(), &r); err != nil {

@@ -3,8 +3,10 @@ package daemon
 import (
 	"context"
 	"errors"
+	"math"
 	"time"
 
+	"github.com/outbox-cdc/outbox-cdc/internal/backoff"
 	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 	"github.com/outbox-cdc/outbox-cdc/status"
@@ -58,8 +60,13 @@ func (d *Daemon) monitorSlot(ctx context.Context) {
 		}
 		if since := time.Since(lastSummary); since >= time.Minute {
 			flushed := metrics.Value(d.metrics.RowsFlushed)
-			d.log.Info("summary", "slot", slot, "streaming", d.streaming.Load(), "rows_per_second", int((flushed-lastFlushed)/since.Seconds()),
-				"lag_bytes", info.LagBytes, "retained_wal_bytes", info.RetainedBytes, "rows_failed_total", int(metrics.Value(d.metrics.RowsFailed)))
+			// Totals since start, and a rate with two decimals: 13 rows in a
+			// minute is 0.22 rows/s, not 0.
+			d.log.Info("summary", "slot", slot, "table", d.cfg.Postgres.Table, "streaming", d.streaming.Load(),
+				"rows_per_second", math.Round((flushed-lastFlushed)/since.Seconds()*100)/100,
+				"rows_flushed_total", int64(flushed), "rows_received_total", int64(metrics.Value(d.metrics.RowsReceived)),
+				"rows_failed_total", int64(metrics.Value(d.metrics.RowsFailed)),
+				"lag_bytes", info.LagBytes, "retained_wal_bytes", info.RetainedBytes)
 			lastFlushed, lastSummary = flushed, time.Now()
 		}
 	})
@@ -124,10 +131,9 @@ func (d *Daemon) retention(ctx context.Context) {
 				return
 			}
 			d.metrics.OutboxDeleted.Add(float64(n))
-			if n < 1000 {
+			if n < 1000 || backoff.Sleep(ctx, 100*time.Millisecond) != nil {
 				return
 			}
-			time.Sleep(100 * time.Millisecond)
 		}
 	})
 }

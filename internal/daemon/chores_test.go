@@ -16,7 +16,7 @@ func TestHeartbeatTravelsTheStream(t *testing.T) {
 	cfg := o.Config()
 	cfg.Heartbeat.Interval = 200 * time.Millisecond
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	// The gauge counts from the start until a heartbeat has come back
 	// through the slot and is durable; past 3 s, a value under 2 s means one
 	// did.
@@ -61,7 +61,7 @@ func TestSlotGaugesAreUpdated(t *testing.T) {
 	cfg := o.Config()
 	cfg.Replication.LagWarnBytes = 1 // any lag at all is "over"
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	waitFor(t, "retained WAL gauge", 30*time.Second, func() bool { return testutil.ToFloat64(r.m.RetainedWAL) > 0 })
 	waitFor(t, "lag warning over a 1-byte threshold", 30*time.Second, func() bool {
 		o.MustInsert(1, true) // keep some lag around

@@ -24,7 +24,7 @@ func TestSlotNeverConfirmedPastBufferedRows(t *testing.T) {
 	cfg.Batch.FlushInterval = time.Hour // nothing flushes these rows in this test
 	cfg.Replication.StatusInterval = 200 * time.Millisecond
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 
 	tx, err := o.PG.Begin(ctx)
 	if err != nil {

@@ -80,27 +80,27 @@ type Daemon struct {
 	// confirmed is the LSN the stream last confirmed to the slot (0 before
 	// the first stream), for reports.
 	confirmed atomic.Uint64
+	// ready is what /readyz answers (Ready).
+	ready *readiness
 }
 
 // New prepares a daemon; nothing connects until Run.
 func New(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) *Daemon {
-	return &Daemon{cfg: cfg, log: log, metrics: m,
+	return &Daemon{cfg: cfg, log: log, metrics: m, ready: newReadiness(),
 		retry: backoff.Policy{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff}}
 }
 
-// Ready reports whether the stream is connected and ClickHouse answers.
+// Ready reports whether the stream is connected, inserts reach their
+// quorum and ClickHouse answers; else why not (see readiness).
 func (d *Daemon) Ready(ctx context.Context) error {
 	if reason := d.slotLost.Load(); reason != nil {
 		return errors.New(*reason)
 	}
-	if !d.streaming.Load() {
-		return errors.New("replication stream not connected (standby, starting or reconnecting)")
+	var ch pipeline.Pinger
+	if s := d.chReady.Load(); s != nil {
+		ch = s
 	}
-	s := d.chReady.Load()
-	if s == nil {
-		return errors.New("clickhouse not connected")
-	}
-	return s.Ping(ctx)
+	return d.ready.check(ctx, ch)
 }
 
 // Run runs sessions until sd begins the graceful stop (then it delivers and
@@ -155,6 +155,7 @@ func (d *Daemon) Run(ctx context.Context, sd *Shutdown) error {
 		}
 		d.report(err, nil)
 		wait := d.retry.Delay(attempt)
+		d.ready.set("session ended, restarting in %s: %v", wait.Round(time.Millisecond), err)
 		d.log.Error("session ended, restarting", "slot", d.cfg.Postgres.Slot, "err", err, "retry_in", wait.Round(time.Millisecond))
 		if err := sd.sleep(ctx, wait); errors.Is(err, errDraining) {
 			return nil

@@ -1,10 +1,13 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,11 +28,26 @@ type running struct {
 	done    chan error
 }
 
+// start runs a daemon in-process until the test ends (its log shown with
+// -v).
 func start(t *testing.T, cfg *config.Config) *running {
 	t.Helper()
-	var w io.Writer = io.Discard
+	return startWriting(t, cfg, io.Discard)
+}
+
+// startLogged is start with the daemon's log kept for the test to search.
+func startLogged(t *testing.T, cfg *config.Config) (*running, *logBuffer) {
+	t.Helper()
+	buf := &logBuffer{}
+	return startWriting(t, cfg, buf), buf
+}
+
+// startWriting starts the daemon with its log written to w. At the end of
+// the test it is stopped gracefully, and hard after 30 s.
+func startWriting(t *testing.T, cfg *config.Config, w io.Writer) *running {
+	t.Helper()
 	if testing.Verbose() {
-		w = os.Stderr
+		w = io.MultiWriter(w, os.Stderr)
 	}
 	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	m := metrics.New()
@@ -50,6 +68,55 @@ func start(t *testing.T, cfg *config.Config) *running {
 	return r
 }
 
+// logBuffer collects a daemon's log for a test to search; the daemon's
+// goroutines write while the test reads.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) count(sub string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.b.String(), sub)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// waitStreaming waits until the daemon leads and streams.
+func (r *running) waitStreaming(t *testing.T) {
+	t.Helper()
+	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+}
+
+// addPoisonGuard makes ClickHouse reject every row of event_type 'poison'
+// on insert: a server-side rejection the sink cannot predict, so only
+// bisecting a batch finds the rows.
+func addPoisonGuard(t *testing.T, o *testenv.Outbox) {
+	t.Helper()
+	q := fmt.Sprintf("ALTER TABLE `%s`.events ADD COLUMN _guard UInt8 MATERIALIZED throwIf(event_type = 'poison')", o.CHDB)
+	if err := o.CH.Exec(context.Background(), q); err != nil {
+		t.Fatalf("add the poison guard: %v", err)
+	}
+}
+
+// retryFailed runs one `cdc retry-failed` of o's failed rows with fewer
+// than maxAttempts attempts (0: any), without a lease, its log discarded.
+func retryFailed(o *testenv.Outbox, maxAttempts int) (RetryResult, error) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	return RetryFailed(context.Background(), o.Config(), o.PG, log, maxAttempts)
+}
+
 // shutdown stops gracefully and returns Run's result.
 func (r *running) shutdown(t *testing.T) error {
 	t.Helper()
@@ -64,15 +131,10 @@ func (r *running) shutdown(t *testing.T) error {
 	}
 }
 
+// waitFor is testenv.WaitFor, under the name this package's tests use.
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testenv.WaitFor(t, what, timeout, cond)
 }
 
 func TestConcurrentProducersWithRollbacks(t *testing.T) {
@@ -122,7 +184,7 @@ func TestTransactionLargerThanFiveBatches(t *testing.T) {
 	cfg.Batch.Size = 100
 	cfg.Batch.MaxRows = 100 // batches of 100 exactly: no group commit
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 
 	ids := o.MustInsert(650, true)
 	o.WaitCH(650, 60*time.Second)
@@ -141,7 +203,7 @@ func TestFlushByTimerBelowBatchSize(t *testing.T) {
 	cfg.Batch.Size = 1000
 	cfg.Batch.FlushInterval = 300 * time.Millisecond
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 
 	ids := o.MustInsert(5, true)
 	// Nothing else arrives: only the timer can flush these five rows.
@@ -158,7 +220,7 @@ func TestStopFlushesAndRestartRepeatsNothing(t *testing.T) {
 	cfg.Batch.Size = 1000
 	cfg.Batch.FlushInterval = time.Hour // only the shutdown can flush
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 
 	first := o.MustInsert(300, true)
 	waitFor(t, "rows buffered", 30*time.Second, func() bool { return testutil.ToFloat64(r.m.BufferRows) == 300 })
@@ -199,7 +261,7 @@ func TestIdleOutboxOnBusyDatabaseKeepsSlotMoving(t *testing.T) {
 	o := testenv.NewOutbox(t)
 	cfg := o.Config()
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	ids := o.MustInsert(10, true)
 	o.WaitCH(10, 30*time.Second)
 

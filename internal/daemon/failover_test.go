@@ -1,22 +1,15 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2"
-	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
-	"github.com/outbox-cdc/outbox-cdc/migrations"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 )
 
@@ -48,7 +41,7 @@ func TestFailoverSlotSetting(t *testing.T) {
 	cfg.Postgres.FailoverSlot = "false"
 	o.MustInsert(20, true) // predates the slot: delivered by the backfill
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	o.MustInsert(30, true)
 	o.WaitCH(50, 30*time.Second)
 	if err := r.shutdown(t); err != nil {
@@ -61,7 +54,7 @@ func TestFailoverSlotSetting(t *testing.T) {
 	// same slot streams on (nothing backfilled, nothing sent twice).
 	cfg = o.Config()
 	r = start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	o.MustInsert(40, true)
 	o.WaitCH(90, 30*time.Second)
 	if err := r.shutdown(t); err != nil {
@@ -98,7 +91,7 @@ func TestFailoverSlotSetting(t *testing.T) {
 	cfg.Postgres.FailoverSlot = "true"
 	r = start(t, cfg)
 	if supported {
-		waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+		r.waitStreaming(t)
 		if err := r.shutdown(t); err != nil {
 			t.Fatal(err)
 		}
@@ -126,7 +119,7 @@ func TestFailoverSlotCreated(t *testing.T) {
 	}
 	pre := o.MustInsert(10, true)
 	r := start(t, o.Config())
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	post := o.MustInsert(10, true)
 	o.WaitCH(20, 30*time.Second)
 	if err := r.shutdown(t); err != nil {
@@ -142,73 +135,17 @@ func TestFailoverSlotCreated(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log destination the daemon's goroutines and the test
-// share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // With a synchronous standby named and nothing holding logical decoding
 // back for it, the leader warns when its term starts. A private server:
 // synchronous_standby_names is server-wide (its commits do not wait for the
 // standby, which does not exist: the test servers run synchronous_commit = off).
 func TestStartWarnsWhenConsumerCanPassTheStandby(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	s := testenv.StartPrivate(t, "daemon-guard")
-	conn, err := pgx.Connect(ctx, s.PGURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := migrations.ApplyPostgres(ctx, conn, migrations.Postgres{Table: "public.event_outbox", Publication: "cdc_outbox"}); err != nil {
-		t.Fatal(err)
-	}
-	ch, err := clickhouse.Open(&clickhouse.Options{Addr: []string{s.CHAddr}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ch.Close()
-	if _, err := migrations.ApplyClickHouse(ctx, ch, migrations.ClickHouse{Database: "default", Table: "events"}); err != nil {
-		t.Fatal(err)
-	}
-	for _, sql := range []string{`ALTER SYSTEM SET synchronous_standby_names = 'standby1'`, `SELECT pg_reload_conf()`} {
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
-	o := testenv.OpenOutbox(t, s.PGURL, s.CHAddr, "default")
-	o.Slot = "cdc_outbox"
-	cfg := o.Config()
-	var logs syncBuffer
-	d := New(cfg, slog.New(slog.NewJSONHandler(&logs, nil)), metrics.New())
-	sd := NewShutdown()
-	done := make(chan error, 1)
-	go func() { done <- d.Run(context.Background(), sd) }()
-	defer func() {
-		sd.Begin()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("daemon did not stop within 30s")
-		}
-	}()
-	waitFor(t, "streaming", 30*time.Second, func() bool { return d.streaming.Load() })
-	if !strings.Contains(logs.String(), "consumer can get ahead of the synchronous standby: ") ||
-		!strings.Contains(logs.String(), "standby1") {
-		t.Fatalf("no standby-guard warning at the start of the term; log:\n%s", logs.String())
+	o := s.Outbox(t)
+	s.SetSynchronousStandbyNames(t, "standby1")
+	r, logs := startLogged(t, o.Config())
+	r.waitStreaming(t)
+	if logs.count("consumer can get ahead of the synchronous standby: ") == 0 || logs.count("standby1") == 0 {
+		t.Fatalf("no standby-guard warning at the start of the term; log:\n%s", logs)
 	}
 }

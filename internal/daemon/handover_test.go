@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/outbox-cdc/outbox-cdc/backfill"
-	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 	"github.com/outbox-cdc/outbox-cdc/sink"
@@ -25,7 +24,7 @@ func TestRecreatedSlotBackfillRecognisesDeliveredRows(t *testing.T) {
 	ctx := context.Background()
 	cfg := o.Config()
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	ids := o.MustInsert(500, true)
 	o.WaitCH(500, 60*time.Second)
 	waitFor(t, "rows marked", 30*time.Second, func() bool { return o.StatusCounts()["processed"] == 500 })
@@ -62,12 +61,10 @@ func TestRecreatedSlotBackfillRecognisesDeliveredRows(t *testing.T) {
 func TestRedrivenRowKeepsItsStreamPosition(t *testing.T) {
 	o := testenv.NewOutbox(t)
 	ctx := context.Background()
-	if err := o.CH.Exec(ctx, fmt.Sprintf("ALTER TABLE `%s`.events ADD COLUMN _guard UInt8 MATERIALIZED throwIf(event_type = 'poison')", o.CHDB)); err != nil {
-		t.Fatal(err)
-	}
+	addPoisonGuard(t, o)
 	cfg := o.Config()
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	good := o.MustInsert(20, true)
 	var poison int64
 	if err := o.PG.QueryRow(ctx, `INSERT INTO event_outbox (event_type, event_date_time, environment, event_context, metadata_version)
@@ -87,8 +84,7 @@ func TestRedrivenRowKeepsItsStreamPosition(t *testing.T) {
 	if err := o.CH.Exec(ctx, fmt.Sprintf("ALTER TABLE `%s`.events DROP COLUMN _guard", o.CHDB)); err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if res, err := RetryFailed(ctx, o.Config(), o.PG, log, metrics.New(), 0, nil); err != nil || res.Read != 1 || res.StillFailed != 0 {
+	if res, err := retryFailed(o, 0); err != nil || res.Read != 1 || res.StillFailed != 0 {
 		t.Fatalf("retry-failed: %+v, %v; want the row delivered", res, err)
 	}
 	var lsn, seq uint64
@@ -109,6 +105,7 @@ func TestRedrivenRowKeepsItsStreamPosition(t *testing.T) {
 	if _, err := backfill.Failed(ctx, o.PG, cfg.Postgres.Table, 0, 10, func(r sink.Row) error { again = append(again, r); return nil }); err != nil || len(again) != 1 {
 		t.Fatalf("read the row back: %d rows, %v", len(again), err)
 	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	s, err := sink.Open(ctx, sinkOptions(cfg, log, false, nil))
 	if err != nil {
 		t.Fatal(err)
@@ -175,14 +172,13 @@ func TestRunbookResetOfAttemptsRedrivesRows(t *testing.T) {
 	if _, err := o.PG.Exec(ctx, `UPDATE event_outbox SET status = 'failed', attempts = 5, last_error = 'old'`); err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if res, err := RetryFailed(ctx, o.Config(), o.PG, log, metrics.New(), 5, nil); err != nil || res.Read != 0 {
+	if res, err := retryFailed(o, 5); err != nil || res.Read != 0 {
 		t.Fatalf("rows with used-up attempts: read %d, %v; want 0", res.Read, err)
 	}
 	if _, err := o.PG.Exec(ctx, `UPDATE event_outbox SET attempts = 1 WHERE status = 'failed'`); err != nil { // the runbook's statement
 		t.Fatal(err)
 	}
-	if res, err := RetryFailed(ctx, o.Config(), o.PG, log, metrics.New(), 5, nil); err != nil || res.Read != 3 {
+	if res, err := retryFailed(o, 5); err != nil || res.Read != 3 {
 		t.Fatalf("after the runbook's reset: read %d, %v; want 3", res.Read, err)
 	}
 	o.AssertExactlyOnce(ids, nil)

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/internal/lease"
@@ -64,6 +65,7 @@ func (d *Daemon) session(ctx context.Context, sd *Shutdown) error {
 // ends the wait.
 func (d *Daemon) becomeLeader(ctx context.Context, sd *Shutdown) (*lease.Lease, error) {
 	slot := d.cfg.Postgres.Slot
+	waitLog := newOnceThenEvery(time.Minute)
 	for waited := false; ; waited = true {
 		lead, err := lease.TryAcquire(ctx, d.cfg.Postgres.URL, lease.Options{
 			Name: "leader:" + slot, LockKey: replication.LeaderLockKey(slot), TTL: d.cfg.Replication.LeaderLease, Logger: d.log,
@@ -77,8 +79,14 @@ func (d *Daemon) becomeLeader(ctx context.Context, sd *Shutdown) (*lease.Lease, 
 			}
 			return lead, nil
 		}
-		d.log.Info("standby: another instance leads this slot; waiting", "slot", slot,
-			"holder", replication.LeaderHolder(ctx, d.pool, slot), "retry_in", d.cfg.Replication.StandbyRetry)
+		holder := replication.LeaderHolder(ctx, d.pool, slot)
+		d.ready.set("standby: another instance leads slot %q: %s", slot, holder)
+		// Once when the wait begins, then at most once a minute: a standby
+		// may wait for weeks.
+		if waitLog.allow() {
+			d.log.Info("standby: another instance leads this slot; waiting", "slot", slot,
+				"holder", holder, "retry_every", d.cfg.Replication.StandbyRetry, "waiting_for", waitLog.since())
+		}
 		if err := sd.sleep(ctx, d.cfg.Replication.StandbyRetry); errors.Is(err, errDraining) {
 			return nil, nil
 		} else if err != nil {
@@ -131,7 +139,12 @@ func (d *Daemon) openSink(ctx context.Context) error {
 	if d.sink != nil {
 		return nil
 	}
-	s, err := sink.Open(ctx, d.sinkOptions(false))
+	opts := d.sinkOptions(false)
+	var err error
+	if opts.SourceColumns, err = outboxColumns(ctx, d.pool, d.cfg.Postgres.Table); err != nil {
+		return err
+	}
+	s, err := sink.Open(ctx, opts)
 	if err != nil {
 		return err
 	}

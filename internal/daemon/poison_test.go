@@ -3,14 +3,11 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
 )
 
@@ -20,15 +17,11 @@ import (
 func TestPoisonRowsAreIsolatedAndRedriven(t *testing.T) {
 	o := testenv.NewOutbox(t)
 	ctx := context.Background()
-	// A server-side rejection the sink cannot predict: only bisecting the
-	// batch finds the offending rows.
-	if err := o.CH.Exec(ctx, fmt.Sprintf("ALTER TABLE `%s`.events ADD COLUMN _guard UInt8 MATERIALIZED throwIf(event_type = 'poison')", o.CHDB)); err != nil {
-		t.Fatal(err)
-	}
+	addPoisonGuard(t, o)
 	cfg := o.Config()
 	cfg.Batch.Size = 1000
 	r := start(t, cfg)
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 
 	good := o.MustInsert(100, true)
 	var poison, outOfRange []int64
@@ -99,9 +92,8 @@ func TestPoisonRowsAreIsolatedAndRedriven(t *testing.T) {
 	if err := batch.Send(); err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for round := 1; round <= 2; round++ {
-		res, err := RetryFailed(ctx, o.Config(), o.PG, log, metrics.New(), 0, nil)
+		res, err := retryFailed(o, 0)
 		if err != nil {
 			t.Fatalf("retry-failed round %d: %v", round, err)
 		}
@@ -121,7 +113,7 @@ func TestPoisonRowsAreIsolatedAndRedriven(t *testing.T) {
 		t.Errorf("out-of-range row attempts = %d, want 3 (stream + two re-drives)", attempts)
 	}
 	// A maximum number of attempts stops further re-drives.
-	res, err := RetryFailed(ctx, o.Config(), o.PG, log, metrics.New(), 3, nil)
+	res, err := retryFailed(o, 3)
 	if err != nil || res.Read != 0 {
 		t.Errorf("retry with max attempts 3: read %d, err %v; want 0 rows", res.Read, err)
 	}

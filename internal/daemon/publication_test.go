@@ -1,70 +1,18 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"io"
-	"log/slog"
-	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 
-	"github.com/outbox-cdc/outbox-cdc/internal/config"
 	"github.com/outbox-cdc/outbox-cdc/internal/errclass"
-	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
 )
-
-// logBuffer collects a daemon's log for a test to search.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) count(sub string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.b.String(), sub)
-}
-
-// startLogged is start with the daemon's log kept (and shown with -v).
-func startLogged(t *testing.T, cfg *config.Config) (*running, *logBuffer) {
-	t.Helper()
-	buf := &logBuffer{}
-	var w io.Writer = buf
-	if testing.Verbose() {
-		w = io.MultiWriter(buf, os.Stderr)
-	}
-	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	m := metrics.New()
-	r := &running{d: New(cfg, log, m), m: m, done: make(chan error, 1)}
-	sd := NewShutdown()
-	hard, hardFn := context.WithCancel(context.Background())
-	r.stop, r.hardEnd = sd.Begin, hardFn
-	go func() { r.done <- r.d.Run(hard, sd) }()
-	t.Cleanup(func() {
-		r.stop()
-		select {
-		case <-r.done:
-		case <-time.After(30 * time.Second):
-			r.hardEnd()
-			<-r.done
-		}
-	})
-	return r, buf
-}
 
 func slotExists(t *testing.T, o *testenv.Outbox) bool {
 	t.Helper()
@@ -110,7 +58,7 @@ func TestRunChecksThePublicationBeforeTheSlot(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, _ = startLogged(t, o.Config())
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	after := o.MustInsert(20, true)
 	o.WaitCH(40, 60*time.Second)
 	if err := r.shutdown(t); err != nil {
@@ -131,7 +79,7 @@ func TestRowOfAnotherTableIsNeverConfirmedPast(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, log := startLogged(t, o.Config())
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	first := o.MustInsert(10, true)
 	o.WaitCH(10, 60*time.Second)
 	if _, err := o.PG.Exec(ctx, `ALTER PUBLICATION cdc_outbox ADD TABLE other`); err != nil {

@@ -20,7 +20,6 @@ import (
 	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
 	"github.com/outbox-cdc/outbox-cdc/internal/lease"
-	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/pipeline"
 	"github.com/outbox-cdc/outbox-cdc/sink"
 )
@@ -42,8 +41,23 @@ type RetryResult struct {
 // in ClickHouse before it is inserted, and re-drives of one outbox hold a
 // lease (internal/lease), so running it again after a crash, or while a
 // re-drive whose lock session was killed is still running, inserts nothing
-// twice. leader, when set (the daemon's periodic re-drive), fences it too.
-func RetryFailed(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger, m *metrics.Metrics, maxAttempts int, leader *lease.Lease) (RetryResult, error) {
+// twice. It is `cdc retry-failed`; the daemon's periodic re-drive is
+// Daemon.redriveOnce.
+func RetryFailed(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger, maxAttempts int) (RetryResult, error) {
+	return redriveFailed(ctx, cfg, pool, log, nil, maxAttempts, nil)
+}
+
+// redriveOnce is one round of the daemon's periodic re-drive: fenced by the
+// leader lease too, and counted in the process's counters (not its
+// gauges: they are the stream's).
+func (d *Daemon) redriveOnce(ctx context.Context) (RetryResult, error) {
+	return redriveFailed(ctx, d.cfg, d.pool, d.log, workObserver{d.metrics}, d.cfg.Failed.MaxAttempts, d.lease.Load())
+}
+
+// redriveFailed is RetryFailed reporting to obs (nil: nobody), fenced by
+// leader too when it is set.
+func redriveFailed(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger, obs pipeline.Observer,
+	maxAttempts int, leader *lease.Lease) (RetryResult, error) {
 	var res RetryResult
 	h, err := holdRedrive(ctx, cfg, log, leader)
 	if err != nil {
@@ -63,7 +77,7 @@ func RetryFailed(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, lo
 	}
 
 	counting := &countingMarker{Marker: checkpoint.NewStore(pool, cfg.Postgres.Table).Fenced(terms...)}
-	dl := startDelivery(ctx, cfg, s, counting, checkpoint.NewTracker(0), m, log)
+	dl := startDelivery(ctx, cfg, s, counting, nil, obs, log)
 	res.Read, err = backfill.Failed(ctx, pool, cfg.Postgres.Table, maxAttempts, cfg.Batch.Size, func(r sink.Row) error {
 		return dl.hand(ctx, nil, &r)
 	})
@@ -157,7 +171,7 @@ func (c *countingMarker) MarkFailed(ctx context.Context, f []checkpoint.Failure,
 
 // retryLoop re-drives failed rows every interval while the session lasts.
 func (d *Daemon) retryLoop(ctx context.Context) {
-	every, maxAttempts := d.cfg.Failed.RetryInterval, d.cfg.Failed.MaxAttempts
+	every := d.cfg.Failed.RetryInterval
 	if every <= 0 {
 		return
 	}
@@ -169,7 +183,7 @@ func (d *Daemon) retryLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		res, err := RetryFailed(ctx, d.cfg, d.pool, d.log, d.metrics, maxAttempts, d.lease.Load())
+		res, err := d.redriveOnce(ctx)
 		switch {
 		case err != nil && ctx.Err() == nil:
 			d.log.Warn("periodic retry of failed rows", "err", err)

@@ -11,7 +11,6 @@ import (
 	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/decoder"
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
-	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/pipeline"
 	"github.com/outbox-cdc/outbox-cdc/sink"
 	"github.com/outbox-cdc/outbox-cdc/verify"
@@ -74,7 +73,7 @@ type ReplayResult struct {
 // Their status stays processed; a row ClickHouse now rejects is counted
 // and logged, not marked failed (it was delivered once, and the outbox
 // still says so). With dryRun nothing is written: only Found is counted.
-func Replay(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger, m *metrics.Metrics, r Range, dryRun bool, progress func(verify.Progress)) (ReplayResult, error) {
+func Replay(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger, r Range, dryRun bool, progress func(verify.Progress)) (ReplayResult, error) {
 	var res ReplayResult
 	if dryRun {
 		rep, err := Verify(ctx, cfg, pool, log, r, progress)
@@ -101,8 +100,8 @@ func Replay(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *sl
 		return res, err
 	}
 	w := &countingWriter{Writer: s}
-	mk := &replayMarker{log: log}
-	dl := startDelivery(ctx, cfg, w, mk, checkpoint.NewTracker(0), m, log)
+	mk := &replayMarker{log: log.With("slot", cfg.Postgres.Slot, "table", cfg.Postgres.Table)}
+	dl := startDelivery(ctx, cfg, w, mk, nil, nil, log)
 	send := func(r sink.Row) error {
 		// Only rows the outbox still calls processed: verify found them
 		// so, and nothing else is replay's to deliver.

@@ -15,8 +15,9 @@ import (
 	"github.com/outbox-cdc/outbox-cdc/sink"
 )
 
-// source turns stream messages into pipeline items and decides which LSN
-// may be confirmed.
+// source turns stream messages into pipeline items, and tells its
+// confirmer where transactions begin and end and what keepalives say: the
+// confirmer alone decides which LSN may be confirmed.
 type source struct {
 	schema, table string
 	metrics       *metrics.Metrics
@@ -27,12 +28,11 @@ type source struct {
 	// new *Relation each time, so keying by pointer grew without bound.
 	idCol map[uint32]int
 
-	inTxn         bool
-	txnLSN        pglogrepl.LSN
-	txnXid        uint32
-	seq           uint64
-	lastCommitEnd pglogrepl.LSN // end of the last transaction handed on
-	idleEnd       pglogrepl.LSN // keepalive position seen outside a transaction
+	inTxn   bool
+	txnLSN  pglogrepl.LSN
+	txnXid  uint32
+	seq     uint64
+	confirm *checkpoint.Confirmer
 
 	// pending is an item handle produced that the pipeline has not taken yet;
 	// acquired says whether its bytes are already taken from budget.
@@ -60,10 +60,10 @@ const (
 )
 
 // newSource returns a source whose rows are counted against budget (nil:
-// not bounded by bytes).
-func newSource(table string, m *metrics.Metrics, budget *pipeline.Budget) *source {
+// not bounded by bytes) and which tells confirm what it hands on.
+func newSource(table string, m *metrics.Metrics, budget *pipeline.Budget, confirm *checkpoint.Confirmer) *source {
 	schema, name := checkpoint.SplitTable(table)
-	return &source{schema: schema, table: name, metrics: m, dec: decoder.New(), idCol: map[uint32]int{}, budget: budget}
+	return &source{schema: schema, table: name, metrics: m, dec: decoder.New(), idCol: map[uint32]int{}, budget: budget, confirm: confirm}
 }
 
 // acquire takes the pending item's bytes from the budget, once; false means
@@ -75,43 +75,25 @@ func (s *source) acquire() bool {
 	return s.acquired
 }
 
-// handedOn records that the pipeline took the pending item.
+// handedOn records that the pipeline took the pending item: for a Commit,
+// every row of its transaction is handed on.
 func (s *source) handedOn() {
+	if s.pending.Row == nil {
+		s.confirm.Commit(s.pending.CommitEnd)
+	}
 	s.hasPending, s.acquired = false, false
 }
 
-// confirmable is the LSN to confirm given the durable one. When every
-// transaction handed on is durable and we are between transactions, the
-// keepalive's position is safe too (all commits before it were sent to us):
-// that keeps the slot moving while the outbox is idle but the database busy.
-func (s *source) confirmable(durable pglogrepl.LSN) pglogrepl.LSN {
-	if !s.hasPending && !s.inTxn && durable >= s.lastCommitEnd && s.idleEnd > durable {
-		return s.idleEnd
-	}
-	return durable
-}
-
-// keepalive notes the walsender's position from a keepalive. Only one seen
-// between transactions counts: inside one, the rows before it are not all
-// handed on yet.
-func (s *source) keepalive(serverWALEnd pglogrepl.LSN) {
-	if !s.inTxn && serverWALEnd > s.idleEnd {
-		s.idleEnd = serverWALEnd
-	}
-}
-
 // read feeds the stream's rows to the pipeline of dl until the graceful
-// stop (it returns nil) or an error, sending status all along.
-func (s *source) read(ctx context.Context, sd *Shutdown, st *replication.Stream, tracker *checkpoint.Tracker, dl *delivery) error {
+// stop (it returns nil) or an error, calling status (which confirms what
+// the confirmer allows, when due) all along.
+func (s *source) read(ctx context.Context, sd *Shutdown, st *replication.Stream, dl *delivery, status func(context.Context) error) error {
 	for {
 		if sd.Draining() {
 			return nil
 		}
-		if err := st.UpdateStatus(ctx, s.confirmable(tracker.Durable())); err != nil {
+		if err := status(ctx); err != nil {
 			return err
-		}
-		if c := st.Confirmed(); c != 0 {
-			s.metrics.ConfirmedLSN.Set(float64(c))
 		}
 		if s.hasPending {
 			// Wait for the pipeline to take the item or, while its bytes
@@ -150,7 +132,7 @@ func (s *source) read(ctx context.Context, sd *Shutdown, st *replication.Stream,
 			continue
 		}
 		if msg.Keepalive {
-			s.keepalive(msg.ServerWALEnd)
+			s.confirm.Keepalive(msg.ServerWALEnd)
 			continue
 		}
 		if err := s.handle(msg); err != nil {
@@ -174,6 +156,7 @@ func (s *source) handle(msg replication.Message) error {
 	switch e := ev.(type) {
 	case *decoder.Begin:
 		s.inTxn, s.txnLSN, s.txnXid, s.seq, s.txnBeatSent = true, e.FinalLSN, e.Xid, 0, time.Time{}
+		s.confirm.Begin()
 	case *decoder.Relation:
 		// A Relation of another table is harmless until a row of it comes;
 		// a new one of ours (after DDL) may have moved the id column.
@@ -200,8 +183,9 @@ func (s *source) handle(msg replication.Message) error {
 		s.pending, s.hasPending, s.acquired = pipeline.Item{Row: r, Size: size, Xid: s.txnXid}, true, false
 		s.seq++
 	case *decoder.Commit:
+		// Its end (TransactionEndLSN), not its CommitLSN, is what a
+		// confirmation may name: confirming the CommitLSN re-sends it.
 		s.inTxn = false
-		s.lastCommitEnd = e.EndLSN
 		s.pending, s.hasPending, s.acquired = pipeline.Item{CommitEnd: e.EndLSN}, true, true
 		if !s.txnBeatSent.IsZero() {
 			s.hb.saw(e.EndLSN, s.txnBeatSent)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 )
@@ -15,10 +16,11 @@ func keepaliveMsg(end pglogrepl.LSN) replication.Message {
 	return replication.Message{Keepalive: true, ServerWALEnd: end}
 }
 
-// Which LSN the source may confirm (DESIGN §3.1, §3.6, §8): a transaction's
-// TransactionEndLSN, never its CommitLSN, and the keepalive's position only
-// when every transaction handed on is durable and none is open or waiting
-// to be handed on. No servers: hand-built pgoutput messages.
+// Which LSN the stream may confirm (DESIGN §3.1, §3.6, §8), as the source
+// tells its confirmer (checkpoint.TestConfirmer pins the rule itself): a
+// transaction's TransactionEndLSN, never its CommitLSN, and the keepalive's
+// position only when every transaction handed on is durable and none is
+// open or waiting to be handed on. No servers: hand-built pgoutput messages.
 func TestSourceConfirmsOnlyWhatIsDurable(t *testing.T) {
 	const (
 		commitLSN  = pglogrepl.LSN(0x1000)
@@ -66,32 +68,33 @@ func TestSourceConfirmsOnlyWhatIsDurable(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newSource("public.event_outbox", metrics.New(), nil)
+			s := newSource("public.event_outbox", metrics.New(), nil, checkpoint.NewConfirmer(0))
 			taken, commits, err := handleAll(s, relationMsg(16384, "public", "event_outbox", "id", "x"),
 				beginMsg(commitLSN), insertMsg(16384, 1, 10), commitMsg(commitLSN, commitEnd))
 			if err != nil || taken != 2 {
 				t.Fatalf("first transaction: %d items, %v", taken, err)
 			}
-			if !slices.Equal(commits, []pglogrepl.LSN{commitEnd}) || s.lastCommitEnd != commitEnd {
-				t.Fatalf("commit handed on as %v (last commit end %s), want its end %s: confirming the commit LSN %s sends the transaction again",
-					commits, s.lastCommitEnd, commitEnd, commitLSN)
+			if !slices.Equal(commits, []pglogrepl.LSN{commitEnd}) {
+				t.Fatalf("commit handed on as %v, want its end %s: confirming the commit LSN %s sends the transaction again",
+					commits, commitEnd, commitLSN)
 			}
-			s.keepalive(idle)
+			s.confirm.Keepalive(idle)
 			for _, m := range tc.after {
 				if m.Keepalive {
-					s.keepalive(m.ServerWALEnd)
+					s.confirm.Keepalive(m.ServerWALEnd)
 					continue
 				}
 				if err := s.handle(m); err != nil {
 					t.Fatal(err)
 				}
 				if s.hasPending && (tc.take || s.pending.Row != nil) {
-					s.hasPending = false
+					s.handedOn()
 				}
 			}
 			for _, c := range tc.checks {
-				if got := s.confirmable(c.durable); got != c.want {
-					t.Errorf("confirmable(%s) = %s, want %s: %s", c.durable, got, c.want, c.why)
+				s.confirm.Advance(c.durable)
+				if got := s.confirm.Confirmable(); got != c.want {
+					t.Errorf("Confirmable() with %s durable = %s, want %s: %s", c.durable, got, c.want, c.why)
 				}
 			}
 		})

@@ -24,9 +24,7 @@ import (
 	"time"
 
 	"github.com/outbox-cdc/outbox-cdc/checkpoint"
-	"github.com/outbox-cdc/outbox-cdc/internal/backoff"
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
-	"github.com/outbox-cdc/outbox-cdc/internal/metrics"
 	"github.com/outbox-cdc/outbox-cdc/pipeline"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 	"github.com/outbox-cdc/outbox-cdc/sink"
@@ -36,6 +34,7 @@ import (
 // until the graceful stop or an error.
 func (d *Daemon) stream(ctx context.Context, sd *Shutdown) error {
 	slotName := d.cfg.Postgres.Slot
+	waitLog := newOnceThenEvery(time.Minute)
 	for {
 		slot, err := replication.LookupSlot(ctx, d.pool, slotName)
 		if err != nil {
@@ -59,8 +58,12 @@ func (d *Daemon) stream(ctx context.Context, sd *Shutdown) error {
 			conn.Close(context.Background())
 			// After a crash the old walsender can hold the slot until
 			// wal_sender_timeout; wait rather than fail.
-			d.log.Warn("slot is active in another session; waiting", "slot", slotName,
-				"holder", replication.Holder(ctx, d.pool, slot.ActivePID), "retry_in", d.cfg.Replication.StandbyRetry)
+			holder := replication.Holder(ctx, d.pool, slot.ActivePID)
+			d.ready.set("waiting for slot %q: it is active in another session, held by %s", slotName, holder)
+			if waitLog.allow() {
+				d.log.Warn("slot is active in another session; waiting", "slot", slotName,
+					"holder", holder, "retry_every", d.cfg.Replication.StandbyRetry)
+			}
 			if err := sd.sleep(ctx, d.cfg.Replication.StandbyRetry); errors.Is(err, errDraining) {
 				return nil
 			} else if err != nil {
@@ -78,27 +81,30 @@ func (d *Daemon) stream(ctx context.Context, sd *Shutdown) error {
 		d.metrics.ConfirmedLSN.Set(float64(slot.ConfirmedFlush))
 		d.confirmed.Store(uint64(slot.ConfirmedFlush))
 		d.log.Info("streaming", "slot", slotName, "from_lsn", slot.ConfirmedFlush.String())
-		return d.pump(ctx, sd, st, checkpoint.NewTracker(slot.ConfirmedFlush))
+		return d.pump(ctx, sd, st, checkpoint.NewConfirmer(slot.ConfirmedFlush))
 	}
 }
 
 // pump reads the stream and feeds the pipeline, answering the server in
 // between, until the graceful stop (then it delivers and confirms what it
 // read) or an error.
-func (d *Daemon) pump(ctx context.Context, sd *Shutdown, st *replication.Stream, tracker *checkpoint.Tracker) error {
+func (d *Daemon) pump(ctx context.Context, sd *Shutdown, st *replication.Stream, confirm *checkpoint.Confirmer) error {
 	d.setUp.Store(true)
 	d.streaming.Store(true)
+	d.ready.streaming()
 	d.metrics.Connected.Set(1)
 	defer func() {
 		d.streaming.Store(false)
+		d.ready.set("replication stream ended")
 		d.metrics.Connected.Set(0)
 	}()
 
-	dl := d.startDelivery(ctx, d.sink, tracker)
-	src := newSource(d.cfg.Postgres.Table, d.metrics, dl.budget)
+	dl := d.startDelivery(ctx, observedWriter{w: d.sink, ready: d.ready}, confirm)
+	src := newSource(d.cfg.Postgres.Table, d.metrics, dl.budget, confirm)
 	src.hb = d.heartbeats
-	d.heartbeats.follow(tracker.Durable)
-	if err := src.read(ctx, sd, st, tracker, dl); err != nil {
+	d.heartbeats.follow(confirm.Durable)
+	status := func(ctx context.Context) error { return d.confirm(ctx, st, confirm, false) }
+	if err := src.read(ctx, sd, st, dl, status); err != nil {
 		return dl.finish(err)
 	}
 	// Graceful stop: deliver what was read, confirm it, then leave.
@@ -111,14 +117,13 @@ func (d *Daemon) pump(ctx context.Context, sd *Shutdown, st *replication.Stream,
 			if dl.err != nil {
 				return dl.err
 			}
-			final := src.confirmable(tracker.Durable())
-			if err := st.SendStatus(ctx, final); err != nil {
+			if err := d.confirm(ctx, st, confirm, true); err != nil {
 				return err
 			}
-			d.log.Info("stopped cleanly", "slot", d.cfg.Postgres.Slot, "confirmed_lsn", final.String())
+			d.log.Info("stopped cleanly", "slot", d.cfg.Postgres.Slot, "confirmed_lsn", st.Confirmed().String())
 			return nil
 		case <-tick.C:
-			if err := st.UpdateStatus(ctx, tracker.Durable()); err != nil {
+			if err := status(ctx); err != nil {
 				return err
 			}
 		case <-ctx.Done():
@@ -127,10 +132,30 @@ func (d *Daemon) pump(ctx context.Context, sd *Shutdown, st *replication.Stream,
 	}
 }
 
-// startDelivery starts a pipeline of the daemon's term over w, marking
-// through the fenced store (rows rejected are reported to Sentry).
-func (d *Daemon) startDelivery(ctx context.Context, w pipeline.Writer, tracker *checkpoint.Tracker) *delivery {
-	return startDelivery(ctx, d.cfg, w, &reportingMarker{Marker: d.fencedStore(), d: d}, tracker, d.metrics, d.log)
+// confirm sends the slot what confirm allows: now, or when a status update
+// is due (replication.Stream.UpdateStatus), and publishes what the slot was
+// last told (cdc_confirmed_lsn, Sentry reports).
+func (d *Daemon) confirm(ctx context.Context, st *replication.Stream, confirm *checkpoint.Confirmer, now bool) error {
+	lsn := confirm.Confirmable()
+	send := st.UpdateStatus
+	if now {
+		send = st.SendStatus
+	}
+	if err := send(ctx, lsn); err != nil {
+		return err
+	}
+	if c := st.Confirmed(); c != 0 {
+		d.metrics.ConfirmedLSN.Set(float64(c))
+		d.confirmed.Store(uint64(c))
+	}
+	return nil
+}
+
+// startDelivery starts a pipeline of the daemon's term over w (the stream's
+// or the backfill's), marking through the fenced store (rows rejected are
+// reported to Sentry); it reports to the stream's observer.
+func (d *Daemon) startDelivery(ctx context.Context, w pipeline.Writer, positions pipeline.Positions) *delivery {
+	return startDelivery(ctx, d.cfg, w, &reportingMarker{Marker: d.fencedStore(), d: d}, positions, streamObserver{workObserver{d.metrics}}, d.log)
 }
 
 // delivery is a pipeline running in its own goroutine and the input its
@@ -152,13 +177,16 @@ type delivery struct {
 // drains it in bursts, and the rows it holds count against the budget, so
 // whatever their size it never holds more bytes than the budget allows.
 func startDelivery(ctx context.Context, cfg *config.Config, w pipeline.Writer, mk pipeline.Marker,
-	tracker *checkpoint.Tracker, m *metrics.Metrics, log *slog.Logger) *delivery {
+	positions pipeline.Positions, obs pipeline.Observer, log *slog.Logger) *delivery {
 	budget := pipeline.DefaultBudget(cfg.Batch.MaxBytes)
+	// Every line of the pipeline (a row rejected, an insert retried) names
+	// the slot and the table it concerns.
+	log = log.With("slot", cfg.Postgres.Slot, "table", cfg.Postgres.Table)
 	p := pipeline.New(pipeline.Options{
 		Size: cfg.Batch.Size, MaxRows: cfg.Batch.MaxRows, MaxBytes: cfg.Batch.MaxBytes, FlushInterval: cfg.Batch.FlushInterval,
-		Queue: cfg.Batch.QueueBatches, Retry: backoff.Policy{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff},
+		Queue: cfg.Batch.QueueBatches, Retry: pipeline.Backoff{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff},
 		Budget: budget,
-	}, w, mk, tracker, m, log)
+	}, w, mk, positions, obs, log)
 	ctx, cancel := context.WithCancel(ctx)
 	dl := &delivery{in: make(chan pipeline.Item, min(cfg.Batch.Size, 1024)), budget: budget, done: make(chan struct{}), cancel: cancel}
 	go func() {

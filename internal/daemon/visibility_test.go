@@ -5,11 +5,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
-	"github.com/outbox-cdc/outbox-cdc/migrations"
 )
 
 // A transaction is decoded once its commit record is flushed, but other
@@ -28,46 +26,17 @@ func TestMarkingSeesRowsOfCommitsNotYetVisible(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	s := testenv.StartPrivate(t, "visibility")
-	admin, err := pgx.Connect(ctx, s.PGURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(context.Background())
-	if _, err := migrations.ApplyPostgres(ctx, admin, migrations.Postgres{Table: "public.event_outbox", Publication: "cdc_outbox"}); err != nil {
-		t.Fatal(err)
-	}
-	ch, err := clickhouse.Open(&clickhouse.Options{Addr: []string{s.CHAddr}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ch.Close()
-	if _, err := migrations.ApplyClickHouse(ctx, ch, migrations.ClickHouse{Database: "default", Table: "events"}); err != nil {
-		t.Fatal(err)
-	}
-	o := testenv.OpenOutbox(t, s.PGURL, s.CHAddr, "default")
-	o.Slot = "cdc_outbox"
+	o := s.Outbox(t)
 	r := start(t, o.Config())
-	waitFor(t, "streaming", 30*time.Second, func() bool { return r.d.streaming.Load() })
+	r.waitStreaming(t)
 	committed := o.MustInsert(10, true)
 	waitFor(t, "the first rows processed", 30*time.Second, func() bool { return o.StatusCounts()["processed"] == 10 })
 
-	setStandbyNames := func(value string) {
-		t.Helper()
-		q := `ALTER SYSTEM SET synchronous_standby_names = '` + value + `'`
-		if value == "" {
-			q = `ALTER SYSTEM RESET synchronous_standby_names`
-		}
-		for _, sql := range []string{q, `SELECT pg_reload_conf()`} {
-			if _, err := admin.Exec(ctx, sql); err != nil {
-				t.Fatalf("%s: %v", sql, err)
-			}
-		}
-	}
-	setStandbyNames("absent_standby")
+	s.SetSynchronousStandbyNames(t, "absent_standby")
 	released := false
 	defer func() {
 		if !released {
-			setStandbyNames("")
+			s.SetSynchronousStandbyNames(t, "")
 		}
 	}()
 
@@ -122,7 +91,7 @@ func TestMarkingSeesRowsOfCommitsNotYetVisible(t *testing.T) {
 	default:
 	}
 
-	setStandbyNames("")
+	s.SetSynchronousStandbyNames(t, "")
 	released = true
 	if err := <-commitDone; err != nil {
 		t.Fatalf("commit after the standby requirement was lifted: %v", err)

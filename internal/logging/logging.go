@@ -46,9 +46,20 @@ func New(w io.Writer, level, format string, isTerminal bool) (*slog.Logger, erro
 			NoColor:    !isTerminal,
 		})
 	} else {
-		h = slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lvl})
+		h = slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lvl, ReplaceAttr: durationsAsText})
 	}
 	return slog.New(h), nil
+}
+
+// durationsAsText writes durations as Go duration text ("455ms", "1m30s")
+// instead of slog's JSON default, integer nanoseconds, which no reader of a
+// log line can take in at a glance ("retry_in":455000000). tint already
+// prints them so.
+func durationsAsText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
+	return a
 }
 
 // ParseLevel maps "debug", "info", "warn" and "error" (case-insensitive; ""

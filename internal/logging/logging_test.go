@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestNewFormats(t *testing.T) {
@@ -166,5 +167,23 @@ func TestIsTerminal(t *testing.T) {
 		if !IsTerminal(tty) {
 			t.Error("/dev/tty not reported as a terminal")
 		}
+	}
+}
+
+// JSON lines carry durations as text, also inside groups.
+func TestJSONDurationsAsText(t *testing.T) {
+	var buf bytes.Buffer
+	log, err := New(&buf, "info", "json", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info("retrying", "retry_in", 455*time.Millisecond, slog.Group("flush", "took", 90*time.Second), "rows", 3)
+	var rec map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil {
+		t.Fatalf("%v: %q", err, buf.String())
+	}
+	group, _ := rec["flush"].(map[string]any)
+	if rec["retry_in"] != "455ms" || group["took"] != "1m30s" || rec["rows"] != float64(3) {
+		t.Errorf("record %v, want retry_in \"455ms\", flush.took \"1m30s\", rows 3", rec)
 	}
 }

@@ -46,6 +46,17 @@ type Metrics struct {
 	// Set by the periodic verify (verify.interval).
 	VerifyMissing    prometheus.Gauge
 	VerifyDuplicated prometheus.Gauge
+
+	// info is cdc_info{slot,table} = 1: alerts join it by job to name the
+	// shard's slot and outbox table without hard-coding them (SetInfo).
+	info *prometheus.GaugeVec
+}
+
+// newInfo returns cdc_info, whose labels name the instance's slot and table.
+func newInfo() *prometheus.GaugeVec {
+	return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cdc_info",
+		Help: "Always 1; its labels name the replication slot (postgres.slot) and the outbox table (postgres.table) this instance serves."},
+		[]string{"slot", "table"})
 }
 
 // New registers the metrics, plus Go runtime and process collectors.
@@ -88,11 +99,12 @@ func New() *Metrics {
 			Help: "Processed outbox rows the last periodic verify (verify.interval) found missing in ClickHouse."}),
 		VerifyDuplicated: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cdc_verify_duplicated_rows",
 			Help: "Ids the last periodic verify (verify.interval) found stored more than once in ClickHouse."}),
+		info: newInfo(),
 	}
 	m.collectors = []prometheus.Collector{m.RowsReceived, m.RowsFlushed, m.RowsFailed, m.BatchesFlushed, m.FlushErrors,
 		m.FlushDuration, m.BatchRows, m.BufferRows, m.SlotLagBytes, m.RetainedWAL, m.ConfirmedLSN, m.LastFlush,
 		m.Connected, m.Leader, m.HeartbeatLag, m.Backfilled, m.LagWarning, m.SlotLost, m.OutboxDeleted,
-		m.OutboxPending, m.OutboxFailed, m.OutboxOldestPending, m.VerifyMissing, m.VerifyDuplicated,
+		m.OutboxPending, m.OutboxFailed, m.OutboxOldestPending, m.VerifyMissing, m.VerifyDuplicated, m.info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}
 	for _, c := range m.collectors {
 		f(c)
@@ -105,12 +117,23 @@ func New() *Metrics {
 func (m *Metrics) All() prometheus.Gatherer {
 	r := prometheus.NewRegistry()
 	for _, c := range m.collectors {
-		if g, ok := c.(*optionalGauge); ok {
+		switch g := c.(type) {
+		case *optionalGauge:
 			c = g.Gauge
+		case *prometheus.GaugeVec:
+			v := newInfo()
+			v.WithLabelValues("slot", "table").Set(1)
+			c = v
 		}
 		r.MustRegister(c)
 	}
 	return r
+}
+
+// SetInfo sets cdc_info{slot, table} to 1, the only series of cdc_info.
+func (m *Metrics) SetInfo(slot, table string) {
+	m.info.Reset()
+	m.info.WithLabelValues(slot, table).Set(1)
 }
 
 // Handler serves the registry in the Prometheus exposition format.

@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -16,21 +15,24 @@ import (
 )
 
 // ClusterName is the remote_servers cluster scripts/testenv-cluster.sh
-// configures: one shard whose replicas are every server it starts.
+// configures: its shards, each with its replicas.
 const ClusterName = "cdc_cluster"
 
 // CHCluster is a private replicated ClickHouse for one test: a standalone
-// ZooKeeper and replicas of one shard, started by scripts/testenv.sh
-// (cluster-up) in their own directory on their own ports. Tests kill,
-// stop and restart its replicas and its ZooKeeper; they never touch the
-// shared servers.
+// ZooKeeper and the servers of one or more shards, started by
+// scripts/testenv.sh (cluster-up) in their own directory on their own ports.
+// Tests kill, stop and restart its servers and its ZooKeeper; they never
+// touch the shared servers.
+//
+// Servers are numbered 1..Shards*Replicas, shard by shard: servers 1..R
+// are the replicas of shard 1, R+1..2R those of shard 2, and so on.
 type CHCluster struct {
-	Name   string   // the cluster in remote_servers
-	Addrs  []string // native addresses of replicas 1..N
-	ZKAddr string
-	dir    string
-	script string
-	env    []string
+	Name     string   // the cluster in remote_servers
+	Addrs    []string // native addresses of servers 1..N
+	Replicas int      // replicas per shard
+	ZKAddr   string
+	dir      string
+	scripted
 }
 
 // StartCHCluster starts ZooKeeper and replicas ClickHouse servers, the
@@ -38,57 +40,69 @@ type CHCluster struct {
 // stopped and removed when the test ends (kept when it failed).
 func StartCHCluster(t testing.TB, name string, replicas int) *CHCluster {
 	t.Helper()
+	return StartCHShards(t, name, 1, replicas)
+}
+
+// StartCHShards starts ZooKeeper and shards × replicas ClickHouse servers:
+// server I is replica rI of shard (I-1)/replicas+1 (macros shard=01, 02, …),
+// and remote_servers lists every shard with its replicas, so a table made
+// ON CLUSTER exists on every server and a Distributed table reads every
+// shard. Everything is stopped and removed when the test ends (kept when
+// it failed).
+func StartCHShards(t testing.TB, name string, shards, replicas int) *CHCluster {
+	t.Helper()
 	script := mustEnv(t, EnvScript)
-	dir, err := os.MkdirTemp("/tmp", "outbox-cdc-"+name+"-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// clickhouse-server runs as its own user, which must reach the directory.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	base := clusterBasePort(t, replicas)
-	c := &CHCluster{Name: ClusterName, ZKAddr: fmt.Sprintf("127.0.0.1:%d", base+90), dir: dir, script: script}
-	for i := 0; i < replicas; i++ {
+	dir := serverDir(t, name)
+	servers := shards * replicas
+	base := clusterBasePort(t, servers)
+	c := &CHCluster{Name: ClusterName, Replicas: replicas, ZKAddr: fmt.Sprintf("127.0.0.1:%d", base+90), dir: dir}
+	for i := 0; i < servers; i++ {
 		c.Addrs = append(c.Addrs, fmt.Sprintf("127.0.0.1:%d", base+10*i))
 	}
+	c.scripted = scripted{what: "cluster " + strings.Join(c.Addrs, ","), script: script}
 	c.env = append(os.Environ(),
 		"CDC_TESTENV_DIR="+dir,
 		"CDC_TESTENV_CLUSTER_DIR="+dir+"/cluster",
+		fmt.Sprintf("CDC_TESTENV_CLUSTER_SHARDS=%d", shards),
 		fmt.Sprintf("CDC_TESTENV_CLUSTER_REPLICAS=%d", replicas),
 		fmt.Sprintf("CDC_TESTENV_CLUSTER_BASEPORT=%d", base),
 		fmt.Sprintf("CDC_TESTENV_ZKPORT=%d", base+90),
 	)
-	t.Cleanup(func() {
-		if err := c.run("cluster-down"); err != nil {
-			t.Errorf("testenv: stop private cluster: %v", err)
-		}
-		if !t.Failed() {
-			os.RemoveAll(dir)
-		} else {
-			t.Logf("private cluster's files kept in %s", dir)
-		}
-	})
+	t.Cleanup(func() { c.stopAndRemove(t, dir, "cluster-down") })
 	c.Script(t, "cluster-up")
 	return c
 }
 
+// ShardServers returns the server numbers (1-based, for Kill, Start,
+// Conn…) of the replicas of shard s (1-based).
+func (c *CHCluster) ShardServers(s int) []int {
+	var out []int
+	for i := (s-1)*c.Replicas + 1; i <= s*c.Replicas; i++ {
+		out = append(out, i)
+	}
+	return out
+}
+
 // clusterBasePort finds a base port below the ephemeral range (32768 on
 // Linux: a client's outgoing connection can take a port there between our
-// check and the server's bind) with base+10*i+{0,1,2} and base+90 free.
-func clusterBasePort(t testing.TB, replicas int) int {
+// check and the server's bind) with base+10*i+{0,1,2} and base+90 (ZooKeeper)
+// free: at most 9 servers.
+func clusterBasePort(t testing.TB, servers int) int {
 	t.Helper()
+	if servers > 9 {
+		t.Fatalf("testenv: a cluster of %d servers does not fit below ZooKeeper's port (base+90): at most 9", servers)
+	}
 	for attempt := 0; attempt < 50; attempt++ {
 		base := 20000 + 100*rand.IntN(120) // 20000..31900
 		ports := []int{base + 90}
-		for i := 0; i < replicas; i++ {
+		for i := 0; i < servers; i++ {
 			ports = append(ports, base+10*i, base+10*i+1, base+10*i+2)
 		}
 		if allFree(ports) {
 			return base
 		}
 	}
-	t.Fatalf("testenv: no free port range for a %d-replica cluster", replicas)
+	t.Fatalf("testenv: no free port range for a %d-server cluster", servers)
 	return 0
 }
 
@@ -116,6 +130,14 @@ func (c *CHCluster) Start(t testing.TB, i int) { c.Script(t, "cluster-start-repl
 
 // RestartZK SIGKILLs ZooKeeper and starts it again.
 func (c *CHCluster) RestartZK(t testing.TB) { c.Script(t, "cluster-zk-restart") }
+
+// KillZK SIGKILLs ZooKeeper and leaves it down: the replicas' sessions
+// expire after session_timeout_ms (10 s) and their replicated tables turn
+// read-only until StartZK.
+func (c *CHCluster) KillZK(t testing.TB) { c.Script(t, "cluster-zk-kill") }
+
+// StartZK starts ZooKeeper (with its data) and waits until it answers.
+func (c *CHCluster) StartZK(t testing.TB) { c.Script(t, "cluster-zk-start") }
 
 // Conn opens a connection to replica i alone; t.Cleanup closes it.
 func (c *CHCluster) Conn(t testing.TB, i int) driver.Conn {
@@ -155,21 +177,15 @@ func (c *CHCluster) Counts(t testing.TB, i int, db, table string) (count, uniq u
 	return count, uniq
 }
 
-// Script runs scripts/testenv.sh against this cluster.
-func (c *CHCluster) Script(t testing.TB, args ...string) {
+// IDs returns the ids of db.table on replica i, sorted, as stored (no
+// FINAL): a duplicate shows as a repeated id.
+func (c *CHCluster) IDs(t testing.TB, i int, db, table string) []int64 {
 	t.Helper()
-	if err := c.run(args...); err != nil {
-		t.Fatalf("testenv: %v", err)
-	}
-}
-
-func (c *CHCluster) run(args ...string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, c.script, args...)
-	cmd.Env = c.env
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("cluster %s: %s %s: %w\n%s", strings.Join(c.Addrs, ","), c.script, strings.Join(args, " "), err, out)
+	var ids []int64
+	if err := c.Conn(t, i).QueryRow(ctx, "SELECT groupArray(id) FROM (SELECT id FROM `"+db+"`.`"+table+"` ORDER BY id)").Scan(&ids); err != nil {
+		t.Fatalf("testenv: ids on replica %d: %v", i, err)
 	}
-	return nil
+	return ids
 }

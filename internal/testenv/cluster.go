@@ -99,21 +99,15 @@ func StartCluster(t testing.TB, name string, opts ClusterOptions) *Cluster {
 			t.Fatalf("testenv: cluster: %s not found in %s (set ClusterOptions.BinDir or %s): %v", b, opts.BinDir, EnvPGBin, err)
 		}
 	}
-	dir, err := os.MkdirTemp("/tmp", "outbox-cdc-cluster-"+name+"-")
-	if err != nil {
-		t.Fatalf("testenv: cluster dir: %v", err)
-	}
-	// The servers run as their own user, which must reach the directory.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatalf("testenv: cluster dir: %v", err)
-	}
+	dir := serverDir(t, "cluster-"+name)
 	c := &Cluster{t: t, opts: opts, dir: dir}
 	if os.Geteuid() == 0 {
+		var err error
 		if c.osUser, err = user.Lookup("postgres"); err != nil {
 			t.Fatalf("testenv: cluster: initdb refuses root and there is no `postgres` OS user: %v", err)
 		}
 	}
-	ports := freePorts(t, 2)
+	ports := FreePorts(t, 2)
 	for i := range c.nodes {
 		c.nodes[i] = &pgNode{name: fmt.Sprintf("node%d", i), port: ports[i], dir: filepath.Join(dir, fmt.Sprintf("node%d", i))}
 	}

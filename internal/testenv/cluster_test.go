@@ -32,7 +32,7 @@ func TestCluster(t *testing.T) {
 			if c.Major() < 10 {
 				t.Fatalf("major %d", c.Major())
 			}
-			conn := connectURL(t, c.URL())
+			conn := Connect(t, c.URL())
 			mustExec(t, conn, `CREATE TABLE t (id int PRIMARY KEY)`)
 			mustExec(t, conn, `INSERT INTO t SELECT generate_series(1, 100)`)
 			var syncNames string
@@ -50,7 +50,7 @@ func TestCluster(t *testing.T) {
 				if c.StandbyURL() != "" {
 					t.Fatalf("round %d: a standby after Failover: %s", round, c.StandbyURL())
 				}
-				conn := connectURL(t, c.URL())
+				conn := Connect(t, c.URL())
 				var inRecovery bool
 				var port, rows int
 				err := conn.QueryRow(context.Background(), `SELECT pg_is_in_recovery(), current_setting('port')::int, (SELECT count(*) FROM t)`).Scan(&inRecovery, &port, &rows)
@@ -64,13 +64,13 @@ func TestCluster(t *testing.T) {
 				c.AddStandby(t)
 			}
 			c.RestartPrimary(t)
-			conn = connectURL(t, c.URL())
+			conn = Connect(t, c.URL())
 			defer conn.Close(context.Background())
 			var rows int
 			if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM t`).Scan(&rows); err != nil || rows != 300 {
 				t.Fatalf("after restart: %d rows, %v", rows, err)
 			}
-			standby := connectURL(t, c.StandbyURL())
+			standby := Connect(t, c.StandbyURL())
 			defer standby.Close(context.Background())
 			deadline := time.Now().Add(30 * time.Second)
 			for {
@@ -90,14 +90,8 @@ func TestCluster(t *testing.T) {
 // named ones.
 func binDirWithout(t *testing.T, pgbin string, without ...string) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "outbox-cdc-pgbin-")
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := serverDir(t, "pgbin") // the postgres user runs them
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil { // the postgres user runs them
-		t.Fatal(err)
-	}
 	entries, err := os.ReadDir(pgbin)
 	if err != nil {
 		t.Fatal(err)
@@ -114,17 +108,6 @@ func binDirWithout(t *testing.T, pgbin string, without ...string) string {
 		}
 	}
 	return dir
-}
-
-func connectURL(t *testing.T, url string) *pgx.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatalf("connect %s: %v", url, err)
-	}
-	return conn
 }
 
 func mustExec(t *testing.T, conn *pgx.Conn, sql string, args ...any) {
@@ -149,11 +132,11 @@ func TestClusterFailoverSlots(t *testing.T) {
 	}
 	c := StartCluster(t, "failoverslots", ClusterOptions{BinDir: pgbin, FailoverSlots: true})
 	ctx := context.Background()
-	primary := connectURL(t, c.URL())
+	primary := Connect(t, c.URL())
 	mustExec(t, primary, `SELECT pg_create_logical_replication_slot('fs', 'pgoutput', false, false, true)`)
 	mustExec(t, primary, `CREATE TABLE t (id int PRIMARY KEY)`)
 	mustExec(t, primary, `INSERT INTO t SELECT generate_series(1, 10)`)
-	standby := connectURL(t, c.StandbyURL())
+	standby := Connect(t, c.StandbyURL())
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		// The standby creates its copy only once the primary's slot needs
@@ -175,7 +158,7 @@ func TestClusterFailoverSlots(t *testing.T) {
 	standby.Close(ctx)
 	primary.Close(ctx)
 	c.Failover(t)
-	conn := connectURL(t, c.URL())
+	conn := Connect(t, c.URL())
 	defer conn.Close(ctx)
 	var reason string
 	if err := conn.QueryRow(ctx, `SELECT coalesce(invalidation_reason, '') FROM pg_replication_slots WHERE slot_name = 'fs'`).Scan(&reason); err != nil || reason != "" {

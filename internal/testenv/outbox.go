@@ -38,16 +38,35 @@ type Outbox struct {
 func NewOutbox(t testing.TB) *Outbox {
 	t.Helper()
 	pgURL, chAddr, chDB := NewPostgresDB(t), ClickHouseAddr(t), NewClickHouseDB(t)
+	migrateOutbox(t, pgURL, chAddr, chDB)
+	return OpenOutbox(t, pgURL, chAddr, chDB)
+}
+
+// Outbox migrates both sides on private servers (PostgreSQL database "cdc",
+// ClickHouse database "default") and connects to them. Its slot is
+// "cdc_outbox", the daemon's default: the server is the test's own.
+func (s *Servers) Outbox(t testing.TB) *Outbox {
+	t.Helper()
+	migrateOutbox(t, s.PGURL, s.CHAddr, "default")
+	o := OpenOutbox(t, s.PGURL, s.CHAddr, "default")
+	o.Slot = "cdc_outbox"
+	return o
+}
+
+// migrateOutbox makes event_outbox and its publication in pgURL's database
+// and the events table in ClickHouse database chDB, as `cdc migrate` does.
+func migrateOutbox(t testing.TB, pgURL, chAddr, chDB string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, pgURL)
 	if err != nil {
 		t.Fatalf("connect postgres: %v", err)
 	}
+	defer conn.Close(context.Background())
 	if _, err := migrations.ApplyPostgres(ctx, conn, migrations.Postgres{Table: "public.event_outbox", Publication: "cdc_outbox"}); err != nil {
 		t.Fatalf("migrate postgres: %v", err)
 	}
-	conn.Close(ctx)
 	ch, err := clickhouse.Open(&clickhouse.Options{Addr: []string{chAddr}})
 	if err != nil {
 		t.Fatalf("open clickhouse: %v", err)
@@ -56,7 +75,6 @@ func NewOutbox(t testing.TB) *Outbox {
 	if _, err := migrations.ApplyClickHouse(ctx, ch, migrations.ClickHouse{Database: chDB, Table: "events"}); err != nil {
 		t.Fatalf("migrate clickhouse: %v", err)
 	}
-	return OpenOutbox(t, pgURL, chAddr, chDB)
 }
 
 // OpenOutbox connects to an outbox that is already migrated.
@@ -105,11 +123,20 @@ func (o *Outbox) Config() *config.Config {
 
 // Env returns CDC_* variables that point the cdc binary at this outbox.
 func (o *Outbox) Env() []string {
-	return []string{
+	return append([]string{
 		"CDC_POSTGRES_URL=" + o.PGURL,
 		"CDC_POSTGRES_SLOT=" + o.Slot,
 		"CDC_CLICKHOUSE_ADDR=" + o.CHAddr,
 		"CDC_CLICKHOUSE_DATABASE=" + o.CHDB,
+	}, FastEnv()...)
+}
+
+// FastEnv returns the CDC_* variables that make the cdc binary react in
+// test time (Config's short intervals) and log JSON. In a process's
+// environment the last entry of a key wins: a test overrides one by
+// appending it after these.
+func FastEnv() []string {
+	return []string{
 		"CDC_BATCH_FLUSH_INTERVAL=100ms",
 		"CDC_RETRY_INITIAL_BACKOFF=50ms",
 		"CDC_RETRY_MAX_BACKOFF=1s",
@@ -122,14 +149,26 @@ func (o *Outbox) Env() []string {
 // Insert commits (or rolls back) one transaction of n events and returns
 // their ids.
 func (o *Outbox) Insert(ctx context.Context, n int, commit bool) ([]int64, error) {
+	return o.InsertTagged(ctx, "", n, commit)
+}
+
+// InsertTagged is Insert with token, when not empty, in each row's
+// event_context.txn: a transaction whose commit failed can be looked for
+// afterwards. The ids are returned even then.
+func (o *Outbox) InsertTagged(ctx context.Context, token string, n int, commit bool) ([]int64, error) {
+	var tag *string // NULL: no txn key at all
+	if token != "" {
+		tag = &token
+	}
 	tx, err := o.PG.Begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer tx.Rollback(ctx)
 	rows, err := tx.Query(ctx, `INSERT INTO event_outbox (event_type, event_date_time, environment, event_context, metadata_version)
-	  SELECT 'order.created', now(), 'test', jsonb_build_object('n', g, 'note', 'événement ✓', 'amount', 12345678901234567890.5), g
-	  FROM generate_series(1, $1) g RETURNING id`, n)
+	  SELECT 'order.created', now(), 'test', jsonb_build_object('n', g, 'note', 'événement ✓', 'amount', 12345678901234567890.5)
+	           || jsonb_strip_nulls(jsonb_build_object('txn', $2::text)), g
+	  FROM generate_series(1, $1) g RETURNING id`, n, tag)
 	if err != nil {
 		return nil, err
 	}

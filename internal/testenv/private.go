@@ -18,8 +18,7 @@ type Servers struct {
 	PGURL  string // database "cdc"
 	CHAddr string
 	dir    string
-	env    []string
-	script string
+	scripted
 }
 
 // StartPrivate starts servers in their own directory on free ports. They
@@ -45,39 +44,22 @@ func StartPrivateClickHouse(t testing.TB, name string) *Servers {
 func startPrivateWith(t testing.TB, name, up string, prepare func(dir string)) *Servers {
 	t.Helper()
 	script := mustEnv(t, EnvScript)
-	dir, err := os.MkdirTemp("/tmp", "outbox-cdc-"+name+"-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The servers run as their own users, which must reach the directory.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	ports := freePorts(t, 4)
+	dir := serverDir(t, name)
+	ports := FreePorts(t, 4)
 	pg, ch := ports[0], ports[1]
 	s := &Servers{
 		PGURL:  fmt.Sprintf("postgres://postgres@127.0.0.1:%d/cdc?sslmode=disable", pg),
 		CHAddr: fmt.Sprintf("127.0.0.1:%d", ch),
 		dir:    dir,
-		script: script,
-		env: append(os.Environ(),
+		scripted: scripted{what: "private servers", script: script, env: append(os.Environ(),
 			"CDC_TESTENV_DIR="+dir,
 			fmt.Sprintf("CDC_TESTENV_PGPORT=%d", pg),
 			fmt.Sprintf("CDC_TESTENV_CHPORT=%d", ch),
 			fmt.Sprintf("CDC_TESTENV_CHHTTPPORT=%d", ports[2]),
 			fmt.Sprintf("CDC_TESTENV_CHINTERPORT=%d", ports[3]),
-		),
+		)},
 	}
-	t.Cleanup(func() {
-		if err := s.run("down"); err != nil {
-			t.Errorf("testenv: stop private servers: %v", err)
-		}
-		if !t.Failed() {
-			os.RemoveAll(dir)
-		} else {
-			t.Logf("private servers' files kept in %s", dir)
-		}
-	})
+	t.Cleanup(func() { s.stopAndRemove(t, dir, "down") })
 	if prepare != nil {
 		prepare(dir)
 	}
@@ -85,29 +67,85 @@ func startPrivateWith(t testing.TB, name, up string, prepare func(dir string)) *
 	return s
 }
 
+// scripted runs scripts/testenv.sh with the environment that points it at
+// one set of private servers (Servers, CHCluster).
+type scripted struct {
+	what   string // for errors: "private servers", "cluster <addrs>"
+	script string
+	env    []string
+}
+
 // Script runs scripts/testenv.sh against these servers (up, down, ch-stop,
-// ch-start, pg-restart).
-func (s *Servers) Script(t testing.TB, args ...string) {
+// ch-start, pg-restart; the cluster-* commands for a CHCluster).
+func (s *scripted) Script(t testing.TB, args ...string) {
 	t.Helper()
 	if err := s.run(args...); err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
 }
 
-func (s *Servers) run(args ...string) error {
+func (s *scripted) run(args ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, s.script, args...)
 	cmd.Env = s.env
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s %s: %w\n%s", s.script, strings.Join(args, " "), err, out)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %s %s: %w\n%s", s.what, s.script, strings.Join(args, " "), err, out)
 	}
 	return nil
 }
 
-// freePorts returns n distinct ports that were free a moment ago.
-func freePorts(t testing.TB, n int) []int {
+// stopAndRemove, for t.Cleanup, stops the servers with the script's down
+// command and removes their directory, which is kept (and named in the
+// log) when the test failed: their logs are in it.
+func (s *scripted) stopAndRemove(t testing.TB, dir, down string) {
+	if err := s.run(down); err != nil {
+		t.Errorf("testenv: stop %s: %v", s.what, err)
+	}
+	if t.Failed() {
+		t.Logf("testenv: %s: files kept in %s", s.what, dir)
+		return
+	}
+	os.RemoveAll(dir)
+}
+
+// serverDir makes a fresh directory for servers of test name. The servers
+// run as their own users (postgres, clickhouse), which must reach it.
+func serverDir(t testing.TB, name string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "outbox-cdc-"+name+"-")
+	if err != nil {
+		t.Fatalf("testenv: server dir: %v", err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatalf("testenv: server dir: %v", err)
+	}
+	return dir
+}
+
+// SetSynchronousStandbyNames sets the server-wide synchronous_standby_names
+// of the private PostgreSQL ("" resets it) and reloads the configuration:
+// the reason such tests need a server of their own.
+func (s *Servers) SetSynchronousStandbyNames(t testing.TB, names string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn := Connect(t, s.PGURL)
+	defer conn.Close(context.Background())
+	set := `ALTER SYSTEM RESET synchronous_standby_names`
+	if names != "" {
+		// ALTER SYSTEM takes no parameters: a quoted literal.
+		set = `ALTER SYSTEM SET synchronous_standby_names = '` + strings.ReplaceAll(names, "'", "''") + `'`
+	}
+	for _, sql := range []string{set, `SELECT pg_reload_conf()`} {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("testenv: %s: %v", sql, err)
+		}
+	}
+}
+
+// FreePorts returns n distinct ports that were free a moment ago.
+func FreePorts(t testing.TB, n int) []int {
 	t.Helper()
 	var ports []int
 	var lns []net.Listener
@@ -126,4 +164,4 @@ func freePorts(t testing.TB, n int) []int {
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func FreePort(t testing.TB) int { return freePorts(t, 1)[0] }
+func FreePort(t testing.TB) int { return FreePorts(t, 1)[0] }

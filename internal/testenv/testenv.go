@@ -72,6 +72,33 @@ func ClickHouseAddr(t testing.TB) string {
 	return mustEnv(t, EnvClickHouseAddr)
 }
 
+// Connect opens a connection to a PostgreSQL URL, closed when the test ends
+// (closing it earlier is fine).
+func Connect(t testing.TB, url string) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatalf("testenv: connect %s: %v", url, err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// WaitFor polls cond every 100 ms until it holds, and fails the test when
+// timeout passes first.
+func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // NewPostgresDB creates a fresh, uniquely named database on the test
 // PostgreSQL server and returns a URL for it. t.Cleanup terminates its
 // backends (walsenders included), drops the logical replication slots that

@@ -58,24 +58,14 @@ func NewPKI(t testing.TB) *PKI {
 func (p *PKI) newCA(t testing.TB, cn, file string) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
 	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(t),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatalf("pki: %v", err)
-	}
+	tmpl := certTemplate(t, cn)
+	tmpl.IsCA, tmpl.BasicConstraintsValid = true, true
+	tmpl.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign
+	der := p.sign(t, file, tmpl, tmpl, key, key) // self-signed
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
 		t.Fatalf("pki: %v", err)
 	}
-	writePEM(t, filepath.Join(p.Dir, file), "CERTIFICATE", der)
 	return cert, key
 }
 
@@ -84,30 +74,45 @@ func (p *PKI) newCA(t testing.TB, cn, file string) (*x509.Certificate, *ecdsa.Pr
 func (p *PKI) issue(t testing.TB, name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, usage x509.ExtKeyUsage, cn string, dns []string) (certFile, keyFile string) {
 	t.Helper()
 	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(t),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-		DNSNames:     dns,
-	}
+	tmpl := certTemplate(t, cn)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{usage}
+	tmpl.DNSNames = dns
 	if ip := net.ParseIP(cn); ip != nil {
 		tmpl.IPAddresses = []net.IP{ip}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatalf("pki: %v", err)
-	}
+	certFile, keyFile = filepath.Join(p.Dir, name+".pem"), filepath.Join(p.Dir, name+"-key.pem")
+	p.sign(t, name+".pem", tmpl, ca, key, caKey)
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		t.Fatalf("pki: %v", err)
 	}
-	certFile, keyFile = filepath.Join(p.Dir, name+".pem"), filepath.Join(p.Dir, name+"-key.pem")
-	writePEM(t, certFile, "CERTIFICATE", der)
 	writePEM(t, keyFile, "PRIVATE KEY", keyDER)
 	return certFile, keyFile
+}
+
+// certTemplate is what every certificate of the PKI shares: a fresh serial,
+// cn, and a validity from an hour ago (clock skew) for a day.
+func certTemplate(t testing.TB, cn string) *x509.Certificate {
+	t.Helper()
+	return &x509.Certificate{
+		SerialNumber: serial(t),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+	}
+}
+
+// sign makes the certificate tmpl for key, signed by parent's parentKey,
+// writes it to file in the PKI's directory and returns its DER.
+func (p *PKI) sign(t testing.TB, file string, tmpl, parent *x509.Certificate, key, parentKey *ecdsa.PrivateKey) []byte {
+	t.Helper()
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		t.Fatalf("pki: %v", err)
+	}
+	writePEM(t, filepath.Join(p.Dir, file), "CERTIFICATE", der)
+	return der
 }
 
 func newKey(t testing.TB) *ecdsa.PrivateKey {
