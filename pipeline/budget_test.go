@@ -121,6 +121,9 @@ func TestBoundedBytes(t *testing.T) {
 		maxBytes int64
 		queue    int
 		chanCap  int
+		// size and maxRows, when set, turn group commit on: batches are
+		// ready at size rows and grow to maxRows while the writer is busy.
+		size, maxRows int
 	}{
 		{rowSize: 10, maxBytes: 100, queue: 0, chanCap: 0},
 		{rowSize: 10, maxBytes: 100, queue: 2, chanCap: 1000},
@@ -128,13 +131,19 @@ func TestBoundedBytes(t *testing.T) {
 		{rowSize: 64 << 10, maxBytes: 16 << 20, queue: 2, chanCap: 1024},
 		// Rows bigger than a batch's cap: one at a time.
 		{rowSize: 250, maxBytes: 100, queue: 2, chanCap: 1024},
+		// Group commit: batches grow past size, still within the budget.
+		{rowSize: 10, maxBytes: 100, queue: 0, chanCap: 0, size: 3, maxRows: 1 << 20},
+		{rowSize: 30, maxBytes: 1000, queue: 2, chanCap: 1000, size: 2, maxRows: 1 << 20},
 	}
 	for _, tt := range tests {
-		t.Run(fmt.Sprintf("rows of %d bytes, max_bytes %d, queue %d, channel %d", tt.rowSize, tt.maxBytes, tt.queue, tt.chanCap), func(t *testing.T) {
+		t.Run(fmt.Sprintf("rows of %d bytes, max_bytes %d, queue %d, channel %d, size %d", tt.rowSize, tt.maxBytes, tt.queue, tt.chanCap, tt.size), func(t *testing.T) {
+			if tt.size == 0 {
+				tt.size, tt.maxRows = 1<<20, 1<<20
+			}
 			var started atomic.Int32
 			release := make(chan struct{})
 			budget := pipeline.DefaultBudget(tt.maxBytes)
-			h := newHarness(t, pipeline.Options{Size: 1 << 20, MaxBytes: tt.maxBytes, FlushInterval: time.Hour,
+			h := newHarness(t, pipeline.Options{Size: tt.size, MaxRows: tt.maxRows, MaxBytes: tt.maxBytes, FlushInterval: time.Hour,
 				Queue: tt.queue, Budget: budget}, 0, tt.chanCap, func(f *fakeDest) {
 				f.write = blockingWrite(release, &started)
 			})
@@ -167,9 +176,13 @@ func TestBoundedBytes(t *testing.T) {
 				}
 			}
 			// Batches are cut by bytes only (no timer), so the budget fills
-			// up to less than one row.
-			if n := accepted.Load(); n < limit-int64(tt.rowSize) {
-				t.Errorf("only %d bytes got in with the writer stuck, want about %d: the budget is not used", n, limit)
+			// up to less than one row, unless the batches hold less: with
+			// group commit, the first one of size rows and the ones that
+			// grow behind it up to max_bytes.
+			perBatch := max(tt.maxBytes/int64(tt.rowSize), 1) * int64(tt.rowSize)
+			want := min(limit, int64(tt.size*tt.rowSize)+int64(tt.queue+1)*perBatch)
+			if n := accepted.Load(); n < want-int64(tt.rowSize) {
+				t.Errorf("only %d bytes got in with the writer stuck, want about %d: the budget is not used", n, want)
 			}
 			close(release)
 			select {

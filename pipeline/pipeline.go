@@ -1,18 +1,21 @@
 // Package pipeline batches outbox rows and delivers each batch: insert into
 // ClickHouse, mark the rows in PostgreSQL, then advance the durable LSN.
 //
-// Two goroutines: the batcher cuts batches (batch.size rows, the byte cap or
-// flush_interval after the first row, whichever comes first) while the writer
-// delivers the previous ones, strictly in order. Each batch carries the end
-// LSN of the last transaction that was complete when it was cut; the writer
-// advances the tracker to it only after the batch is delivered, so a
-// transaction larger than a batch becomes durable with its last batch.
+// Two goroutines: the batcher fills batches while the writer delivers the
+// previous ones, strictly in order. A batch is ready at batch.size rows or
+// flush_interval after its first row, and goes as soon as the writer is
+// free; while the writer is busy it keeps filling up to Options.MaxRows or
+// Options.MaxBytes (group commit: a backlog goes out in a few large inserts).
+// Each batch carries the end LSN of the last transaction that was complete
+// when it was handed over; the writer advances the tracker to it only after
+// the batch is delivered, so a transaction larger than a batch becomes
+// durable with its last batch.
 //
 // Memory is bounded in bytes (docs/configuration.md, Memory): a batch never
 // exceeds Options.MaxBytes (unless it is one row larger than that), and
 // Options.Budget counts every row from the moment its source hands it on
 // until the insert of its batch is over — the input channel, the batch being
-// filled, the Options.Queue batches waiting and the one being written. When
+// filled, the Options.Queue full batches waiting and the one being written. When
 // ClickHouse is down the writer retries, the budget runs out, and the source
 // stops reading (the stream leaves the rest in the slot, with TCP
 // backpressure on the walsender).
@@ -80,16 +83,26 @@ type Positions interface {
 	Advance(lsn pglogrepl.LSN)
 }
 
-// Options tune batching.
+// Options tune batching (see batcher for how they play together).
 type Options struct {
+	// Size and FlushInterval make a batch ready: it goes to a free writer
+	// at Size rows or FlushInterval after its first row.
 	Size          int
-	MaxBytes      int64
 	FlushInterval time.Duration
-	// Queue is how many cut batches may wait for the writer. With 0 a cut
-	// batch waits until the writer takes it: the next batch is still
-	// filled while one is written, with one batch less in memory.
+	// MaxRows and MaxBytes make a batch full: while the writer is busy, a
+	// ready batch keeps filling up to MaxRows rows or MaxBytes bytes
+	// (group commit). MaxRows 0 (or below Size) means Size: no growth.
+	MaxRows  int
+	MaxBytes int64
+	// Queue is how many full batches may wait for the writer. With 0 a
+	// full batch waits until the writer takes it, and no input is taken
+	// meanwhile.
 	Queue int
 	Retry Backoff
+	// quietGap ends a backlog: no item for this long means the batcher
+	// caught up with the source (default FlushInterval/100, at least 1 ms;
+	// tests set it through export_test.go).
+	quietGap time.Duration
 	// Budget, when set, is the byte budget the source acquires each row's
 	// Item.Size from; the pipeline releases a batch's bytes after its
 	// insert. Nil leaves the rows held bounded by counts only.
@@ -114,6 +127,10 @@ type Pipeline struct {
 	obs     Observer
 	retry   backoff.Policy
 	log     *slog.Logger
+	// inserting is set while the writer delivers a batch of rows (insert,
+	// then waiting for the marking before): the batcher tells a backlog
+	// from a writer that is merely not back at its receive yet.
+	inserting atomic.Bool
 }
 
 // New returns a pipeline; t and obs may be nil.
@@ -121,6 +138,7 @@ func New(opts Options, w Writer, mk Marker, t Positions, obs Observer, log *slog
 	if opts.Size <= 0 {
 		opts.Size = 1000
 	}
+	opts.MaxRows = max(opts.MaxRows, opts.Size)
 	if opts.MaxBytes <= 0 {
 		opts.MaxBytes = 16 << 20
 	}
@@ -128,6 +146,9 @@ func New(opts Options, w Writer, mk Marker, t Positions, obs Observer, log *slog
 		opts.FlushInterval = time.Second
 	}
 	opts.Queue = max(opts.Queue, 0)
+	if opts.quietGap <= 0 {
+		opts.quietGap = max(opts.FlushInterval/100, time.Millisecond)
+	}
 	if obs == nil {
 		obs = noObserver{}
 	}
@@ -150,7 +171,9 @@ type batch struct {
 func (p *Pipeline) Run(ctx context.Context, in <-chan Item) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	queue := make(chan *batch, p.opts.Queue)
+	// Unbuffered: a hand-over succeeds exactly when the writer is free,
+	// which is what lets the batch being filled grow meanwhile (batcher).
+	queue := make(chan *batch)
 	// writerDone is closed, not sent on, once writerErr is set: the batcher
 	// and Run both wait for it, and a single value taken by the batcher
 	// would leave Run waiting forever.
@@ -161,7 +184,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan Item) error {
 		writerErr = p.write(ctx, queue)
 	}()
 
-	err := p.batch(ctx, in, queue, writerDone)
+	err := newBatcher(p, in, queue, writerDone).run(ctx)
 	close(queue)
 	if err != nil {
 		cancel()
@@ -181,109 +204,6 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan Item) error {
 
 // errWriterStopped tells Run that the batcher stopped because the writer did.
 var errWriterStopped = errors.New("pipeline: writer stopped")
-
-func (p *Pipeline) batch(ctx context.Context, in <-chan Item, queue chan<- *batch, writerDone <-chan struct{}) error {
-	cur := &batch{rows: make([]sink.Row, 0, p.opts.Size)}
-	var lastSafe, queuedSafe pglogrepl.LSN
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
-
-	// The observer hears once per burst of rows, not per row.
-	unreported := 0
-	report := func() {
-		p.obs.Buffered(unreported, len(cur.rows))
-		unreported = 0
-	}
-
-	cut := func() error {
-		if len(cur.rows) == 0 && lastSafe <= queuedSafe {
-			return nil
-		}
-		report()
-		cur.safe = lastSafe
-		timer.Stop()
-		select {
-		case queue <- cur:
-		case <-writerDone:
-			return errWriterStopped
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		queuedSafe = lastSafe
-		p.obs.Buffered(0, 0)
-		cur = &batch{rows: make([]sink.Row, 0, p.opts.Size)}
-		return nil
-	}
-
-	// take adds one item to the batch being filled, cutting it when full.
-	take := func(it Item) error {
-		if it.Row == nil {
-			lastSafe = max(lastSafe, it.CommitEnd)
-			if len(cur.rows) == 0 {
-				return cut()
-			}
-			return nil
-		}
-		// Cut before the row that would take the batch past MaxBytes: a
-		// batch stays within it, so two of them fit the default budget.
-		if len(cur.rows) > 0 && cur.bytes+int64(it.Size) > p.opts.MaxBytes {
-			if err := cut(); err != nil {
-				return err
-			}
-		}
-		if len(cur.rows) == 0 {
-			timer.Reset(p.opts.FlushInterval)
-		}
-		cur.rows = append(cur.rows, *it.Row)
-		cur.bytes += int64(it.Size)
-		if it.Xid != 0 && (len(cur.xids) == 0 || cur.xids[len(cur.xids)-1] != it.Xid) {
-			cur.xids = append(cur.xids, it.Xid)
-		}
-		unreported++
-		if len(cur.rows) >= p.opts.Size || cur.bytes >= p.opts.MaxBytes {
-			return cut()
-		}
-		return nil
-	}
-
-	for {
-		select {
-		case it, ok := <-in:
-			if !ok {
-				return cut()
-			}
-			if err := take(it); err != nil {
-				return err
-			}
-			// Take what else is already waiting without going back to the
-			// full select: one wake-up per burst of rows, not one per row.
-		drain:
-			for range p.opts.Size {
-				select {
-				case it, ok := <-in:
-					if !ok {
-						return cut()
-					}
-					if err := take(it); err != nil {
-						return err
-					}
-				default:
-					break drain
-				}
-			}
-			report()
-		case <-timer.C:
-			if err := cut(); err != nil {
-				return err
-			}
-		case <-writerDone:
-			return errWriterStopped
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
 
 // write delivers batches in order. Marking batch k runs while batch k+1 is
 // inserted (two servers, two cores' worth of work at once), but the tracker
@@ -346,10 +266,12 @@ func (p *Pipeline) write(ctx context.Context, queue <-chan *batch) error {
 			}
 			continue
 		}
+		p.inserting.Store(true)
 		ids, start, err := p.insert(ctx, b)
 		if err == nil {
 			err = settle()
 		}
+		p.inserting.Store(false)
 		if err != nil {
 			_ = settle() // never leave a marking running behind our back
 			return err

@@ -269,9 +269,9 @@ mutant marking-ignores-visibility ./checkpoint TestMarkingWaitsUntilItsTransacti
 	'		visibleOK = "true"'
 
 mutant pipeline-forgets-xids ./pipeline TestMarkingNamesItsTransactions \
-	pipeline/pipeline.go \
-	'		if it.Xid != 0 && (len(cur.xids) == 0 || cur.xids[len(cur.xids)-1] != it.Xid) {' \
-	'		if false {'
+	pipeline/batcher.go \
+	'	if it.Xid != 0 && (len(cur.xids) == 0 || cur.xids[len(cur.xids)-1] != it.Xid) {' \
+	'	if false {'
 
 mutant source-drops-xid ./internal/daemon TestSourceRowsCarryTheirTransaction \
 	internal/daemon/source.go \
@@ -328,32 +328,28 @@ mutant source-skips-foreign-rows ./internal/daemon TestSourceRefusesRowsOfAnothe
 			return nil
 		}'
 
-# §3.5: the queue of cut batches is bounded (a ClickHouse outage fills it and
+# §3.5: the queue of full batches is bounded (a ClickHouse outage fills it and
 # the batcher stops taking input).
-mutant pipeline-unbounded-queue ./pipeline TestBoundedMemory \
-	pipeline/pipeline.go \
-	'	queue := make(chan *batch, p.opts.Queue)' \
-	'	queue := make(chan *batch, 1<<20)'
+mutant pipeline-unbounded-queue ./pipeline 'TestBoundedMemory|TestGroupCommit' \
+	pipeline/batcher.go \
+	'	if !b.isFull() || b.fullQueued >= b.opts.Queue {' \
+	'	if !b.isFull() {'
 
 # §3.14: a batch is cut at the byte cap, whatever the row size.
 mutant pipeline-no-byte-cap ./pipeline 'TestCut|TestBoundedBytes' \
-	pipeline/pipeline.go \
-	'		if len(cur.rows) > 0 && cur.bytes+int64(it.Size) > p.opts.MaxBytes {' \
-	'		if false {' \
-	'		if len(cur.rows) >= p.opts.Size || cur.bytes >= p.opts.MaxBytes {' \
-	'		if len(cur.rows) >= p.opts.Size {'
+	pipeline/batcher.go \
+	'	if len(b.cur.rows) > 0 && b.cur.bytes+int64(it.Size) > b.opts.MaxBytes {' \
+	'	if false {' \
+	'	return b.holding || len(b.cur.rows) >= b.opts.MaxRows || b.cur.bytes >= b.opts.MaxBytes' \
+	'	return b.holding || len(b.cur.rows) >= b.opts.MaxRows'
 
 # §3.9: closing the input (SIGTERM's drain) delivers what is buffered.
 mutant pipeline-drops-buffer-on-close ./pipeline TestCloseFlushesEverything \
-	pipeline/pipeline.go \
-	'		case it, ok := <-in:
-			if !ok {
-				return cut()
-			}' \
-	'		case it, ok := <-in:
-			if !ok {
-				return nil
-			}'
+	pipeline/batcher.go \
+	'		next := b.next()
+		if next == nil {' \
+	'		next := b.next()
+		if next == nil || b.closing {'
 
 # §3.8: one leader at a time: the lease's lock is exclusive.
 mutant lease-ignores-lock ./internal/lease TestTakeoverFencesTheOldHolder \

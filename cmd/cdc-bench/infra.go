@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -286,11 +287,18 @@ func (b *bench) startCDC(ctx context.Context, e *env, tag string, extra ...strin
 		"CDC_HTTP_LISTEN=" + p.http,
 		"CDC_HTTP_PPROF=true",
 		"CDC_LOG_LEVEL=info",
-		"CDC_BATCH_SIZE=" + strconv.Itoa(b.cfg.batchSize),
 		"CDC_BATCH_FLUSH_INTERVAL=" + b.cfg.flushInterval.String(),
-		"CDC_BATCH_QUEUE=" + strconv.Itoa(b.cfg.queue),
-		"CDC_RUNTIME_MAX_PROCS=" + strconv.Itoa(b.cfg.maxProcs),
 		"CDC_REPLICATION_STANDBY_RETRY=200ms",
+	}
+	// Settings left unset run at cdc's defaults (issue 16: the benchmark
+	// measures the configuration users run).
+	for _, s := range []struct {
+		env string
+		v   int
+	}{{"CDC_BATCH_SIZE", b.cfg.batchSize}, {"CDC_BATCH_MAX_ROWS", b.cfg.maxRows}, {"CDC_BATCH_QUEUE", b.cfg.queue}, {"CDC_RUNTIME_MAX_PROCS", b.cfg.maxProcs}} {
+		if s.v >= 0 {
+			vars = append(vars, s.env+"="+strconv.Itoa(s.v))
+		}
 	}
 	vars = append(vars, b.cfg.cdcEnv...)
 	vars = append(vars, extra...)
@@ -411,6 +419,64 @@ func (p *cdcProc) stop(timeout time.Duration) error {
 // profile fetches a CPU profile of d from the running process into path.
 func (p *cdcProc) profile(d time.Duration, path string) error {
 	return p.fetch(fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(d.Seconds())), path)
+}
+
+// counter reads a counter (or gauge) without labels from /metrics.
+func (p *cdcProc) counter(name string) (float64, error) {
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get("http://" + p.http + "/metrics")
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", name, err)
+	}
+	defer resp.Body.Close()
+	s := bufio.NewScanner(resp.Body)
+	s.Buffer(make([]byte, 64<<10), 1<<20)
+	for s.Scan() {
+		if v, ok := strings.CutPrefix(s.Text(), name+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("metric %s not served by cdc (%v)", name, s.Err())
+}
+
+// insertWatch follows cdc_batches_flushed_total (one per ClickHouse insert
+// of rows) while a run delivers: when the first insert was seen, and how
+// many there were by the end.
+type insertWatch struct {
+	p     *cdcProc
+	stopc chan struct{}
+	done  chan struct{}
+	first time.Time
+}
+
+// watchInserts scrapes /metrics every interval until stop.
+func (p *cdcProc) watchInserts(interval time.Duration) *insertWatch {
+	w := &insertWatch{p: p, stopc: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for w.first.IsZero() {
+			if v, err := p.counter("cdc_batches_flushed_total"); err == nil && v >= 1 {
+				w.first = time.Now()
+				return
+			}
+			select {
+			case <-tick.C:
+			case <-w.stopc:
+				return
+			}
+		}
+	}()
+	return w
+}
+
+// stop returns the inserts made so far and when the first was seen.
+func (w *insertWatch) stop() (n float64, first time.Time, err error) {
+	close(w.stopc)
+	<-w.done
+	n, err = w.p.counter("cdc_batches_flushed_total")
+	return n, w.first, err
 }
 
 // fetch saves what the process serves at uri into path.

@@ -34,16 +34,18 @@ type config struct {
 	pollBatch        int
 	pairs            int
 	batchSize        int
+	maxRows          int
 	latencyBatchSize int
 	queue            int
 	maxProcs         int
 	flushInterval    time.Duration
-	latencyRate      int
+	latencyRates     []int
 	latencyTxnRows   int
 	latencyDuration  time.Duration
 	poll             time.Duration
 	scenarios        map[string]bool
 	jsonPath, mdPath string
+	plotPath         string
 	workDir          string
 	keep             bool
 	profileSeconds   int
@@ -55,6 +57,7 @@ type config struct {
 	memMaxBytes      int64
 	memOutage        time.Duration
 	memPaths         map[string]bool
+	binaryRuns       int
 }
 
 type bench struct {
@@ -86,18 +89,27 @@ func main() {
 	flag.IntVar(&cfg.backlogRows, "backlog-rows", 1_000_000, "rows of the backlog committed while cdc is stopped (peak RSS)")
 	flag.IntVar(&cfg.bigTxnRows, "bigtxn-rows", 1_000_000, "rows of the single big transaction (peak RSS)")
 	flag.IntVar(&cfg.pollBatch, "poll-batch", 1000, "batch size of the polling baseline (the seed's 1000)")
-	flag.IntVar(&cfg.batchSize, "batch-size", 20000, "cdc batch.size of the throughput, backlog and big-transaction runs")
-	flag.IntVar(&cfg.queue, "queue", 0, "cdc batch.queue")
-	flag.IntVar(&cfg.maxProcs, "max-procs", 1, "cdc runtime.max_procs (threads running Go code)")
-	flag.IntVar(&cfg.latencyBatchSize, "latency-batch-size", 1000, "cdc batch.size of the latency run")
+	// -1: not set, cdc runs at its default (the benchmark's configuration
+	// is cdc's default except batch.flush_interval).
+	flag.IntVar(&cfg.batchSize, "batch-size", -1, "cdc batch.size of the throughput, backlog and big-transaction runs (-1: cdc's default)")
+	flag.IntVar(&cfg.maxRows, "max-rows", -1, "cdc batch.max_rows (-1: cdc's default)")
+	flag.IntVar(&cfg.queue, "queue", -1, "cdc batch.queue (-1: cdc's default)")
+	flag.IntVar(&cfg.maxProcs, "max-procs", -1, "cdc runtime.max_procs, threads running Go code (-1: cdc's default)")
+	flag.IntVar(&cfg.latencyBatchSize, "latency-batch-size", -1, "cdc batch.size of the latency runs (-1: as -batch-size)")
 	flag.DurationVar(&cfg.flushInterval, "flush-interval", 500*time.Millisecond, "cdc batch.flush_interval")
-	flag.IntVar(&cfg.latencyRate, "latency-rate", 5000, "offered load of the latency run, rows/s")
+	var rates string
+	flag.StringVar(&rates, "latency-rates", "1000,5000,20000", "offered loads of the latency runs, rows/s, comma-separated")
 	flag.IntVar(&cfg.latencyTxnRows, "latency-txn-rows", 50, "rows per transaction of the latency run")
 	flag.DurationVar(&cfg.latencyDuration, "latency-duration", 20*time.Second, "length of the latency run")
 	flag.DurationVar(&cfg.poll, "poll", 10*time.Millisecond, "how often the benchmark polls ClickHouse")
-	flag.StringVar(&scenarios, "scenarios", "throughput,polling,latency,backlog,bigtxn,memory", "scenarios to run")
-	flag.StringVar(&cfg.jsonPath, "json", "cmd/cdc-bench/results/latest.json", "write the results as JSON here")
-	flag.StringVar(&cfg.mdPath, "md", "cmd/cdc-bench/results/latest.md", "write the table as Markdown here (empty: do not)")
+	flag.StringVar(&scenarios, "scenarios", "throughput,polling,latency,backlog,bigtxn,memory,binary", "scenarios to run")
+	// Every run keeps its own files (issue 22): named by the start time,
+	// never overwritten.
+	var resultsDir string
+	flag.StringVar(&resultsDir, "results", "cmd/cdc-bench/results", "directory of the run's files when -json, -md or -plot is auto")
+	flag.StringVar(&cfg.jsonPath, "json", "auto", "write the results as JSON here (auto: RESULTS/run-<UTC start>.json)")
+	flag.StringVar(&cfg.mdPath, "md", "auto", "write the table as Markdown here (auto: RESULTS/run-<UTC start>.md; empty: do not)")
+	flag.StringVar(&cfg.plotPath, "plot", "auto", "write the latency plot (PNG) here (auto: RESULTS/run-<UTC start>-latency.png; empty: do not)")
 	flag.StringVar(&cfg.workDir, "work", "", "directory for the cdc binary, logs and profiles (default: a new temporary directory)")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the benchmark databases")
 	flag.IntVar(&cfg.profileSeconds, "profile-seconds", 0, "when > 0, save a CPU profile of cdc for this many seconds of the backlog run into the work dir")
@@ -108,9 +120,29 @@ func main() {
 	flag.IntVar(&cfg.memPayload, "memory-payload", 64<<10, "bytes of each row's event_context in the memory scenario")
 	flag.Int64Var(&cfg.memMaxBytes, "memory-max-bytes", 16<<20, "cdc batch.max_bytes of the memory scenario (the default); the bound is 2 × this + 64 MiB")
 	flag.DurationVar(&cfg.memOutage, "memory-outage", 10*time.Second, "how long ClickHouse stays down after the memory scenario's outage rows are committed")
+	flag.IntVar(&cfg.binaryRuns, "binary-runs", 3, "pg_recvlogical runs per format (text, binary) of the binary scenario; the median is reported")
 	var memPaths string
 	flag.StringVar(&memPaths, "memory-paths", "", "paths of the memory scenario to run, by first word: backfill,stream,one,clickhouse,re-drive (default: all)")
 	flag.Parse()
+	for _, r := range strings.Split(rates, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(r))
+		if err != nil || n <= 0 {
+			log.Fatalf("-latency-rates: %q is not a positive number of rows/s", r)
+		}
+		cfg.latencyRates = append(cfg.latencyRates, n)
+	}
+	stamp := "run-" + time.Now().UTC().Format("20060102T150405Z")
+	for _, p := range []struct {
+		path *string
+		ext  string
+	}{{&cfg.jsonPath, ".json"}, {&cfg.mdPath, ".md"}, {&cfg.plotPath, "-latency.png"}} {
+		if *p.path == "auto" {
+			*p.path = filepath.Join(resultsDir, stamp+p.ext)
+		}
+		if _, err := os.Stat(*p.path); *p.path != "" && err == nil {
+			log.Fatalf("%s exists: every run keeps its own results, pick another name", *p.path)
+		}
+	}
 	cfg.memPaths = map[string]bool{}
 	for _, p := range strings.Split(memPaths, ",") {
 		if p = strings.TrimSpace(p); p != "" {
@@ -183,6 +215,7 @@ func run(cfg config) error {
 		{"backlog", b.backlog},
 		{"bigtxn", b.bigTxn},
 		{"memory", b.memory},
+		{"binary", b.binary},
 	}
 	for _, s := range steps {
 		if !cfg.scenarios[s.name] {
@@ -242,7 +275,7 @@ func (b *bench) cleanup() {
 // on a shared 2-core VM one pair of one-second runs swings by a third, and
 // the median of several is the honest figure. Every pair is in the JSON.
 func (b *bench) throughput(ctx context.Context) error {
-	if b.cfg.rows%b.cfg.batchSize != 0 {
+	if b.cfg.batchSize > 0 && b.cfg.rows%b.cfg.batchSize != 0 {
 		log.Printf("warning: -rows %d is not a multiple of -batch-size %d: cdc's last batch waits for the flush interval (%s), which the rate then includes",
 			b.cfg.rows, b.cfg.batchSize, b.cfg.flushInterval)
 	}
@@ -300,10 +333,11 @@ func (b *bench) throughputPair(ctx context.Context, pair int) (throughputResult,
 	e.quiesce(ctx)
 	log.Printf("pg_recvlogical")
 	cpu0 := b.serverCPU()
-	d, n, err := b.runRecvlogical(ctx, e, marker, 10*time.Minute)
+	rr, err := b.runRecvlogical(ctx, e, e.recvSlot(), marker, 10*time.Minute)
 	if err != nil {
 		return r, err
 	}
+	d, n := rr.took, rr.bytes
 	r.RecvCPU = b.serverCPU().since(cpu0).perRow(b.cfg.rows)
 	r.RecvSec = round(d.Seconds(), 3)
 	r.RecvRate = round(float64(b.cfg.rows)/d.Seconds(), 0)
@@ -317,10 +351,21 @@ func (b *bench) throughputPair(ctx context.Context, pair int) (throughputResult,
 	if err != nil {
 		return r, err
 	}
+	inserts := p.watchInserts(50 * time.Millisecond)
 	done, err := e.waitDelivered(ctx, b.cfg.rows, 10*time.Minute, p.alive)
+	nIns, first, ierr := inserts.stop()
+	if err == nil {
+		err = ierr
+	}
 	if err != nil {
 		_ = p.stop(30 * time.Second)
 		return r, err
+	}
+	r.Inserts = int(nIns)
+	if nIns > 1 && done.After(first) {
+		// From the first insert seen to the last row marked: the inserts
+		// after the first, per second of delivery.
+		r.InsertsPerSec = round((nIns-1)/done.Sub(first).Seconds(), 1)
 	}
 	st, err := p.stats()
 	if err != nil {
@@ -332,8 +377,8 @@ func (b *bench) throughputPair(ctx context.Context, pair int) (throughputResult,
 	r.CDCRate = round(float64(b.cfg.rows)/cd.Seconds(), 0)
 	r.CDCPeakRSSMiB = mib(st.HWMBytes)
 	r.CDCCPUSec = round(st.CPUSec, 2)
-	log.Printf("cdc: %s, %.0f rows/s, peak RSS %.1f MiB, cpu %.2fs (%.2f µs/row; postgres %.2f, clickhouse %.2f µs/row)",
-		cd.Round(time.Millisecond), r.CDCRate, r.CDCPeakRSSMiB, st.CPUSec, st.CPUSec*1e6/float64(b.cfg.rows), r.CDCServerCPU.PG, r.CDCServerCPU.CH)
+	log.Printf("cdc: %s, %.0f rows/s, %d inserts (%.1f/s), peak RSS %.1f MiB, cpu %.2fs (%.2f µs/row; postgres %.2f, clickhouse %.2f µs/row)",
+		cd.Round(time.Millisecond), r.CDCRate, r.Inserts, r.InsertsPerSec, r.CDCPeakRSSMiB, st.CPUSec, st.CPUSec*1e6/float64(b.cfg.rows), r.CDCServerCPU.PG, r.CDCServerCPU.CH)
 	if err := p.stop(time.Minute); err != nil {
 		return r, err
 	}
@@ -465,12 +510,18 @@ func (b *bench) pollingRun(ctx context.Context, v pollVariant) (pollingRun, erro
 	return r, e.verify(ctx, b.cfg.rows)
 }
 
+// latency offers each of -latency-rates in turn to one cdc process, with
+// the same settings as the other runs (flush_interval 500ms).
 func (b *bench) latency(ctx context.Context) error {
 	e, err := b.newEnv(ctx, "lat")
 	if err != nil {
 		return err
 	}
-	p, err := b.startCDC(ctx, e, "latency", "CDC_BATCH_SIZE="+strconv.Itoa(b.cfg.latencyBatchSize))
+	var extra []string
+	if b.cfg.latencyBatchSize >= 0 {
+		extra = append(extra, "CDC_BATCH_SIZE="+strconv.Itoa(b.cfg.latencyBatchSize))
+	}
+	p, err := b.startCDC(ctx, e, "latency", extra...)
 	if err != nil {
 		return err
 	}
@@ -478,24 +529,29 @@ func (b *bench) latency(ctx context.Context) error {
 	if err := p.waitReady(ctx, time.Minute); err != nil {
 		return err
 	}
-	log.Printf("offering %d rows/s in transactions of %d for %s", b.cfg.latencyRate, b.cfg.latencyTxnRows, b.cfg.latencyDuration)
-	lr, err := e.runLatency(ctx, b.cfg.latencyRate, b.cfg.latencyTxnRows, b.cfg.latencyDuration)
-	if err != nil {
-		return err
+	rows := 0
+	for _, rate := range b.cfg.latencyRates {
+		log.Printf("offering %d rows/s in transactions of %d for %s", rate, b.cfg.latencyTxnRows, b.cfg.latencyDuration)
+		lr, err := e.runLatency(ctx, rate, b.cfg.latencyTxnRows, b.cfg.latencyDuration)
+		if err != nil {
+			return err
+		}
+		st, err := p.stats()
+		if err != nil {
+			return err
+		}
+		rows += lr.Rows
+		b.res.Latency = append(b.res.Latency, latencyRun{latencyResult: lr, FlushInterval: b.cfg.flushInterval.String(),
+			BatchSize: b.cfg.latencyBatchSize, PeakRSSMiB: mib(st.HWMBytes)})
+		log.Printf("latency: p50 %.1f ms, p99 %.1f ms, max %.1f ms at %.0f rows/s", lr.P50ms, lr.P99ms, lr.Maxms, lr.OfferedRate)
 	}
-	st, err := p.stats()
-	if err != nil {
-		return err
-	}
-	b.res.Latency.latencyResult = lr
-	b.res.Latency.FlushInterval = b.cfg.flushInterval.String()
-	b.res.Latency.BatchSize = b.cfg.latencyBatchSize
-	b.res.Latency.PeakRSSMiB = mib(st.HWMBytes)
-	log.Printf("latency: p50 %.1f ms, p99 %.1f ms, max %.1f ms at %.0f rows/s", lr.P50ms, lr.P99ms, lr.Maxms, lr.OfferedRate)
 	if err := p.stop(time.Minute); err != nil {
 		return err
 	}
-	return e.verify(ctx, lr.Rows)
+	if err := e.verify(ctx, rows); err != nil {
+		return err
+	}
+	return b.plotLatency()
 }
 
 // backlog: rows committed while cdc is stopped, with its slot in place,

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -50,9 +51,20 @@ func findRecvlogical(flag string) (string, error) {
 
 func (e *env) recvSlot() string { return e.name + "_recvlogical" }
 
-func (e *env) createRecvSlot(ctx context.Context) error {
-	_, err := e.pg.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, e.recvSlot())
+func (e *env) createRecvSlot(ctx context.Context) error { return e.createSlot(ctx, e.recvSlot()) }
+
+func (e *env) createSlot(ctx context.Context, slot string) error {
+	_, err := e.pg.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot)
 	return err
+}
+
+// recvRun is one pg_recvlogical run to the marker.
+type recvRun struct {
+	took  time.Duration
+	bytes int64
+	// walsenderCPU is the CPU time (utime + stime, /proc/<pid>/stat) of the
+	// walsender that served the run, read just before it ends.
+	walsenderCPU float64
 }
 
 // emitMarker commits a logical decoding message after the rows.
@@ -61,32 +73,63 @@ func (e *env) emitMarker(ctx context.Context, marker string) error {
 	return err
 }
 
-// runRecvlogical streams the slot until the marker arrives and returns the
-// elapsed time and the bytes it wrote.
-func (b *bench) runRecvlogical(ctx context.Context, e *env, marker string, timeout time.Duration) (time.Duration, int64, error) {
+// runRecvlogical streams slot until the marker arrives; opts are extra
+// pgoutput options (e.g. binary=true).
+func (b *bench) runRecvlogical(ctx context.Context, e *env, slot, marker string, timeout time.Duration, opts ...string) (recvRun, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, b.cfg.recvlogical,
-		"-d", e.pgURL, "--slot", e.recvSlot(), "--start",
+	args := []string{"-d", e.pgURL, "--slot", slot, "--start",
 		"--plugin", "pgoutput",
 		"-o", "proto_version=1", "-o", "publication_names=cdc_outbox", "-o", "messages=true",
 		"-s", "10", "-F", "0",
-		"-f", "-")
+		"-f", "-"}
+	for _, o := range opts {
+		args = append(args, "-o", o)
+	}
+	cmd := exec.CommandContext(ctx, b.cfg.recvlogical, args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return 0, 0, err
+		return recvRun{}, err
 	}
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
-		return 0, 0, err
+		return recvRun{}, err
 	}
 	defer func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	}()
-	want := []byte(marker)
+	walsender := e.watchWalsender(ctx, slot)
+	took, n, err := readToMarker(ctx, out, []byte(marker), &stderr, start)
+	r := recvRun{took: took, bytes: n}
+	if pid := walsender.Load(); pid > 0 {
+		r.walsenderCPU = procTicks(int(pid), false)
+	}
+	return r, err
+}
+
+// watchWalsender finds the pid of the walsender serving slot (polling
+// pg_replication_slots until it is active) and returns it once known.
+func (e *env) watchWalsender(ctx context.Context, slot string) *atomic.Int64 {
+	var pid atomic.Int64
+	go func() {
+		for ctx.Err() == nil {
+			var p *int32
+			if err := e.pg.QueryRow(ctx, `SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&p); err == nil && p != nil {
+				pid.Store(int64(*p))
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	return &pid
+}
+
+// readToMarker reads out until the marker appears and returns the time since
+// start and the bytes read.
+func readToMarker(ctx context.Context, out io.Reader, want []byte, stderr *bytes.Buffer, start time.Time) (time.Duration, int64, error) {
 	buf := make([]byte, 1<<20)
 	var total int64
 	keep := 0 // bytes of the previous read kept so a marker split across reads is found

@@ -81,7 +81,9 @@ func TestBackfillResumesAfterKill(t *testing.T) {
 	bin := cdcBinary(t)
 	o := testenv.NewOutbox(t)
 	deliver, processed := legacyRows(t, o, 80000)
-	env := append(o.Env(), "CDC_BATCH_SIZE=500", "CDC_HTTP_LISTEN=127.0.0.1:0")
+	// Batches of 500 that do not grow (batch.max_rows): many inserts, so
+	// the kill lands mid-backfill.
+	env := append(o.Env(), "CDC_BATCH_SIZE=500", "CDC_BATCH_MAX_ROWS=500", "CDC_HTTP_LISTEN=127.0.0.1:0")
 	dir := t.TempDir()
 	p := startDaemon(t, bin, env, dir, "first")
 	waitUntil(t, "backfill under way", 60*time.Second, func() bool { n, _ := o.CHCount(); return n > 0 })

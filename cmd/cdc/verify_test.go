@@ -180,7 +180,9 @@ func TestVerifyAndReplay(t *testing.T) {
 	big := ids[5000:25000]
 	chDeleteIDs(t, o, fmt.Sprintf("id >= %d AND id <= %d", big[0], big[len(big)-1]))
 	before, _ := o.CHCount()
-	slow := append(append([]string{}, env...), "CDC_BATCH_SIZE=50", "CDC_BATCH_FLUSH_INTERVAL=1h")
+	// Batches of 50 that do not grow (batch.max_rows): many inserts, so the
+	// kill lands mid-replay.
+	slow := append(append([]string{}, env...), "CDC_BATCH_SIZE=50", "CDC_BATCH_MAX_ROWS=50", "CDC_BATCH_FLUSH_INTERVAL=1h")
 	cmd := exec.Command(bin, append([]string{"replay"}, rangeArgs...)...)
 	cmd.Env = append(os.Environ(), slow...)
 	if err := cmd.Start(); err != nil {

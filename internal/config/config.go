@@ -160,16 +160,21 @@ func (ch ClickHouse) Quorum() int {
 
 // Batch controls when buffered rows are cut into a batch and flushed.
 type Batch struct {
-	// Size is the maximum number of rows in one batch (batch.size, default 1000).
+	// Size is the number of rows at which a batch goes to a free writer
+	// (batch.size, default 1000).
 	Size int
-	// FlushInterval is the longest time a row waits in the buffer
-	// (batch.flush_interval, default 1s).
+	// FlushInterval is the longest time a row waits in the buffer while
+	// the writer is free (batch.flush_interval, default 1s).
 	FlushInterval time.Duration
+	// MaxRows caps a batch that keeps filling while an insert is in
+	// flight (batch.max_rows, default 100000; below batch.size it means
+	// batch.size: batches do not grow).
+	MaxRows int
 	// MaxBytes caps the payload bytes of one batch (batch.max_bytes,
 	// default 16 MiB; accepts plain bytes or KiB/MiB/GiB suffixes).
 	MaxBytes int64
-	// QueueBatches is how many cut batches may wait for the writer
-	// (batch.queue, default 2; 0: a cut batch waits until the writer takes it).
+	// QueueBatches is how many full batches may wait for the writer
+	// (batch.queue, default 2; 0: a full batch waits until the writer takes it).
 	QueueBatches int
 }
 

@@ -58,7 +58,7 @@ func wantDefaults() *Config {
 			Username: "default", Password: "", DialTimeout: 10 * time.Second, Compression: "lz4",
 			InsertQuorum: "auto", InsertQuorumTimeout: time.Minute, EventContextType: "auto",
 		},
-		Batch:       Batch{Size: 1000, FlushInterval: time.Second, MaxBytes: 16 << 20, QueueBatches: 2},
+		Batch:       Batch{Size: 1000, FlushInterval: time.Second, MaxRows: 100000, MaxBytes: 16 << 20, QueueBatches: 2},
 		HTTP:        HTTP{Listen: "127.0.0.1:9187", Pprof: false},
 		Log:         Log{Level: "info", Format: "auto"},
 		Sentry:      Sentry{},
@@ -102,6 +102,7 @@ clickhouse:
 batch:
   size: 5000
   flush_interval: 250ms
+  max_rows: 50000
   max_bytes: 4MiB
   queue: 4
 http:
@@ -143,7 +144,7 @@ runtime:
 			Username: "writer", Password: "0123", DialTimeout: 3 * time.Second, Compression: "none",
 			InsertQuorum: "auto", InsertQuorumTimeout: time.Minute, EventContextType: "string",
 		},
-		Batch:       Batch{Size: 5000, FlushInterval: 250 * time.Millisecond, MaxBytes: 4 << 20, QueueBatches: 4},
+		Batch:       Batch{Size: 5000, FlushInterval: 250 * time.Millisecond, MaxRows: 50000, MaxBytes: 4 << 20, QueueBatches: 4},
 		HTTP:        HTTP{Listen: ":0", Pprof: true},
 		Log:         Log{Level: "debug", Format: "json"},
 		Sentry:      Sentry{DSN: "https://abc@o1.ingest.sentry.io/42", Environment: "staging", Release: "1.10"},
@@ -207,6 +208,7 @@ runtime:
 			env: map[string]string{
 				"CDC_CLICKHOUSE_PASSWORD":         "s3cret ",
 				"CDC_BATCH_MAX_BYTES":             "1048576",
+				"CDC_BATCH_MAX_ROWS":              "20000",
 				"CDC_BATCH_QUEUE":                 "3",
 				"CDC_HTTP_PPROF":                  "true",
 				"CDC_LOG_FORMAT":                  "text",
@@ -223,6 +225,7 @@ runtime:
 				c.Postgres.URL = "postgres://file/db"
 				c.ClickHouse.Password = "s3cret " // passwords are kept verbatim
 				c.Batch.MaxBytes = 1 << 20
+				c.Batch.MaxRows = 20000
 				c.Batch.QueueBatches = 3
 				c.HTTP.Pprof = true
 				c.Log.Format = "text"
@@ -397,6 +400,12 @@ func TestValidationErrors(t *testing.T) {
 			`clickhouse.tls.server_name must be a host name like clickhouse.example.com (empty: the host of each clickhouse.addr entry), got "ch.example.com:9440" (from CDC_CLICKHOUSE_TLS_SERVER_NAME)`},
 		{"clickhouse.tls.insecure_skip_verify", nil, "clickhouse:\n  tls:\n    insecure_skip_verify: sometimes\n",
 			`clickhouse.tls.insecure_skip_verify must be true or false, got "sometimes" (from FILE line 3)`},
+		{"batch.max_rows", map[string]string{"CDC_BATCH_MAX_ROWS": "lots"}, "",
+			`batch.max_rows must be a positive integer, got "lots" (from CDC_BATCH_MAX_ROWS)`},
+		{"batch.max_rows", nil, "batch:\n  max_rows: 0\n",
+			`batch.max_rows must be a positive integer, got "0" (from FILE line 2)`},
+		{"batch.max_rows", nil, "batch:\n  max_rows: 2000000\n",
+			`batch.max_rows must be at most 1000000, got 2000000 (from FILE line 2)`},
 		{"batch.size", map[string]string{"CDC_BATCH_SIZE": "banana"}, "",
 			`batch.size must be a positive integer, got "banana" (from CDC_BATCH_SIZE)`},
 		{"batch.size", nil, "batch:\n  size: 0\n",
@@ -544,7 +553,7 @@ func TestFileErrors(t *testing.T) {
 		{"flat dotted key", "batch.size: 10\n",
 			`config file FILE line 1: unknown key "batch.size": write it nested, as batch: then size: indented below it`},
 		{"section given a value", "batch: 10\n",
-			`config file FILE line 1: batch must be a mapping of keys (size, flush_interval, max_bytes, queue)`},
+			`config file FILE line 1: batch must be a mapping of keys (size, flush_interval, max_rows, max_bytes, queue)`},
 		{"nested group given a value", "clickhouse:\n  tls: true\n",
 			`config file FILE line 2: clickhouse.tls must be a mapping of keys (enabled, ca_file, cert_file, key_file, server_name, insecure_skip_verify)`},
 		{"typo in a nested key", "clickhouse:\n  tls:\n    ca_fil: /ca.pem\n",

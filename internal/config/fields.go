@@ -66,6 +66,7 @@ var specs = []spec{
 
 	{"batch.size", kindInt, "1000", func(c *Config) any { return &c.Batch.Size }},
 	{"batch.flush_interval", kindDuration, "1s", func(c *Config) any { return &c.Batch.FlushInterval }},
+	{"batch.max_rows", kindInt, "100000", func(c *Config) any { return &c.Batch.MaxRows }},
 	{"batch.max_bytes", kindBytes, "16777216", func(c *Config) any { return &c.Batch.MaxBytes }},
 	{"batch.queue", kindCount, "2", func(c *Config) any { return &c.Batch.QueueBatches }},
 

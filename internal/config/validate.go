@@ -196,6 +196,12 @@ func (c *Config) validateRest() error {
 	if err := positive("batch.flush_interval", c.Batch.FlushInterval); err != nil {
 		return err
 	}
+	if c.Batch.MaxRows <= 0 {
+		return keyErr("batch.max_rows", "must be a positive integer, got %d", c.Batch.MaxRows)
+	}
+	if c.Batch.MaxRows > MaxBatchSize {
+		return keyErr("batch.max_rows", "must be at most %d, got %d", MaxBatchSize, c.Batch.MaxRows)
+	}
 	if c.Batch.MaxBytes <= 0 {
 		return keyErr("batch.max_bytes", "must be a positive number of bytes like 16777216 or 16MiB, got %d", c.Batch.MaxBytes)
 	}

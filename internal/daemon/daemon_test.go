@@ -182,6 +182,7 @@ func TestTransactionLargerThanFiveBatches(t *testing.T) {
 	o := testenv.NewOutbox(t)
 	cfg := o.Config()
 	cfg.Batch.Size = 100
+	cfg.Batch.MaxRows = 100 // batches of 100 exactly: no group commit
 	r := start(t, cfg)
 	r.waitStreaming(t)
 

@@ -183,7 +183,7 @@ func startDelivery(ctx context.Context, cfg *config.Config, w pipeline.Writer, m
 	// the slot and the table it concerns.
 	log = log.With("slot", cfg.Postgres.Slot, "table", cfg.Postgres.Table)
 	p := pipeline.New(pipeline.Options{
-		Size: cfg.Batch.Size, MaxBytes: cfg.Batch.MaxBytes, FlushInterval: cfg.Batch.FlushInterval,
+		Size: cfg.Batch.Size, MaxRows: cfg.Batch.MaxRows, MaxBytes: cfg.Batch.MaxBytes, FlushInterval: cfg.Batch.FlushInterval,
 		Queue: cfg.Batch.QueueBatches, Retry: pipeline.Backoff{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff},
 		Budget: budget,
 	}, w, mk, positions, obs, log)
