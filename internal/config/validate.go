@@ -34,7 +34,9 @@ func (c *Config) Validate() error {
 	checks := []func() error{
 		c.Postgres.validate,
 		c.ClickHouse.validate,
-		c.validateRest,
+		c.validateBatch,
+		c.validateOutputs,
+		c.validateTiming,
 		c.validateViews,
 	}
 	for _, check := range checks {
@@ -186,7 +188,8 @@ func (t ClickHouseTLS) validate() error {
 // recover (the sink's lookup of a re-sent batch goes in chunks of ids).
 const MaxBatchSize = 1_000_000
 
-func (c *Config) validateRest() error {
+// validateBatch checks batch.*.
+func (c *Config) validateBatch() error {
 	if c.Batch.Size <= 0 {
 		return keyErr("batch.size", "must be a positive integer, got %d", c.Batch.Size)
 	}
@@ -208,7 +211,12 @@ func (c *Config) validateRest() error {
 	if c.Batch.QueueBatches < 0 {
 		return keyErr("batch.queue", "must be an integer, 0 or more, got %d", c.Batch.QueueBatches)
 	}
+	return nil
+}
 
+// validateOutputs checks what the process serves and reports to: http.*,
+// log.*, sentry.*.
+func (c *Config) validateOutputs() error {
 	if host, port, err := net.SplitHostPort(c.HTTP.Listen); err != nil || strings.ContainsAny(host, " /") || !validPort(port, 0) {
 		return keyErr("http.listen", "must be host:port like 127.0.0.1:9187 or :9187, got %q", c.HTTP.Listen)
 	}
@@ -230,7 +238,12 @@ func (c *Config) validateRest() error {
 			return keyErr("sentry.dsn", "must be empty (off) or a Sentry DSN like https://PUBLIC_KEY@o0.ingest.sentry.io/PROJECT_ID (value not shown)")
 		}
 	}
+	return nil
+}
 
+// validateTiming checks the intervals, backoffs and limits of the other
+// sections.
+func (c *Config) validateTiming() error {
 	if err := positive("shutdown.grace", c.Shutdown.Grace); err != nil {
 		return err
 	}
