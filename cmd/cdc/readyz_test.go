@@ -22,7 +22,8 @@ func TestReadyzReasons(t *testing.T) {
 	bin := cdcBinary(t)
 	o := testenv.NewOutbox(t)
 	ctx := context.Background()
-	// Rows that predate the slot, backfilled one per insert, each insert
+	// Rows that predate the slot, backfilled one per insert (max_rows 1: no
+	// group commit, and sleepEachRow refuses a block over 3 s), each insert
 	// slowed by the table: the backfill lasts long enough to be seen.
 	preexisting := o.MustInsert(15, true)
 	if err := o.CH.Exec(ctx, fmt.Sprintf("ALTER TABLE `%s`.events ADD COLUMN _slow UInt8 MATERIALIZED sleepEachRow(0.3)", o.CHDB)); err != nil {
@@ -31,7 +32,7 @@ func TestReadyzReasons(t *testing.T) {
 	pa, pb := testenv.FreePort(t), testenv.FreePort(t)
 	readyA, readyB := fmt.Sprintf("http://127.0.0.1:%d/readyz", pa), fmt.Sprintf("http://127.0.0.1:%d/readyz", pb)
 	dir := t.TempDir()
-	envA := append(withListen(o.Env(), pa), "CDC_BATCH_SIZE=1", "CDC_RETRY_INITIAL_BACKOFF=5s", "CDC_RETRY_MAX_BACKOFF=10s")
+	envA := append(withListen(o.Env(), pa), "CDC_BATCH_SIZE=1", "CDC_BATCH_MAX_ROWS=1", "CDC_RETRY_INITIAL_BACKOFF=5s", "CDC_RETRY_MAX_BACKOFF=10s")
 	a := startDaemon(t, bin, envA, dir, "a")
 	waitReason(t, "a backfilling", readyA, 503, "backfilling: delivering the rows that predate slot")
 	waitReason(t, "a ready", readyA, 200, "ready")
