@@ -26,6 +26,24 @@ func every(ctx context.Context, interval time.Duration, fn func(context.Context)
 	}
 }
 
+// everyAfter runs fn every interval, the first time one interval from now,
+// until ctx ends; an interval of 0 or less runs nothing.
+func everyAfter(ctx context.Context, interval time.Duration, fn func(context.Context)) {
+	if interval <= 0 {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fn(ctx)
+	}
+}
+
 // monitorSlot keeps the slot gauges current on every instance (leader or
 // standby), warns while the lag is over replication.lag_warn_bytes, and
 // logs a periodic summary.

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -171,18 +170,7 @@ func (c *countingMarker) MarkFailed(ctx context.Context, f []checkpoint.Failure,
 
 // retryLoop re-drives failed rows every interval while the session lasts.
 func (d *Daemon) retryLoop(ctx context.Context) {
-	every := d.cfg.Failed.RetryInterval
-	if every <= 0 {
-		return
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	everyAfter(ctx, d.cfg.Failed.RetryInterval, func(ctx context.Context) {
 		res, err := d.redriveOnce(ctx)
 		switch {
 		case err != nil && ctx.Err() == nil:
@@ -190,5 +178,5 @@ func (d *Daemon) retryLoop(ctx context.Context) {
 		case res.Read > 0:
 			d.log.Info("re-drove failed rows", "rows", res.Read, "still_failed", res.StillFailed)
 		}
-	}
+	})
 }

@@ -14,18 +14,7 @@ import (
 // (cdc replay, docs/operations.md). A failed run leaves the gauges as they
 // were and is logged.
 func (d *Daemon) verifyLoop(ctx context.Context) {
-	every := d.cfg.Verify.Interval
-	if every <= 0 {
-		return
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	everyAfter(ctx, d.cfg.Verify.Interval, func(ctx context.Context) {
 		rep, err := d.verifyWindow(ctx)
 		switch {
 		case err != nil:
@@ -47,7 +36,7 @@ func (d *Daemon) verifyLoop(ctx context.Context) {
 				d.log.Warn("periodic verify: ClickHouse differs from the outbox; see cdc verify and cdc replay in docs/operations.md", args...)
 			}
 		}
-	}
+	})
 }
 
 // verifyWindow verifies the rows created in the last verify.window; nil
