@@ -31,26 +31,7 @@ func TestMain(m *testing.M) {
 // the sink runs on it through OpenConn, with its normal Write path.
 func modernEngine(t *testing.T) *testEngine {
 	t.Helper()
-	eng, err := chdb.Shared()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := eng.ServerVersion()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if v.Version.Major < 24 {
-		t.Fatalf("embedded engine is ClickHouse %s; these checks are for 24 and later", eng.Version())
-	}
-	db, drop, err := eng.NewDatabase(context.Background(), t.Name())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := drop(); err != nil {
-			t.Errorf("drop database %s: %v", db, err)
-		}
-	})
+	eng, db := chdb.ForTest(t, 24, 0)
 	return &testEngine{name: "ClickHouse " + eng.Version() + " (embedded)", modern: true, conn: eng, db: db,
 		open: func(t *testing.T, table string) *ClickHouse {
 			t.Helper()
