@@ -19,6 +19,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -63,6 +64,14 @@ type Store struct {
 	pool  *pgxpool.Pool
 	table string // quoted, schema-qualified
 	fence []Term
+	// db runs the marking statements: the pool, or a Marking's transaction.
+	db querier
+}
+
+// querier is what runs a marking statement: a pool or a transaction.
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 // Term is a lease (a row of cdc_lease) and the term its holder was given.
@@ -84,7 +93,7 @@ func (fencedError) Permanent() bool { return true }
 
 // NewStore marks rows of table ("schema.name" or "name") through pool.
 func NewStore(pool *pgxpool.Pool, table string) *Store {
-	return &Store{pool: pool, table: QuoteTable(table)}
+	return &Store{pool: pool, table: QuoteTable(table), db: pool}
 }
 
 // Fenced returns a store whose markings happen only while every given
@@ -104,7 +113,7 @@ func (s *Store) Fenced(terms ...Term) *Store {
 // visible is false).
 func (s *Store) exec(ctx context.Context, xids []uint32, q string, args ...any) (visible bool, err error) {
 	if len(s.fence) == 0 && len(xids) == 0 {
-		_, err := s.pool.Exec(ctx, q, args...)
+		_, err := s.db.Exec(ctx, q, args...)
 		return err == nil, err
 	}
 	var ctes []string
@@ -134,7 +143,7 @@ func (s *Store) exec(ctx context.Context, xids []uint32, q string, args ...any) 
 	  marked AS (%s AND %s AND %s RETURNING 1)
 	SELECT %s, %s`, strings.Join(ctes, ",\n\t  "), q, fenceOK, visibleOK, fenceOK, visibleOK)
 	var ok bool
-	if err := s.pool.QueryRow(ctx, stmt, args...).Scan(&ok, &visible); err != nil {
+	if err := s.db.QueryRow(ctx, stmt, args...).Scan(&ok, &visible); err != nil {
 		return false, err
 	}
 	if !ok {

@@ -44,6 +44,19 @@ func TestMarkingWaitsUntilItsTransactionsAreVisible(t *testing.T) {
 			return s.MarkFailed(ctx, f, xids)
 		}
 	}
+	inMarking := func(s *checkpoint.Store) func(context.Context, []int64, []uint32) error {
+		return func(ctx context.Context, ids []int64, xids []uint32) error {
+			m, err := s.BeginMarking(ctx)
+			if err != nil {
+				return err
+			}
+			defer m.Rollback(context.Background())
+			if err := m.MarkProcessed(ctx, ids, xids); err != nil {
+				return err
+			}
+			return m.Commit(ctx)
+		}
+	}
 	tests := []struct {
 		name   string
 		mark   func(context.Context, []int64, []uint32) error
@@ -51,6 +64,8 @@ func TestMarkingWaitsUntilItsTransactionsAreVisible(t *testing.T) {
 	}{
 		{"processed", processed(plain), "processed"},
 		{"processed, fenced", processed(fenced), "processed"},
+		{"processed in a marking", inMarking(plain), "processed"},
+		{"processed in a marking, fenced", inMarking(fenced), "processed"},
 		{"failed", failed(plain), "failed"},
 		{"failed, fenced", failed(fenced), "failed"},
 	}

@@ -129,6 +129,8 @@ type ClickHouse struct {
 	digest      *xxhash.Digest
 	good        []convertedRow
 	busy, spare []*block
+	// app is the INSERT kept open by Append, if any (append.go).
+	app *appending
 
 	// hwm is the highest position that may already be stored: rows at or
 	// below it are checked by id before inserting.
@@ -223,6 +225,10 @@ func connOptions(opts Options, addrs []string, timeout time.Duration) *clickhous
 
 // Close closes the connections.
 func (c *ClickHouse) Close() error {
+	if c.app != nil {
+		_ = c.app.batch.Abort()
+		c.app = nil
+	}
 	c.closePeers()
 	return c.conn.Close()
 }
@@ -317,6 +323,9 @@ func sameRelation(a, b *decoder.Relation) bool {
 // Recover reloads the table's columns and finds the highest stored position
 // at or above floor (the slot's confirmed LSN: nothing below it is re-sent).
 func (c *ClickHouse) Recover(ctx context.Context, floor uint64) error {
+	if c.app != nil {
+		c.abandon(c.app.last)
+	}
 	if err := c.loadColumns(ctx); err != nil {
 		return err
 	}
@@ -359,6 +368,9 @@ func (c *ClickHouse) Write(ctx context.Context, rows []Row) (Result, error) {
 	var res Result
 	if len(rows) == 0 {
 		return res, nil
+	}
+	if c.app != nil {
+		return res, fmt.Errorf("clickhouse %s: write while an appended INSERT of %d rows is open (commit it first)", c.addr(), c.app.rows)
 	}
 	todo := rows
 	if c.uncertain {
