@@ -71,7 +71,11 @@ type batcher struct {
 	due, backlog, closing bool
 	// caughtUp is set when no item came for opts.quietGap while a backlog
 	// held a batch back, until the next item.
-	caughtUp     bool
+	caughtUp bool
+	// quietCut is set when the input went quiet while the writer held an
+	// INSERT open (Options.Append): the batch being filled is ready, and
+	// the INSERT is committed after it (batch.last).
+	quietCut     bool
 	timer, quiet *time.Timer
 	// unreported rows received: the observer hears once per burst.
 	unreported int
@@ -140,9 +144,15 @@ func (b *batcher) wait(ctx context.Context) error {
 	if !b.isFull() {
 		in = b.in
 	}
-	if b.backlog && len(b.cur.rows) >= b.opts.Size {
+	switch {
+	case b.backlog && len(b.cur.rows) >= b.opts.Size:
 		// Held back by the backlog: unless more comes soon, it is over.
 		b.quiet.Reset(b.opts.quietGap)
+		defer b.quiet.Stop()
+	case b.p.open.Load() && len(b.cur.rows) > 0 && next == nil:
+		// A partial batch while an INSERT is open: the tail of a backlog,
+		// unless more comes within linger.
+		b.quiet.Reset(b.opts.linger)
 		defer b.quiet.Stop()
 	}
 	select {
@@ -157,6 +167,7 @@ func (b *batcher) wait(ctx context.Context) error {
 		b.due = true
 	case <-b.quiet.C:
 		b.backlog, b.caughtUp = false, true
+		b.quietCut = b.p.open.Load()
 	case <-b.writerDone:
 		return errWriterStopped
 	case <-ctx.Done():
@@ -167,7 +178,7 @@ func (b *batcher) wait(ctx context.Context) error {
 
 // take adds one item to the batch being filled.
 func (b *batcher) take(it Item) {
-	b.caughtUp = false
+	b.caughtUp, b.quietCut = false, false
 	if it.Row == nil {
 		b.lastSafe = max(b.lastSafe, it.CommitEnd)
 		if len(b.cur.rows) == 0 {
@@ -190,6 +201,7 @@ func (b *batcher) add(it Item) {
 	cur := b.cur
 	if len(cur.rows) == 0 {
 		b.timer.Reset(b.opts.FlushInterval)
+		cur.first = time.Now()
 	}
 	cur.rows = append(cur.rows, *it.Row)
 	cur.bytes += int64(it.Size)
@@ -226,6 +238,7 @@ func (b *batcher) queueFull() {
 		return
 	}
 	b.cur.safe = b.lastSafe
+	b.cur.more = true
 	b.queued = append(b.queued, b.cur)
 	b.fullQueued++
 	b.restart(b.cur.safe)
@@ -236,7 +249,7 @@ func (b *batcher) queueFull() {
 func (b *batcher) restart(safe pglogrepl.LSN) {
 	b.sentSafe = safe
 	b.timer.Stop()
-	b.due, b.backlog = false, false
+	b.due, b.backlog, b.quietCut = false, false, false
 	b.cur = newBatch(b.opts.Size)
 	if b.holding {
 		b.add(b.held)
@@ -256,10 +269,16 @@ func (b *batcher) next() *batch {
 	}
 	cur := b.cur
 	n := len(cur.rows)
-	if n == 0 || !(n >= b.opts.Size && !b.backlog || b.due || b.closing || b.isFull()) {
+	// Appending (Options.Append), a backlog is not held back: its batches
+	// go into one open INSERT anyway, and are freed once sent.
+	if n == 0 || !(n >= b.opts.Size && (!b.backlog || b.opts.Append) || b.due || b.closing || b.quietCut || b.isFull()) {
 		return nil
 	}
 	cur.safe = b.lastSafe
+	cur.last = b.quietCut
+	// Filled faster than linger, or past batch.size while the writer was
+	// busy: a backlog, more is coming (an open INSERT waits for it).
+	cur.more = time.Since(cur.first) < b.opts.linger || n > b.opts.Size
 	return cur
 }
 

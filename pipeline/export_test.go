@@ -8,3 +8,10 @@ func WithQuietGap(o Options, d time.Duration) Options {
 	o.quietGap = d
 	return o
 }
+
+// WithLinger sets how fast a batch must fill to count as a backlog and how
+// long a partial batch waits while an INSERT is open (Options.linger).
+func WithLinger(o Options, d time.Duration) Options {
+	o.linger = d
+	return o
+}

@@ -98,11 +98,22 @@ type Options struct {
 	// full batch waits until the writer takes it, and no input is taken
 	// meanwhile.
 	Queue int
-	Retry Backoff
+	// Append keeps one INSERT open across the batches of a backlog when
+	// the Writer is an Appender (see writer): a backlog then makes an
+	// INSERT per MaxRows rows or FlushInterval, not one per batch. Only
+	// for a source whose rows can be read again after a failed INSERT
+	// (the stream, from its slot): the rows sent are not kept.
+	Append bool
+	Retry  Backoff
 	// quietGap ends a backlog: no item for this long means the batcher
 	// caught up with the source (default FlushInterval/100, at least 1 ms;
 	// tests set it through export_test.go).
 	quietGap time.Duration
+	// linger tells a backlog from a live stream: a batch that filled
+	// faster is part of a backlog, and an INSERT kept open waits for the
+	// next one; a partial batch with no row for this long ends it
+	// (default FlushInterval/20).
+	linger time.Duration
 	// Budget, when set, is the byte budget the source acquires each row's
 	// Item.Size from; the pipeline releases a batch's bytes after its
 	// insert. Nil leaves the rows held bounded by counts only.
@@ -131,6 +142,9 @@ type Pipeline struct {
 	// then waiting for the marking before): the batcher tells a backlog
 	// from a writer that is merely not back at its receive yet.
 	inserting atomic.Bool
+	// open is set while the writer keeps an INSERT open across batches
+	// (Options.Append): a partial batch then goes once the input is quiet.
+	open atomic.Bool
 }
 
 // New returns a pipeline; t and obs may be nil.
@@ -149,6 +163,12 @@ func New(opts Options, w Writer, mk Marker, t Positions, obs Observer, log *slog
 	if opts.quietGap <= 0 {
 		opts.quietGap = max(opts.FlushInterval/100, time.Millisecond)
 	}
+	if opts.linger <= 0 {
+		opts.linger = max(opts.FlushInterval/20, time.Millisecond)
+	}
+	if _, ok := w.(Appender); !ok {
+		opts.Append = false
+	}
 	if obs == nil {
 		obs = noObserver{}
 	}
@@ -163,6 +183,13 @@ type batch struct {
 	// xids are the transactions of the streamed rows, once each (a
 	// transaction's rows come together; one cut in two batches is in both).
 	xids []uint32
+	// last is set on a batch cut because the input went quiet while an
+	// INSERT was open: the writer commits that INSERT after it.
+	last bool
+	// more is set when the batch filled as a backlog does (see next):
+	// an INSERT left open after it waits for the next one.
+	more  bool
+	first time.Time // when its first row came
 }
 
 // Run delivers items until in is closed (then everything received is
@@ -181,7 +208,7 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan Item) error {
 	var writerErr error
 	go func() {
 		defer close(writerDone)
-		writerErr = p.write(ctx, queue)
+		writerErr = newWriter(p).run(ctx, queue)
 	}()
 
 	err := newBatcher(p, in, queue, writerDone).run(ctx)
@@ -204,95 +231,6 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan Item) error {
 
 // errWriterStopped tells Run that the batcher stopped because the writer did.
 var errWriterStopped = errors.New("pipeline: writer stopped")
-
-// write delivers batches in order. Marking batch k runs while batch k+1 is
-// inserted (two servers, two cores' worth of work at once), but the tracker
-// still advances strictly in order: to batch k's safe LSN only once batch k
-// is marked, and before batch k+1's marking starts. Rejected rows are the
-// exception that does not overlap: they are marked failed before the next
-// batch is inserted, because after a crash a rejected row that is not yet
-// marked must still be inside the window the sink re-checks.
-func (p *Pipeline) write(ctx context.Context, queue <-chan *batch) error {
-	var (
-		marking chan error // the batch being marked, if any
-		// safe is the position that becomes durable with the marking in
-		// flight: its batch's, or a later one riding on it.
-		safe atomic.Uint64
-	)
-	// marked takes the outcome of the batch being marked: durable unless
-	// the marking failed.
-	marked := func(err error) error {
-		marking = nil
-		if err != nil {
-			return err
-		}
-		p.advance(pglogrepl.LSN(safe.Load()))
-		return nil
-	}
-	// settle waits for the batch being marked, if any.
-	settle := func() error {
-		if marking == nil {
-			return nil
-		}
-		return marked(<-marking)
-	}
-	for {
-		var (
-			b  *batch
-			ok bool
-		)
-		select {
-		case err := <-marking: // a nil channel (nothing being marked) never fires
-			// Durable as soon as it is marked, not when the next batch
-			// comes: an idle stream must still confirm its last commit.
-			if err := marked(err); err != nil {
-				return err
-			}
-			continue
-		case b, ok = <-queue:
-		}
-		if !ok {
-			return settle()
-		}
-		if len(b.rows) == 0 {
-			// Only a position (a commit that ended right after a full batch,
-			// or an idle stream): it is durable once the batches before it
-			// are, so it rides on the marking in flight. Waiting for that
-			// marking here would hold the next insert back behind it.
-			if marking != nil {
-				safe.Store(uint64(b.safe))
-			} else {
-				p.advance(b.safe)
-			}
-			continue
-		}
-		p.inserting.Store(true)
-		ids, start, err := p.insert(ctx, b)
-		if err == nil {
-			err = settle()
-		}
-		p.inserting.Store(false)
-		if err != nil {
-			_ = settle() // never leave a marking running behind our back
-			return err
-		}
-		// The marking holds only ids: the batch's rows can be freed while
-		// the next batch is filled and inserted. The batch is durable the
-		// moment it is marked, not when the writer next looks (that may be
-		// after the next insert, which can take an outage long): markings
-		// run one at a time and each starts after the one before settled,
-		// so positions still advance in order.
-		marking = make(chan error, 1)
-		safe.Store(uint64(b.safe))
-		go func(n int, done chan<- error) {
-			err := p.mark(ctx, n, b.safe, ids, b.xids, start)
-			if err == nil {
-				p.advance(pglogrepl.LSN(safe.Load()))
-			}
-			done <- err
-		}(len(b.rows), marking)
-	}
-}
 
 // advance tells the positions' owner that safe is durable. Which LSN is
 // then confirmed to the slot is not the pipeline's to decide

@@ -286,7 +286,7 @@ func (b *bench) startCDC(ctx context.Context, e *env, tag string, extra ...strin
 	vars := []string{
 		"CDC_HTTP_LISTEN=" + p.http,
 		"CDC_HTTP_PPROF=true",
-		"CDC_LOG_LEVEL=info",
+		"CDC_LOG_LEVEL=" + b.cfg.logLevel,
 		"CDC_BATCH_FLUSH_INTERVAL=" + b.cfg.flushInterval.String(),
 		"CDC_REPLICATION_STANDBY_RETRY=200ms",
 	}
@@ -440,13 +440,17 @@ func (p *cdcProc) counter(name string) (float64, error) {
 }
 
 // insertWatch follows cdc_batches_flushed_total (one per ClickHouse insert
-// of rows) while a run delivers: when the first insert was seen, and how
-// many there were by the end.
+// of rows) while a run delivers, sampling it every interval.
 type insertWatch struct {
-	p     *cdcProc
-	stopc chan struct{}
-	done  chan struct{}
-	first time.Time
+	p       *cdcProc
+	stopc   chan struct{}
+	done    chan struct{}
+	samples []insertSample
+}
+
+type insertSample struct {
+	at time.Time
+	n  float64
 }
 
 // watchInserts scrapes /metrics every interval until stop.
@@ -456,10 +460,9 @@ func (p *cdcProc) watchInserts(interval time.Duration) *insertWatch {
 		defer close(w.done)
 		tick := time.NewTicker(interval)
 		defer tick.Stop()
-		for w.first.IsZero() {
-			if v, err := p.counter("cdc_batches_flushed_total"); err == nil && v >= 1 {
-				w.first = time.Now()
-				return
+		for {
+			if v, err := p.counter("cdc_batches_flushed_total"); err == nil {
+				w.samples = append(w.samples, insertSample{time.Now(), v})
 			}
 			select {
 			case <-tick.C:
@@ -471,12 +474,25 @@ func (p *cdcProc) watchInserts(interval time.Duration) *insertWatch {
 	return w
 }
 
-// stop returns the inserts made so far and when the first was seen.
-func (w *insertWatch) stop() (n float64, first time.Time, err error) {
+// stop returns the inserts made so far and the most seen within one
+// second (between two samples at most a second apart).
+func (w *insertWatch) stop() (n, peak float64, err error) {
 	close(w.stopc)
 	<-w.done
 	n, err = w.p.counter("cdc_batches_flushed_total")
-	return n, w.first, err
+	samples := append(w.samples, insertSample{time.Now(), n})
+	for i, s := range samples {
+		for j := i; j >= 0 && s.at.Sub(samples[j].at) <= time.Second; j-- {
+			// samples[j] was taken before the inserts it had not seen yet:
+			// count from the sample before it.
+			base := 0.0
+			if j > 0 {
+				base = samples[j-1].n
+			}
+			peak = max(peak, s.n-base)
+		}
+	}
+	return n, peak, err
 }
 
 // fetch saves what the process serves at uri into path.

@@ -2,12 +2,15 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"math"
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 )
@@ -52,9 +55,11 @@ type throughputResult struct {
 	CDCPeakRSSMiB   float64 `json:"cdc_peak_rss_mib"`
 	CDCCPUSec       float64 `json:"cdc_cpu_sec"`
 	// Inserts is cdc_batches_flushed_total at the end (ClickHouse inserts
-	// of rows); InsertsPerSec the inserts after the first per second, from
-	// the first seen until the last row was marked.
+	// of rows); InsertsPeak the most of them within one second (sampled
+	// every 100 ms), InsertsPerSec their mean rate from cdc's start until
+	// the last row was marked.
 	Inserts       int       `json:"cdc_inserts"`
+	InsertsPeak   int       `json:"cdc_inserts_peak_per_sec"`
 	InsertsPerSec float64   `json:"cdc_inserts_per_sec"`
 	RecvCPU       cpuPerRow `json:"pg_recvlogical_server_cpu_us_per_row"`
 	CDCServerCPU  cpuPerRow `json:"cdc_server_cpu_us_per_row"`
@@ -220,8 +225,10 @@ func (b *bench) evaluate() {
 		ratio := tp.CDCRate / tp.RecvRate
 		cs = append(cs, check{Metric: "cdc / pg_recvlogical", Value: fmt.Sprintf("%.2f×", ratio), Target: "≥ 0.90×", Pass: passed(ratio >= 0.9)})
 		if tp.Inserts > 0 {
-			cs = append(cs, check{Metric: fmt.Sprintf("ClickHouse inserts per second during the backlog (cdc_batches_flushed_total: %d inserts)", tp.Inserts),
-				Value: fmt.Sprintf("%.1f", tp.InsertsPerSec), Target: "≤ 3", Pass: passed(tp.InsertsPerSec <= 3)})
+			// Every pair's backlog must keep it, not just the median's.
+			worst := slices.MaxFunc(r.ThroughputRuns, func(x, y throughputResult) int { return cmp.Compare(x.InsertsPeak, y.InsertsPeak) })
+			cs = append(cs, check{Metric: fmt.Sprintf("ClickHouse inserts within one second of the backlog, the most of any pair (cdc_batches_flushed_total: %d inserts in that pair, %.1f/s on average)", worst.Inserts, worst.InsertsPerSec),
+				Value: strconv.Itoa(worst.InsertsPeak), Target: "≤ 3", Pass: passed(worst.InsertsPeak <= 3)})
 		}
 	}
 	if tp.Rows > 0 && pl.Rows > 0 {

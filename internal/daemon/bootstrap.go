@@ -132,7 +132,7 @@ func (d *Daemon) backfill(ctx context.Context, sd *Shutdown, state backfill.Stat
 	d.setUp.Store(true)
 	d.ready.set("backfilling: delivering the rows that predate slot %q", slotName)
 	d.log.Info("backfill: delivering rows that predate the slot", "slot", slotName)
-	dl := d.startDelivery(ctx, w, nil)
+	dl := d.startDelivery(ctx, w, nil, false)
 	start := time.Now()
 	n, err := backfill.Run(ctx, d.pool, slotName, d.cfg.Postgres.Table, state.ConsistentLSN, d.cfg.Batch.Size, func(r sink.Row) error {
 		if err := dl.hand(ctx, sd.Drain(), &r); err != nil {

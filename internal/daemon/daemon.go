@@ -257,6 +257,20 @@ type reportingMarker struct {
 	d *Daemon
 }
 
+// BeginMarking opens a transaction of markings when the marker is the
+// store (pipeline.MarkingStarter).
+func (m *reportingMarker) BeginMarking(ctx context.Context) (pipeline.OpenMarking, error) {
+	s, ok := m.Marker.(*checkpoint.Store)
+	if !ok {
+		return nil, fmt.Errorf("markings in a transaction: %T cannot", m.Marker)
+	}
+	mk, err := s.BeginMarking(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return mk, nil
+}
+
 func (m *reportingMarker) MarkFailed(ctx context.Context, f []checkpoint.Failure, xids []uint32) error {
 	if err := m.Marker.MarkFailed(ctx, f, xids); err != nil {
 		return err

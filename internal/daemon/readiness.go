@@ -81,6 +81,22 @@ func (o observedWriter) Write(ctx context.Context, rows []sink.Row) (sink.Result
 
 func (o observedWriter) Ping(ctx context.Context) error { return o.w.Ping(ctx) }
 
+func (o observedWriter) Appendable(rows []sink.Row) bool { return o.w.Appendable(rows) }
+
+func (o observedWriter) Append(ctx context.Context, rows []sink.Row) ([]sink.Rejected, error) {
+	rejected, err := o.w.Append(ctx, rows)
+	if err != nil {
+		o.ready.inserted(err)
+	}
+	return rejected, err
+}
+
+func (o observedWriter) Commit(ctx context.Context) error {
+	err := o.w.Commit(ctx)
+	o.ready.inserted(err)
+	return err
+}
+
 // onceThenEvery lets a repeated log line through the first time, then at
 // most once per interval: a wait that lasts says so without flooding the log.
 type onceThenEvery struct {

@@ -76,7 +76,7 @@ func redriveFailed(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, 
 	}
 
 	counting := &countingMarker{Marker: checkpoint.NewStore(pool, cfg.Postgres.Table).Fenced(terms...)}
-	dl := startDelivery(ctx, cfg, s, counting, nil, obs, log)
+	dl := startDelivery(ctx, cfg, s, counting, nil, obs, log, false)
 	res.Read, err = backfill.Failed(ctx, pool, cfg.Postgres.Table, maxAttempts, cfg.Batch.Size, func(r sink.Row) error {
 		return dl.hand(ctx, nil, &r)
 	})

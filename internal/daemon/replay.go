@@ -101,7 +101,7 @@ func Replay(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *sl
 	}
 	w := &countingWriter{Writer: s}
 	mk := &replayMarker{log: log.With("slot", cfg.Postgres.Slot, "table", cfg.Postgres.Table)}
-	dl := startDelivery(ctx, cfg, w, mk, nil, nil, log)
+	dl := startDelivery(ctx, cfg, w, mk, nil, nil, log, false)
 	send := func(r sink.Row) error {
 		// Only rows the outbox still calls processed: verify found them
 		// so, and nothing else is replay's to deliver.

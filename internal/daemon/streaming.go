@@ -25,6 +25,7 @@ import (
 
 	"github.com/outbox-cdc/outbox-cdc/checkpoint"
 	"github.com/outbox-cdc/outbox-cdc/internal/config"
+	"github.com/outbox-cdc/outbox-cdc/internal/lease"
 	"github.com/outbox-cdc/outbox-cdc/pipeline"
 	"github.com/outbox-cdc/outbox-cdc/replication"
 	"github.com/outbox-cdc/outbox-cdc/sink"
@@ -75,13 +76,55 @@ func (d *Daemon) stream(ctx context.Context, sd *Shutdown) error {
 			conn.Close(context.Background())
 			return err
 		}
-		defer conn.Close(context.Background())
 		// True from the first scrape: the slot's position until this
 		// stream confirms past it.
 		d.metrics.ConfirmedLSN.Set(float64(slot.ConfirmedFlush))
 		d.confirmed.Store(uint64(slot.ConfirmedFlush))
 		d.log.Info("streaming", "slot", slotName, "from_lsn", slot.ConfirmedFlush.String())
-		return d.pump(ctx, sd, st, checkpoint.NewConfirmer(slot.ConfirmedFlush))
+		err = d.pump(ctx, sd, st, checkpoint.NewConfirmer(slot.ConfirmedFlush))
+		conn.Close(context.Background())
+		if !resend(err) || sd.Draining() {
+			return err
+		}
+		// The rows of the INSERT kept open are gone: read them again from
+		// the slot, once ClickHouse answers (Recover then waits for the
+		// failed INSERT and finds what it stored). The session, its lease
+		// and the backoff between sessions are not involved.
+		d.log.Warn("an INSERT kept open across batches failed; reading its rows again from the slot", "slot", slotName, "err", err)
+		if err := d.awaitClickHouse(ctx, sd); errors.Is(err, errDraining) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		// Our walsender leaves the slot as soon as it sees the connection
+		// closed: wait for that rather than standby_retry.
+		for range 250 {
+			if s, err := replication.LookupSlot(ctx, d.pool, slotName); err != nil || s.ActivePID == 0 {
+				break
+			}
+			if err := sd.sleep(ctx, 20*time.Millisecond); err != nil {
+				break
+			}
+		}
+	}
+}
+
+// resend reports whether err ended a stream only because its open INSERT
+// failed (pipeline.ErrResend) while this process may still write.
+func resend(err error) bool {
+	return errors.Is(err, pipeline.ErrResend) && !errors.Is(err, lease.ErrLost) && !errors.Is(err, checkpoint.ErrFenced)
+}
+
+// awaitClickHouse returns once ClickHouse answers a ping (tried every
+// 200 ms), or with errDraining or ctx's error.
+func (d *Daemon) awaitClickHouse(ctx context.Context, sd *Shutdown) error {
+	for {
+		if err := d.sink.Ping(ctx); err == nil {
+			return nil
+		}
+		if err := sd.sleep(ctx, 200*time.Millisecond); err != nil {
+			return err
+		}
 	}
 }
 
@@ -99,7 +142,9 @@ func (d *Daemon) pump(ctx context.Context, sd *Shutdown, st *replication.Stream,
 		d.metrics.Connected.Set(0)
 	}()
 
-	dl := d.startDelivery(ctx, observedWriter{w: d.sink, ready: d.ready}, confirm)
+	// The stream's rows can be read again from the slot: its INSERT may be
+	// kept open across batches (pipeline.Options.Append).
+	dl := d.startDelivery(ctx, observedWriter{w: d.sink, ready: d.ready}, confirm, true)
 	src := newSource(d.cfg.Postgres.Table, d.metrics, dl.budget, confirm)
 	src.hb = d.heartbeats
 	d.heartbeats.follow(confirm.Durable)
@@ -154,8 +199,8 @@ func (d *Daemon) confirm(ctx context.Context, st *replication.Stream, confirm *c
 // startDelivery starts a pipeline of the daemon's term over w (the stream's
 // or the backfill's), marking through the fenced store (rows rejected are
 // reported to Sentry); it reports to the stream's observer.
-func (d *Daemon) startDelivery(ctx context.Context, w pipeline.Writer, positions pipeline.Positions) *delivery {
-	return startDelivery(ctx, d.cfg, w, &reportingMarker{Marker: d.fencedStore(), d: d}, positions, streamObserver{workObserver{d.metrics}}, d.log)
+func (d *Daemon) startDelivery(ctx context.Context, w pipeline.Writer, positions pipeline.Positions, appending bool) *delivery {
+	return startDelivery(ctx, d.cfg, w, &reportingMarker{Marker: d.fencedStore(), d: d}, positions, streamObserver{workObserver{d.metrics}}, d.log, appending)
 }
 
 // delivery is a pipeline running in its own goroutine and the input its
@@ -177,14 +222,14 @@ type delivery struct {
 // drains it in bursts, and the rows it holds count against the budget, so
 // whatever their size it never holds more bytes than the budget allows.
 func startDelivery(ctx context.Context, cfg *config.Config, w pipeline.Writer, mk pipeline.Marker,
-	positions pipeline.Positions, obs pipeline.Observer, log *slog.Logger) *delivery {
+	positions pipeline.Positions, obs pipeline.Observer, log *slog.Logger, appending bool) *delivery {
 	budget := pipeline.DefaultBudget(cfg.Batch.MaxBytes)
 	// Every line of the pipeline (a row rejected, an insert retried) names
 	// the slot and the table it concerns.
 	log = log.With("slot", cfg.Postgres.Slot, "table", cfg.Postgres.Table)
 	p := pipeline.New(pipeline.Options{
 		Size: cfg.Batch.Size, MaxRows: cfg.Batch.MaxRows, MaxBytes: cfg.Batch.MaxBytes, FlushInterval: cfg.Batch.FlushInterval,
-		Queue: cfg.Batch.QueueBatches, Retry: pipeline.Backoff{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff},
+		Queue: cfg.Batch.QueueBatches, Append: appending, Retry: pipeline.Backoff{Initial: cfg.Retry.InitialBackoff, Max: cfg.Retry.MaxBackoff},
 		Budget: budget,
 	}, w, mk, positions, obs, log)
 	ctx, cancel := context.WithCancel(ctx)
