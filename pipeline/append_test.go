@@ -269,11 +269,11 @@ func TestAppendCommitsAtMaxRows(t *testing.T) {
 	}
 }
 
-// A live stream (batches that fill slower than linger) is committed batch
-// by batch: the INSERT is not kept open waiting for the next one, so rows
-// are visible as soon as without appending.
-func TestAppendLiveStreamCommitsEachBatch(t *testing.T) {
-	h := newAppendHarness(t, pipeline.WithLinger(pipeline.Options{Size: 5, FlushInterval: time.Hour}, 5*time.Millisecond), 1, nil)
+// A live stream (batches that fill slower than linger) keeps no INSERT
+// open: each batch is inserted on its own, visible at once, and retried in
+// place if that fails; so is a partial batch.
+func TestLiveStreamIsNotAppended(t *testing.T) {
+	h := newAppendHarness(t, pipeline.WithLinger(pipeline.Options{Size: 5, FlushInterval: 50 * time.Millisecond}, 5*time.Millisecond), 1, nil)
 	for i := range 3 {
 		for id := int64(i*5 + 1); id <= int64(i*5+5); id++ {
 			h.send(rowItem(id))
@@ -281,10 +281,16 @@ func TestAppendLiveStreamCommitsEachBatch(t *testing.T) {
 		}
 		h.send(commitItem(pglogrepl.LSN(100 * (i + 1))))
 		want := pglogrepl.LSN(100 * (i + 1))
-		waitFor(t, "the batch committed and durable with the input open", func() bool { return h.tracker.Durable() == want })
+		waitFor(t, "the batch inserted and durable with the input open", func() bool { return h.tracker.Durable() == want })
 	}
-	if n := len(h.dest.calls("commit")); n != 3 {
-		t.Errorf("%d commits, want 3 (one per batch)", n)
+	h.send(rows(16, 17)...) // a partial batch, due after the flush interval
+	h.send(commitItem(400))
+	waitFor(t, "the partial batch durable", func() bool { return h.tracker.Durable() == 400 })
+	if n := len(h.dest.calls("append")); n != 0 {
+		t.Errorf("%d appends, want none", n)
+	}
+	if got := h.dest.batchSizes(); !slices.Equal(got, []int{5, 5, 5, 2}) {
+		t.Errorf("inserts of %v rows, want 5 5 5 2", got)
 	}
 }
 

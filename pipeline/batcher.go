@@ -276,9 +276,10 @@ func (b *batcher) next() *batch {
 	}
 	cur.safe = b.lastSafe
 	cur.last = b.quietCut
-	// Filled faster than linger, or past batch.size while the writer was
-	// busy: a backlog, more is coming (an open INSERT waits for it).
-	cur.more = time.Since(cur.first) < b.opts.linger || n > b.opts.Size
+	// batch.size rows that came faster than linger, or more while the
+	// writer was busy: a backlog, more is coming (an INSERT is kept open
+	// for it). A partial batch is not.
+	cur.more = n > b.opts.Size || n == b.opts.Size && time.Since(cur.first) < b.opts.linger
 	return cur
 }
 

@@ -153,7 +153,9 @@ func (w *writer) run(ctx context.Context, queue <-chan *batch) error {
 			continue
 		}
 		var err error
-		if w.open != nil || w.app != nil && w.app.Appendable(b.rows) {
+		// A backlog's batches go into an INSERT kept open; any other batch
+		// is inserted on its own, and retried in place when that fails.
+		if w.open != nil || w.app != nil && b.more && w.app.Appendable(b.rows) {
 			err = w.append(ctx, b)
 		} else {
 			err = w.insert(ctx, b)
@@ -465,6 +467,10 @@ func (pm *premark) rollback() {
 	}
 	_ = pm.wait()
 	if pm.m != nil {
-		_ = pm.m.Rollback(context.Background())
+		// Bounded: a server that does not answer rolls it back anyway
+		// when the connection goes.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = pm.m.Rollback(ctx)
 	}
 }

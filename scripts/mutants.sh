@@ -359,6 +359,41 @@ mutant lease-ignores-lock ./internal/lease TestTakeoverFencesTheOldHolder \
 	}' \
 	'	_ = got'
 
+# §3.7: the rows of a failed INSERT kept open come again through Write,
+# which isolates a row the server refuses, not into another open INSERT.
+mutant sink-appends-failed-open-insert-again ./internal/daemon TestPoisonRowInABacklogIsIsolated \
+	sink/append.go \
+	'		(!c.hasFailedOpen || c.failedOpen.Less(rows[0].Pos))' \
+	'		true'
+
+# §3.1: the rows of an INSERT kept open are marked only once it is committed.
+mutant pipeline-marks-appended-rows-before-commit ./pipeline TestAppendBacklogIsOneInsert \
+	pipeline/writer.go \
+	'		o.premark.mark(ids, b.xids)' \
+	'		_ = p.marker.MarkProcessed(ctx, ids, b.xids)'
+
+# §3.1: a position that comes while an INSERT is open waits for its commit.
+mutant pipeline-position-durable-before-open-insert ./pipeline TestAppendBacklogIsOneInsert \
+	pipeline/writer.go \
+	'			case w.open != nil:
+				w.open.safe = b.safe' \
+	'			case w.open != nil:
+				w.p.advance(b.safe)'
+
+# §3.1: the markings of a failed open INSERT are rolled back.
+mutant pipeline-keeps-markings-of-failed-insert ./pipeline TestAppendFailureEndsWithErrResend \
+	pipeline/writer.go \
+	'	if w.open != nil {
+		w.open.premark.rollback()' \
+	'	if w.open != nil {
+		_ = w.open.premark.wait()'
+
+# §3.10: a Marking commits only while its lease is not taken over.
+mutant marking-commit-ignores-term ./checkpoint TestMarkingIsSeenOnlyOnCommit \
+	checkpoint/marking.go \
+	'		if tag.RowsAffected() != int64(len(fence)) {' \
+	'		if false && tag.RowsAffected() != int64(len(fence)) {'
+
 # ---------------------------------------------------------------------------
 
 # apply FILE ANCHOR REPLACEMENT: replace the one occurrence of ANCHOR.

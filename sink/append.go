@@ -42,7 +42,8 @@ type appending struct {
 // failed insert may still be running, and the sink is not checking every
 // row).
 func (c *ClickHouse) Appendable(rows []Row) bool {
-	return len(rows) > 0 && !c.opts.CheckEveryRow && !c.uncertain && (!c.hasHWM || c.hwm.Less(rows[0].Pos))
+	return len(rows) > 0 && !c.opts.CheckEveryRow && !c.uncertain && (!c.hasHWM || c.hwm.Less(rows[0].Pos)) &&
+		(!c.hasFailedOpen || c.failedOpen.Less(rows[0].Pos))
 }
 
 // Appended is how many rows the open INSERT carries (0 when none is open).
@@ -167,7 +168,10 @@ func (c *ClickHouse) Commit(ctx context.Context) error {
 // abandon gives up the open INSERT after a failure: it may be stored in
 // part or in full, now or later, so every row up to last (the last row
 // handed to it) is checked by id when it comes again, after the INSERT is
-// seen to be over (uncertain).
+// seen to be over (uncertain). And it may have failed because of one of
+// its rows (a value the server refuses): those rows come again through
+// Write, which isolates such a row (failedOpen), not into another open
+// INSERT that would fail the same way.
 func (c *ClickHouse) abandon(last Position) {
 	if a := c.app; a != nil {
 		c.app = nil
@@ -178,6 +182,9 @@ func (c *ClickHouse) abandon(last Position) {
 	}
 	if !c.hasHWM || c.hwm.Less(last) {
 		c.hwm, c.hasHWM = last, true
+	}
+	if !c.hasFailedOpen || c.failedOpen.Less(last) {
+		c.failedOpen, c.hasFailedOpen = last, true
 	}
 	c.uncertain = true
 }

@@ -136,6 +136,12 @@ type ClickHouse struct {
 	// below it are checked by id before inserting.
 	hwm    Position
 	hasHWM bool
+	// failedOpen is the last row of the latest INSERT kept open that failed
+	// (hasFailedOpen): rows up to it are not appended again but go through
+	// Write, which can bisect them if the server rejects one of them.
+	// Unlike hwm it survives Recover.
+	failedOpen    Position
+	hasFailedOpen bool
 	// uncertain is set when an insert failed: it may still be running on
 	// the server, so the next Write waits for it before checking ids.
 	uncertain bool
@@ -336,6 +342,9 @@ func (c *ClickHouse) Recover(ctx context.Context, floor uint64) error {
 		return err
 	}
 	c.uncertain = false
+	if c.hasFailedOpen && c.failedOpen.LSN < floor {
+		c.hasFailedOpen = false // confirmed: never sent again
+	}
 	q := fmt.Sprintf("SELECT %s, %s FROM %s WHERE %s >= %d ORDER BY %s DESC, %s DESC LIMIT 1",
 		ColumnLSN, ColumnSeq, c.table(), ColumnLSN, floor, ColumnLSN, ColumnSeq)
 	rows, err := c.conn.Query(c.readContext(ctx), q)

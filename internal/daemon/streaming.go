@@ -90,7 +90,8 @@ func (d *Daemon) stream(ctx context.Context, sd *Shutdown) error {
 		// the slot, once ClickHouse answers (Recover then waits for the
 		// failed INSERT and finds what it stored). The session, its lease
 		// and the backoff between sessions are not involved.
-		d.log.Warn("an INSERT kept open across batches failed; reading its rows again from the slot", "slot", slotName, "err", err)
+		d.log.Warn("clickhouse insert kept open across a backlog's batches failed; its rows are read again from the slot once ClickHouse answers", "slot", slotName, "err", err)
+		d.ready.set("clickhouse unreachable (inserts are retried): %v", err)
 		if err := d.awaitClickHouse(ctx, sd); errors.Is(err, errDraining) {
 			return nil
 		} else if err != nil {
