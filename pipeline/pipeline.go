@@ -5,16 +5,19 @@
 // previous ones, strictly in order. A batch is ready at batch.size rows or
 // flush_interval after its first row, and goes as soon as the writer is
 // free; while the writer is busy it keeps filling up to Options.MaxRows or
-// Options.MaxBytes (group commit: a backlog goes out in a few large inserts).
-// Each batch carries the end LSN of the last transaction that was complete
-// when it was handed over; the writer advances the tracker to it only after
-// the batch is delivered, so a transaction larger than a batch becomes
+// Options.MaxBytes (group commit). With Options.Append (the stream), a
+// backlog's batches go into one INSERT kept open across them, committed at
+// MaxRows rows or FlushInterval (writer.go). Each batch carries the end LSN
+// of the last transaction that was complete when it was handed over; the
+// writer advances the tracker to it only after the batch (or the INSERT
+// holding it) is delivered, so a transaction larger than a batch becomes
 // durable with its last batch.
 //
 // Memory is bounded in bytes (docs/configuration.md, Memory): a batch never
 // exceeds Options.MaxBytes (unless it is one row larger than that), and
 // Options.Budget counts every row from the moment its source hands it on
-// until the insert of its batch is over — the input channel, the batch being
+// until the insert of its batch is over (or the batch is sent into an open
+// INSERT) — the input channel, the batch being
 // filled, the Options.Queue full batches waiting and the one being written. When
 // ClickHouse is down the writer retries, the budget runs out, and the source
 // stops reading (the stream leaves the rest in the slot, with TCP
@@ -92,6 +95,7 @@ type Options struct {
 	// MaxRows and MaxBytes make a batch full: while the writer is busy, a
 	// ready batch keeps filling up to MaxRows rows or MaxBytes bytes
 	// (group commit). MaxRows 0 (or below Size) means Size: no growth.
+	// MaxRows also bounds the rows of an INSERT kept open (Append).
 	MaxRows  int
 	MaxBytes int64
 	// Queue is how many full batches may wait for the writer. With 0 a
