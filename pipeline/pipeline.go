@@ -7,7 +7,7 @@
 // free; while the writer is busy it keeps filling up to Options.MaxRows or
 // Options.MaxBytes (group commit). With Options.Append (the stream), a
 // backlog's batches go into one INSERT kept open across them, committed at
-// MaxRows rows or FlushInterval (writer.go). Each batch carries the end LSN
+// MaxRows rows or after a second (writer.go). Each batch carries the end LSN
 // of the last transaction that was complete when it was handed over; the
 // writer advances the tracker to it only after the batch (or the INSERT
 // holding it) is delivered, so a transaction larger than a batch becomes
@@ -104,7 +104,7 @@ type Options struct {
 	Queue int
 	// Append keeps one INSERT open across the batches of a backlog when
 	// the Writer is an Appender (see writer): a backlog then makes an
-	// INSERT per MaxRows rows or FlushInterval, not one per batch. Only
+	// INSERT per MaxRows rows or second, not one per batch. Only
 	// for a source whose rows can be read again after a failed INSERT
 	// (the stream, from its slot): the rows sent are not kept.
 	Append bool
@@ -118,6 +118,9 @@ type Options struct {
 	// next one; a partial batch with no row for this long ends it
 	// (default FlushInterval/20).
 	linger time.Duration
+	// openFor is how long an INSERT may stay open: a second, or
+	// FlushInterval if longer.
+	openFor time.Duration
 	// Budget, when set, is the byte budget the source acquires each row's
 	// Item.Size from; the pipeline releases a batch's bytes after its
 	// insert. Nil leaves the rows held bounded by counts only.
@@ -167,6 +170,7 @@ func New(opts Options, w Writer, mk Marker, t Positions, obs Observer, log *slog
 	if opts.quietGap <= 0 {
 		opts.quietGap = max(opts.FlushInterval/100, time.Millisecond)
 	}
+	opts.openFor = max(opts.FlushInterval, time.Second)
 	if opts.linger <= 0 {
 		opts.linger = max(opts.FlushInterval/20, time.Millisecond)
 	}

@@ -59,11 +59,13 @@ var ErrResend = errors.New("the INSERT kept open across batches failed; its rows
 // With Options.Append and an Appender, a batch whose rows need no check of
 // what is stored is appended to an INSERT kept open (openInsert): the next
 // batch goes into the same INSERT if it comes within Options.linger, until
-// the INSERT holds MaxRows rows or is FlushInterval old. It is then
+// the INSERT holds MaxRows rows or is a second old (FlushInterval if
+// longer: ClickHouse advises about one insert per second per table, and a
+// backlog's rows are late already). It is then
 // committed, and its rows marked (and their markings, done meanwhile in an
 // open transaction when the Marker can, committed) before the tracker
 // advances. A backlog thus costs one INSERT per MaxRows rows or
-// FlushInterval, while the rows sent are freed at once. An Append or Commit
+// second, while the rows sent are freed at once. An Append or Commit
 // that fails ends the pipeline with the error: the rows sent are gone, and
 // the stream must restart from its slot's confirmed position (the sink
 // then checks them by id).
@@ -252,7 +254,7 @@ func (w *writer) append(ctx context.Context, b *batch) error {
 	if o.premark != nil {
 		o.premark.mark(ids, b.xids)
 	}
-	if b.last || !b.more || o.rows >= p.opts.MaxRows-p.opts.Size || time.Since(o.started) >= p.opts.FlushInterval {
+	if b.last || !b.more || o.rows >= p.opts.MaxRows-p.opts.Size || time.Since(o.started) >= p.opts.openFor {
 		return w.commit(ctx)
 	}
 	// The batcher cuts a partial batch after linger without input: allow

@@ -353,7 +353,7 @@ func (b *bench) throughputPair(ctx context.Context, pair int) (throughputResult,
 	if err != nil {
 		return r, err
 	}
-	inserts := p.watchInserts(100 * time.Millisecond)
+	inserts := p.watchInserts(50 * time.Millisecond)
 	done, err := e.waitDelivered(ctx, b.cfg.rows, 10*time.Minute, p.alive)
 	nIns, peak, ierr := inserts.stop()
 	if err == nil {

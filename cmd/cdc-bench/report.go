@@ -56,7 +56,7 @@ type throughputResult struct {
 	CDCCPUSec       float64 `json:"cdc_cpu_sec"`
 	// Inserts is cdc_batches_flushed_total at the end (ClickHouse inserts
 	// of rows); InsertsPeak the most of them within one second (sampled
-	// every 100 ms), InsertsPerSec their mean rate from cdc's start until
+	// every 50 ms), InsertsPerSec their mean rate from cdc's start until
 	// the last row was marked.
 	Inserts       int       `json:"cdc_inserts"`
 	InsertsPeak   int       `json:"cdc_inserts_peak_per_sec"`
