@@ -115,13 +115,13 @@ mutant decoder-keeps-wal-buffer ./decoder TestDecodeDoesNotRetainInput \
 
 # §3.1: durable only after the batch is marked.
 mutant pipeline-durable-before-marking ./pipeline TestDurableOnlyAfterWholeTransaction \
-	pipeline/pipeline.go \
-	'			err := p.mark(ctx, n, b.safe, ids, b.xids, start)
-			if err == nil {
-				p.advance(pglogrepl.LSN(safe.Load()))
-			}' \
-	'			p.advance(pglogrepl.LSN(safe.Load()))
-			err := p.mark(ctx, n, b.safe, ids, b.xids, start)'
+	pipeline/writer.go \
+	'		err := mark()
+		if err == nil {
+			w.p.advance(pglogrepl.LSN(w.safe.Load()))
+		}' \
+	'		w.p.advance(pglogrepl.LSN(w.safe.Load()))
+		err := mark()'
 
 # §3.1: marked processed only once in ClickHouse.
 mutant pipeline-marks-before-insert ./pipeline TestCancel \
@@ -138,20 +138,20 @@ mutant pipeline-marks-before-insert ./pipeline TestCancel \
 
 # §3.1: a transaction's end rides on the marking of its last batch.
 mutant pipeline-commit-durable-before-its-last-batch ./pipeline TestPositionBatchDoesNotWaitForMarking \
-	pipeline/pipeline.go \
-	'			if marking != nil {
-				safe.Store(uint64(b.safe))' \
-	'			if false {
-				safe.Store(uint64(b.safe))'
+	pipeline/writer.go \
+	'			case w.marking != nil:
+				w.safe.Store(uint64(b.safe))' \
+	'			case false:
+				w.safe.Store(uint64(b.safe))'
 
 # §3.6: a batch is durable when marked, not when the next insert succeeds.
 mutant pipeline-advances-only-at-next-batch ./pipeline TestDurableWhenMarkedWhileNextInsertWaits \
-	pipeline/pipeline.go \
-	'			err := p.mark(ctx, n, b.safe, ids, b.xids, start)
-			if err == nil {
-				p.advance(pglogrepl.LSN(safe.Load()))
-			}' \
-	'			err := p.mark(ctx, n, b.safe, ids, b.xids, start)'
+	pipeline/writer.go \
+	'		err := mark()
+		if err == nil {
+			w.p.advance(pglogrepl.LSN(w.safe.Load()))
+		}' \
+	'		err := mark()'
 
 # §3.2: re-sent rows after a restart are checked by id.
 mutant sink-no-check-after-restart ./sink 'TestRecoverSkipsStoredRows|TestBigBatchIsCheckedAfterARestart' \
