@@ -151,18 +151,7 @@ func newAppendHarness(t *testing.T, opts pipeline.Options, start pglogrepl.LSN, 
 	if configure != nil {
 		configure(d)
 	}
-	p := pipeline.New(opts, d, d, h.tracker, h.obs, slog.New(slog.DiscardHandler))
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel = cancel
-	go func() { h.done <- p.Run(ctx, h.in) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-h.done:
-		case <-time.After(deadline):
-			t.Errorf("Run did not return after its context was cancelled")
-		}
-	})
+	h.run(pipeline.New(opts, d, d, h.tracker, h.obs, slog.New(slog.DiscardHandler)))
 	return &appendHarness{harness: h, dest: d}
 }
 

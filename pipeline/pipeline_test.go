@@ -164,7 +164,13 @@ func newHarness(t *testing.T, opts pipeline.Options, start pglogrepl.LSN, chanCa
 	if configure != nil {
 		configure(h.dest)
 	}
-	p := pipeline.New(opts, h.dest, h.dest, h.tracker, h.obs, slog.New(slog.DiscardHandler))
+	h.run(pipeline.New(opts, h.dest, h.dest, h.tracker, h.obs, slog.New(slog.DiscardHandler)))
+	return h
+}
+
+// run runs p on h's input until the test ends.
+func (h *harness) run(p *pipeline.Pipeline) {
+	t := h.t
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	go func() { h.done <- p.Run(ctx, h.in) }()
@@ -176,7 +182,6 @@ func newHarness(t *testing.T, opts pipeline.Options, start pglogrepl.LSN, chanCa
 			t.Errorf("Run did not return after its context was cancelled")
 		}
 	})
-	return h
 }
 
 func rowItem(id int64) pipeline.Item {
