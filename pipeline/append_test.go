@@ -424,3 +424,31 @@ func TestNotAppendableRowsAreWritten(t *testing.T) {
 		t.Errorf("marked %v, want 1..50", got)
 	}
 }
+
+// A live stream whose writer was slow once fills a batch past batch.size,
+// but at its own slow rate: that is not a backlog, and the batch is
+// inserted on its own, not into an INSERT left open waiting for more.
+func TestGrownLiveBatchIsNotAppended(t *testing.T) {
+	h := newAppendHarness(t, pipeline.WithLinger(pipeline.Options{Size: 5, MaxRows: 1000, FlushInterval: time.Hour}, 5*time.Millisecond), 1, func(d *appendDest) {
+		first := true
+		d.write = func(ctx context.Context, ids []int64) (sink.Result, error) {
+			if first { // ClickHouse slow once: the next batch grows meanwhile
+				first = false
+				time.Sleep(100 * time.Millisecond)
+			}
+			return sink.Result{Inserted: len(ids)}, nil
+		}
+	})
+	for id := int64(1); id <= 30; id++ {
+		h.send(rowItem(id))
+		h.send(commitItem(pglogrepl.LSN(100 * id)))
+		time.Sleep(4 * time.Millisecond) // 250 rows/s: below 5 rows per 5 ms
+	}
+	waitFor(t, "every row durable", func() bool { return h.tracker.Durable() >= 2500 })
+	if n := len(h.dest.calls("append")); n != 0 {
+		t.Errorf("%d appends, want none: a slow stream's grown batch is not a backlog's", n)
+	}
+	if sizes := h.dest.batchSizes(); !slices.ContainsFunc(sizes, func(n int) bool { return n > 5 }) {
+		t.Errorf("inserts of %v rows: no batch grew while the writer was slow, the test proves nothing", sizes)
+	}
+}

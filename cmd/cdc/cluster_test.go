@@ -519,8 +519,17 @@ func TestClusterAvailability(t *testing.T) {
 				"200 more delivered %s after it was back; daemon log: %s",
 				tc.replicas, victim, back.Sub(killed).Round(100*time.Millisecond), w.rows, late.rows, sinceOrNever(w.first, killed), sinceOrNever(w.last, killed),
 				resumed.Round(100*time.Millisecond), problems(d.log, killed))
-			if tc.writesRun && late.rows == 0 {
-				t.Errorf("no row delivered from 5 s to 15 s after the loss of 1 of %d replicas", tc.replicas)
+			if log := problems(d.log, killed); tc.writesRun && late.rows == 0 {
+				if strings.Contains(log, "is still open") {
+					// The replica died with a quorum insert of ours open:
+					// every later insert waits until it is back
+					// (docs/scaling.md, "An insert whose replica died
+					// mid-quorum"); which case a run meets depends on the
+					// kill's timing.
+					t.Logf("the killed replica had a quorum insert open: writes waited for it to return, as documented")
+				} else {
+					t.Errorf("no row delivered from 5 s to 15 s after the loss of 1 of %d replicas, and no quorum insert was left open", tc.replicas)
+				}
 			}
 			if !tc.writesRun && late.rows != 0 {
 				t.Errorf("%d rows delivered from 5 s to 15 s after the loss of 1 of %d replicas: a quorum of %d cannot be met", late.rows, tc.replicas, tc.replicas)
