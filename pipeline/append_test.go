@@ -452,3 +452,28 @@ func TestGrownLiveBatchIsNotAppended(t *testing.T) {
 		t.Errorf("inserts of %v rows: no batch grew while the writer was slow, the test proves nothing", sizes)
 	}
 }
+
+// Rows the stream is catching up on (Item.CatchUp: in the WAL before the
+// stream began) are a backlog however slowly they come, as at start-up
+// while the walsender warms up: they go into an INSERT kept open.
+func TestCatchUpRowsAreAppended(t *testing.T) {
+	h := newAppendHarness(t, pipeline.WithLinger(pipeline.Options{Size: 5, MaxRows: 1000, FlushInterval: time.Hour}, 5*time.Millisecond), 1, nil)
+	for id := int64(1); id <= 20; id++ {
+		it := rowItem(id)
+		it.CatchUp = true
+		h.send(it)
+		if id%5 == 0 {
+			h.send(commitItem(pglogrepl.LSN(100 * id)))
+		}
+		time.Sleep(2 * time.Millisecond) // 500 rows/s: slower than 5 rows per 5 ms
+	}
+	if err := h.closeAndWait(); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.dest.calls("append")) == 0 || len(h.dest.calls("write")) != 0 {
+		t.Errorf("appends %d, writes %d: catch-up rows were not appended", len(h.dest.calls("append")), len(h.dest.calls("write")))
+	}
+	if got := h.dest.marked(); !slices.Equal(got, ids(1, 20)) {
+		t.Errorf("marked %v, want 1..20", got)
+	}
+}

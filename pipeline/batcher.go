@@ -205,6 +205,7 @@ func (b *batcher) add(it Item) {
 	}
 	cur.rows = append(cur.rows, *it.Row)
 	cur.bytes += int64(it.Size)
+	cur.catchUp = cur.catchUp || it.CatchUp
 	if it.Xid != 0 && (len(cur.xids) == 0 || cur.xids[len(cur.xids)-1] != it.Xid) {
 		cur.xids = append(cur.xids, it.Xid)
 	}
@@ -281,7 +282,8 @@ func (b *batcher) next() *batch {
 	// more is coming (an INSERT is kept open for it). A partial batch, or
 	// one that grew past batch.size only because a live stream's writer
 	// was slow, is not.
-	cur.more = n >= b.opts.Size && time.Since(cur.first)*time.Duration(b.opts.Size) < time.Duration(n)*b.opts.linger
+	// So is a batch of rows the stream is catching up on (Item.CatchUp).
+	cur.more = n >= b.opts.Size && (cur.catchUp || time.Since(cur.first)*time.Duration(b.opts.Size) < time.Duration(n)*b.opts.linger)
 	return cur
 }
 

@@ -53,6 +53,10 @@ type Item struct {
 	// that transaction is visible to the marking (checkpoint.Store
 	// markVisible): decoded is not yet visible.
 	Xid uint32
+	// CatchUp is set on a streamed row that was already in the WAL when
+	// the stream started: the stream is catching up, and the row's batch is
+	// a backlog's however fast the rows come (writer: an INSERT kept open).
+	CatchUp bool
 }
 
 // Writer stores rows in ClickHouse (sink.ClickHouse).
@@ -198,6 +202,8 @@ type batch struct {
 	// an INSERT left open after it waits for the next one.
 	more  bool
 	first time.Time // when its first row came
+	// catchUp: one of its rows came with Item.CatchUp.
+	catchUp bool
 }
 
 // Run delivers items until in is closed (then everything received is

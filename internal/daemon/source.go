@@ -28,11 +28,13 @@ type source struct {
 	// new *Relation each time, so keying by pointer grew without bound.
 	idCol map[uint32]int
 
-	inTxn   bool
-	txnLSN  pglogrepl.LSN
-	txnXid  uint32
-	seq     uint64
-	confirm *checkpoint.Confirmer
+	// catchUpTo is the server's end of WAL when the stream began.
+	catchUpTo pglogrepl.LSN
+	inTxn     bool
+	txnLSN    pglogrepl.LSN
+	txnXid    uint32
+	seq       uint64
+	confirm   *checkpoint.Confirmer
 
 	// pending is an item handle produced that the pipeline has not taken yet;
 	// acquired says whether its bytes are already taken from budget.
@@ -131,6 +133,11 @@ func (s *source) read(ctx context.Context, sd *Shutdown, st *replication.Stream,
 			}
 			continue
 		}
+		if s.catchUpTo == 0 {
+			// The server's end of WAL when the stream began: what is
+			// before it is a backlog to catch up on (pipeline.Item.CatchUp).
+			s.catchUpTo = msg.ServerWALEnd
+		}
 		if msg.Keepalive {
 			s.confirm.Keepalive(msg.ServerWALEnd)
 			continue
@@ -180,7 +187,7 @@ func (s *source) handle(msg replication.Message) error {
 		r := &s.rows[len(s.rows)-1]
 		size := r.Size()
 		s.rowsBytes += size
-		s.pending, s.hasPending, s.acquired = pipeline.Item{Row: r, Size: size, Xid: s.txnXid}, true, false
+		s.pending, s.hasPending, s.acquired = pipeline.Item{Row: r, Size: size, Xid: s.txnXid, CatchUp: msg.WALStart < s.catchUpTo}, true, false
 		s.seq++
 	case *decoder.Commit:
 		// Its end (TransactionEndLSN), not its CommitLSN, is what a

@@ -163,9 +163,16 @@ func TestSourceRowsCarryTheirTransaction(t *testing.T) {
 		commitMsg(0x3000, 0x3100),
 		begin(0x4000, 4_000_000_001), insertMsg(16384, 3, 30), commitMsg(0x4000, 0x4100),
 	}
+	// The stream began when the server's WAL ended at 0x3500: the first
+	// transaction's rows are caught up on, the second's are not.
+	s.catchUpTo = 0x3500
+	for i := range msgs {
+		msgs[i].WALStart = pglogrepl.LSN(0x3000 + 0x100*i)
+	}
 	type item struct {
-		id  int64
-		xid uint32
+		id      int64
+		xid     uint32
+		catchUp bool
 	}
 	var got []item
 	for _, m := range msgs {
@@ -174,15 +181,15 @@ func TestSourceRowsCarryTheirTransaction(t *testing.T) {
 		}
 		if s.hasPending {
 			if s.pending.Row != nil {
-				got = append(got, item{s.pending.Row.ID, s.pending.Xid})
+				got = append(got, item{s.pending.Row.ID, s.pending.Xid, s.pending.CatchUp})
 			} else if s.pending.Xid != 0 {
 				t.Errorf("commit item carries xid %d", s.pending.Xid)
 			}
 			s.handedOn()
 		}
 	}
-	want := []item{{1, 700}, {2, 700}, {3, 4_000_000_001}}
+	want := []item{{1, 700, true}, {2, 700, true}, {3, 4_000_000_001, false}}
 	if !slices.Equal(got, want) {
-		t.Errorf("rows (id, xid) %v, want %v", got, want)
+		t.Errorf("rows (id, xid, catch-up) %v, want %v", got, want)
 	}
 }
