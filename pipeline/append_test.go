@@ -477,3 +477,35 @@ func TestCatchUpRowsAreAppended(t *testing.T) {
 		t.Errorf("marked %v, want 1..20", got)
 	}
 }
+
+// A pause in the middle of rows the stream is catching up on (a stall of
+// the walsender or of this machine) does not end the open INSERT: the
+// partial batch the pause cut goes into it, and the rows after the pause
+// join it, so one backlog stays one INSERT.
+func TestCatchUpSurvivesAStall(t *testing.T) {
+	h := newAppendHarness(t, pipeline.WithLinger(pipeline.Options{Size: 5, MaxRows: 1000, FlushInterval: time.Hour}, 100*time.Millisecond), 1, nil)
+	catchUp := func(from, to int64) {
+		for id := from; id <= to; id++ {
+			it := rowItem(id)
+			it.CatchUp = true
+			h.send(it)
+		}
+		h.send(commitItem(pglogrepl.LSN(100 * to)))
+	}
+	catchUp(1, 10) // two full batches
+	waitFor(t, "rows 1..10 appended", func() bool {
+		return slices.ContainsFunc(h.dest.calls("append"), func(o op) bool { return slices.Contains(o.ids, 10) })
+	})
+	catchUp(11, 13)                    // a partial batch, then the stall: cut after linger
+	time.Sleep(130 * time.Millisecond) // longer than linger, shorter than twice
+	catchUp(14, 30)
+	if err := h.closeAndWait(); err != nil {
+		t.Fatal(err)
+	}
+	if commits := h.dest.calls("commit"); len(commits) != 1 {
+		t.Errorf("%d commits %v, want one INSERT across the stall", len(commits), commits)
+	}
+	if got := h.dest.marked(); !slices.Equal(got, ids(1, 30)) {
+		t.Errorf("marked %v, want 1..30", got)
+	}
+}

@@ -254,8 +254,17 @@ func (w *writer) append(ctx context.Context, b *batch) error {
 	if o.premark != nil {
 		o.premark.mark(ids, b.xids)
 	}
-	if b.last || !b.more || o.rows >= p.opts.MaxRows-p.opts.Size || time.Since(o.started) >= p.opts.openFor {
+	// A partial batch cut because the input went quiet ends the backlog
+	// (b.last), unless its rows are caught up on: then the pause is the
+	// stream stalling in the middle of what it knows is there, and more
+	// rows still get linger to come.
+	end := b.last && !b.catchUp
+	if end || !b.more && !b.last || o.rows >= p.opts.MaxRows-p.opts.Size || time.Since(o.started) >= p.opts.openFor {
 		return w.commit(ctx)
+	}
+	if b.last {
+		w.linger.Reset(p.opts.linger)
+		return nil
 	}
 	// The batcher cuts a partial batch after linger without input: allow
 	// for that and its append.
