@@ -18,7 +18,7 @@ import (
 
 // Cluster is a private PostgreSQL primary with a synchronous streaming
 // standby, started for one test that fails over: every commit the primary
-// acknowledges is on the standby first (synchronous_standby_names = '*',
+// acknowledges is on the standby first (synchronous_standby_names names it,
 // synchronous_commit = on), so promoting the standby after an immediate stop
 // of the primary loses nothing a client was told is committed.
 //
@@ -308,7 +308,11 @@ func (c *Cluster) commonConf(n *pgNode) []string {
 func (c *Cluster) primaryConf(n *pgNode, withStandby bool) []string {
 	conf := c.commonConf(n)
 	if withStandby {
-		conf = append(conf, "synchronous_standby_names = '*'")
+		// By name: with '*' any walsender may be chosen, cdc's logical one
+		// included (it connects first after a failover), and the standby
+		// would then be only "potential": commits would wait for cdc, not
+		// for the standby a failover promotes.
+		conf = append(conf, "synchronous_standby_names = '"+standbyName+"'")
 		if c.opts.FailoverSlots {
 			conf = append(conf, "synchronized_standby_slots = '"+standbySlot+"'")
 		}

@@ -36,7 +36,7 @@ func TestCluster(t *testing.T) {
 			mustExec(t, conn, `CREATE TABLE t (id int PRIMARY KEY)`)
 			mustExec(t, conn, `INSERT INTO t SELECT generate_series(1, 100)`)
 			var syncNames string
-			if err := conn.QueryRow(context.Background(), `SHOW synchronous_standby_names`).Scan(&syncNames); err != nil || syncNames != "*" {
+			if err := conn.QueryRow(context.Background(), `SHOW synchronous_standby_names`).Scan(&syncNames); err != nil || syncNames != standbyName {
 				t.Fatalf("synchronous_standby_names = %q, %v", syncNames, err)
 			}
 			conn.Close(context.Background())
