@@ -22,7 +22,10 @@ func TestLockSessionHasServerKeepalives(t *testing.T) {
 		{"postgres.url wins", o.PGURL + "&tcp_keepalives_idle=60", [3]string{"60", "2", "3"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			l, err := TryAcquire(ctx, tt.url, Options{Name: "leader:ka", LockKey: "outbox-cdc:ka", TTL: 10 * time.Second})
+			// A lock of its own per case: the previous case's session may
+			// still hold its lock for a moment after Release on a loaded
+			// machine (CI saw TryAcquire find it taken).
+			l, err := TryAcquire(ctx, tt.url, Options{Name: "leader:ka:" + tt.name, LockKey: "outbox-cdc:ka:" + tt.name, TTL: 10 * time.Second})
 			if err != nil || l == nil {
 				t.Fatalf("TryAcquire: %v, %v", l, err)
 			}
