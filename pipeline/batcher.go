@@ -205,7 +205,7 @@ func (b *batcher) add(it Item) {
 	}
 	cur.rows = append(cur.rows, *it.Row)
 	cur.bytes += int64(it.Size)
-	cur.catchUp = cur.catchUp || it.CatchUp
+	cur.catchUp = it.CatchUp // the last row says whether more is known to come
 	if it.Xid != 0 && (len(cur.xids) == 0 || cur.xids[len(cur.xids)-1] != it.Xid) {
 		cur.xids = append(cur.xids, it.Xid)
 	}

@@ -202,7 +202,8 @@ type batch struct {
 	// an INSERT left open after it waits for the next one.
 	more  bool
 	first time.Time // when its first row came
-	// catchUp: one of its rows came with Item.CatchUp.
+	// catchUp: its last row came with Item.CatchUp (more rows are known to
+	// follow).
 	catchUp bool
 }
 

@@ -256,14 +256,16 @@ func (w *writer) append(ctx context.Context, b *batch) error {
 	}
 	// A partial batch cut because the input went quiet ends the backlog
 	// (b.last), unless its rows are caught up on: then the pause is the
-	// stream stalling in the middle of what it knows is there, and more
-	// rows still get linger to come.
+	// stream stalling in the middle of what it knows is there.
 	end := b.last && !b.catchUp
 	if end || !b.more && !b.last || o.rows >= p.opts.MaxRows-p.opts.Size || time.Since(o.started) >= p.opts.openFor {
 		return w.commit(ctx)
 	}
-	if b.last {
-		w.linger.Reset(p.opts.linger)
+	if b.catchUp {
+		// More rows are known to come (the stream catches up on what was
+		// in the WAL when it began), however slowly the walsender sends
+		// them: the INSERT stays open until it is old enough.
+		w.linger.Reset(time.Until(o.started.Add(p.opts.openFor)))
 		return nil
 	}
 	// The batcher cuts a partial batch after linger without input: allow

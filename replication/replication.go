@@ -107,6 +107,7 @@ type Stream struct {
 	replyNow   bool
 	deadline   time.Time // read deadline set on the connection
 	bulk       bulkMode
+	serverEnd  pglogrepl.LSN
 }
 
 // StartOptions configure Start.
@@ -127,7 +128,15 @@ func Start(ctx context.Context, conn *pgconn.PgConn, opts StartOptions) (*Stream
 		fmt.Sprintf("publication_names '%s'", opts.Publication),
 		"messages 'true'",
 	}
-	err := pglogrepl.StartReplication(ctx, conn, opts.Slot, 0, pglogrepl.StartReplicationOptions{Mode: pglogrepl.LogicalReplication, PluginArgs: args})
+	// The server's flushed end of WAL, read on the same connection just
+	// before the stream starts (a standby reports its replay position).
+	// The first message cannot tell it: that is a keepalive carrying the
+	// slot's start position.
+	sys, err := pglogrepl.IdentifySystem(ctx, conn)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: identify system before streaming slot %q: %w", opts.Slot, err)
+	}
+	err = pglogrepl.StartReplication(ctx, conn, opts.Slot, 0, pglogrepl.StartReplicationOptions{Mode: pglogrepl.LogicalReplication, PluginArgs: args})
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
@@ -143,8 +152,13 @@ func Start(ctx context.Context, conn *pgconn.PgConn, opts StartOptions) (*Stream
 	}
 	now := time.Now()
 	return &Stream{conn: conn, slot: opts.Slot, statusInterval: opts.StatusInterval, log: opts.Logger, lastStatus: now,
-		bulk: bulkMode{conn: conn.Conn(), winStart: now}}, nil
+		bulk: bulkMode{conn: conn.Conn(), winStart: now}, serverEnd: sys.XLogPos}, nil
 }
+
+// ServerEnd is the server's end of WAL when the stream began: every
+// transaction that committed before it was already written, a backlog the
+// stream catches up on, however slowly the walsender sends it.
+func (s *Stream) ServerEnd() pglogrepl.LSN { return s.serverEnd }
 
 // Receive waits up to about timeout (at least half of it) for the next
 // message. ok is false when the time passed without one. Keepalives that ask

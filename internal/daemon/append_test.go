@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"regexp"
+	"strconv"
 	"testing"
 	"time"
 
@@ -42,6 +44,56 @@ func TestPoisonRowInABacklogIsIsolated(t *testing.T) {
 	}
 	more := o.MustInsert(10, true)
 	o.WaitCH(4998+uint64(len(more)), 30*time.Second)
+	if err := r.shutdown(t); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A restart's backlog goes into an INSERT kept open however slowly the
+// walsender sends it. Here each of its rows was committed with 2,000 rows
+// of a table cdc does not stream, so they arrive slower than the rate a live
+// stream's batches must reach to count as a backlog's (batch.size per
+// flush_interval/20); they were in the WAL when the stream began
+// (replication.Stream.ServerEnd), and that makes them a backlog all the
+// same. Before, the stream took the slot's start position (its first
+// message, a keepalive) for the server's end of WAL, and inserted every
+// batch of such a backlog on its own.
+func TestSlowBacklogIsAppended(t *testing.T) {
+	o := testenv.NewOutbox(t)
+	ctx := context.Background()
+	cfg := o.Config()
+	cfg.Batch.Size = 100
+	cfg.Batch.FlushInterval = time.Second // a live backlog: >= 2,000 rows/s
+	r := start(t, cfg)
+	r.waitStreaming(t)
+	if err := r.shutdown(t); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.PG.Exec(ctx, `CREATE TABLE filler (n int, pad text)`); err != nil {
+		t.Fatal(err)
+	}
+	const rows = 600
+	for range rows {
+		if _, err := o.PG.Exec(ctx, `WITH f AS (INSERT INTO filler SELECT g, repeat('x', 100) FROM generate_series(1, 2000) g)
+		  INSERT INTO event_outbox (event_type, event_date_time, environment, event_context, metadata_version)
+		  VALUES ('order.created', now(), 'test', '{}', 1)`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, logs := startLogged(t, cfg)
+	started := time.Now()
+	o.WaitCH(rows, time.Minute)
+	took := time.Since(started)
+	most := 0
+	for _, m := range regexp.MustCompile(`msg=inserted .* batches=(\d+)`).FindAllStringSubmatch(logs.String(), -1) {
+		n, _ := strconv.Atoi(m[1])
+		most = max(most, n)
+	}
+	t.Logf("%d rows in %s, most batches in one INSERT %d", rows, took, most)
+	if most < 2 {
+		t.Errorf("%d rows caught up on in %s (%.0f rows/s): no INSERT carried more than %d batch(es), want the backlog appended\n%s",
+			rows, took, rows/took.Seconds(), most, logs)
+	}
 	if err := r.shutdown(t); err != nil {
 		t.Fatal(err)
 	}

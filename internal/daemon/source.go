@@ -28,7 +28,8 @@ type source struct {
 	// new *Relation each time, so keying by pointer grew without bound.
 	idCol map[uint32]int
 
-	// catchUpTo is the server's end of WAL when the stream began.
+	// catchUpTo: rows before it were in the WAL when the stream began
+	// (catchUpEnd).
 	catchUpTo pglogrepl.LSN
 	inTxn     bool
 	txnLSN    pglogrepl.LSN
@@ -63,6 +64,25 @@ const (
 
 // newSource returns a source whose rows are counted against budget (nil:
 // not bounded by bytes) and which tells confirm what it hands on.
+// catchUpTail is how much of the WAL before the stream began is not
+// counted as its backlog (pipeline.Item.CatchUp). A quiet gap while rows are
+// caught up on is taken for a stall of the walsender and waited out with
+// the backlog's INSERT still open; the backlog's last rows are followed by
+// a quiet gap that is its end, which should commit the INSERT at once. So
+// the last rows go by the rate rule of a live stream instead: a tail of
+// this size holds some 2,000 outbox rows, and the WAL that cdc itself and
+// other tables write between the last row and the stream's start.
+const catchUpTail = 1 << 20
+
+// catchUpEnd is where the backlog a stream catches up on ends, for a stream
+// that began when the server's WAL ended at serverEnd.
+func catchUpEnd(serverEnd pglogrepl.LSN) pglogrepl.LSN {
+	if serverEnd < catchUpTail {
+		return 0
+	}
+	return serverEnd - catchUpTail
+}
+
 func newSource(table string, m *metrics.Metrics, budget *pipeline.Budget, confirm *checkpoint.Confirmer) *source {
 	schema, name := checkpoint.SplitTable(table)
 	return &source{schema: schema, table: name, metrics: m, dec: decoder.New(), idCol: map[uint32]int{}, budget: budget, confirm: confirm}
@@ -90,6 +110,7 @@ func (s *source) handedOn() {
 // stop (it returns nil) or an error, calling status (which confirms what
 // the confirmer allows, when due) all along.
 func (s *source) read(ctx context.Context, sd *Shutdown, st *replication.Stream, dl *delivery, status func(context.Context) error) error {
+	s.catchUpTo = catchUpEnd(st.ServerEnd())
 	for {
 		if sd.Draining() {
 			return nil
@@ -132,11 +153,6 @@ func (s *source) read(ctx context.Context, sd *Shutdown, st *replication.Stream,
 			default:
 			}
 			continue
-		}
-		if s.catchUpTo == 0 {
-			// The server's end of WAL when the stream began: what is
-			// before it is a backlog to catch up on (pipeline.Item.CatchUp).
-			s.catchUpTo = msg.ServerWALEnd
 		}
 		if msg.Keepalive {
 			s.confirm.Keepalive(msg.ServerWALEnd)
