@@ -37,7 +37,7 @@ func Options(c config.ClickHouse) *clickhouse.Options {
 		DialTimeout: c.DialTimeout,
 		DialContext: DialContext(c),
 	}
-	if c.Compression == "lz4" {
+	if c.LZ4() {
 		o.Compression = &clickhouse.Compression{Method: clickhouse.CompressionLZ4}
 	}
 	return o

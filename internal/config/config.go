@@ -17,6 +17,7 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -87,8 +88,8 @@ type ClickHouse struct {
 	PasswordFile string
 	// DialTimeout bounds connecting to a server (clickhouse.dial_timeout, default 10s).
 	DialTimeout time.Duration
-	// Compression of the native protocol: "lz4" or "none"
-	// (clickhouse.compression, default lz4).
+	// Compression of the native protocol: "lz4", "none" or "auto"
+	// (clickhouse.compression, default auto); see [ClickHouse.LZ4].
 	Compression string
 	// Cluster is a cluster of the servers' remote_servers (clickhouse.cluster,
 	// default empty: one server, or a Replicated* table used as it is). With
@@ -314,4 +315,28 @@ func Keys() []string {
 		keys[i] = s.key
 	}
 	return keys
+}
+
+// LZ4 reports whether blocks go over the wire compressed with LZ4
+// (clickhouse.compression). "auto" compresses unless every address is on
+// this host ("localhost" or a loopback IP; names are not resolved): there
+// compression only costs CPU at both ends, which clickhouse-client
+// decides the same way.
+func (c ClickHouse) LZ4() bool {
+	switch c.Compression {
+	case "lz4":
+		return true
+	case "none":
+		return false
+	}
+	for _, addr := range c.Addr {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			host = addr
+		}
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return true
+		}
+	}
+	return false
 }

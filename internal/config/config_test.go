@@ -55,7 +55,7 @@ func wantDefaults() *Config {
 		Postgres: Postgres{URL: "", Table: "public.event_outbox", Publication: "cdc_outbox", Slot: "cdc_outbox", FailoverSlot: "auto"},
 		ClickHouse: ClickHouse{
 			Addr: []string{"localhost:9000"}, Database: "default", Table: "events",
-			Username: "default", Password: "", DialTimeout: 10 * time.Second, Compression: "lz4",
+			Username: "default", Password: "", DialTimeout: 10 * time.Second, Compression: "auto",
 			InsertQuorum: "auto", InsertQuorumTimeout: time.Minute, EventContextType: "auto",
 		},
 		Batch:       Batch{Size: 1000, FlushInterval: time.Second, MaxRows: 100000, MaxBytes: 16 << 20, QueueBatches: 2},
@@ -373,7 +373,7 @@ func TestValidationErrors(t *testing.T) {
 		{"clickhouse.dial_timeout", map[string]string{"CDC_CLICKHOUSE_DIAL_TIMEOUT": "0"}, "",
 			`clickhouse.dial_timeout must be a duration greater than 0 like 500ms or 2s, got 0s (from CDC_CLICKHOUSE_DIAL_TIMEOUT)`},
 		{"clickhouse.compression", map[string]string{"CDC_CLICKHOUSE_COMPRESSION": "zstd"}, "",
-			`clickhouse.compression must be one of lz4, none, got "zstd" (from CDC_CLICKHOUSE_COMPRESSION)`},
+			`clickhouse.compression must be one of auto, lz4, none, got "zstd" (from CDC_CLICKHOUSE_COMPRESSION)`},
 		{"clickhouse.cluster", map[string]string{"CDC_CLICKHOUSE_CLUSTER": "my-cluster"}, "",
 			`clickhouse.cluster must be empty (one server) or a cluster name of the servers' remote_servers (letters, digits, underscores), got "my-cluster" (from CDC_CLICKHOUSE_CLUSTER)`},
 		{"clickhouse.insert_quorum", map[string]string{"CDC_CLICKHOUSE_INSERT_QUORUM": "majority"}, "",
@@ -775,5 +775,26 @@ func TestSecretFiles(t *testing.T) {
 				t.Fatalf("error leaks the secret: %s", err)
 			}
 		})
+	}
+}
+
+func TestClickHouseLZ4(t *testing.T) {
+	for _, tc := range []struct {
+		compression string
+		addr        []string
+		want        bool
+	}{
+		{"auto", []string{"127.0.0.1:9000"}, false},
+		{"auto", []string{"localhost:9000", "[::1]:9000", "127.0.0.2:9000"}, false},
+		{"auto", []string{"127.0.0.1:9000", "10.0.0.7:9000"}, true},
+		{"auto", []string{"clickhouse:9000"}, true}, // names are not resolved
+		{"auto", []string{"ch.local"}, true},
+		{"lz4", []string{"127.0.0.1:9000"}, true},
+		{"none", []string{"10.0.0.7:9000"}, false},
+	} {
+		c := ClickHouse{Compression: tc.compression, Addr: tc.addr}
+		if got := c.LZ4(); got != tc.want {
+			t.Errorf("compression %s to %v: LZ4() = %v, want %v", tc.compression, tc.addr, got, tc.want)
+		}
 	}
 }

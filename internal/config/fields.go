@@ -52,7 +52,7 @@ var specs = []spec{
 	{"clickhouse.password", kindSecret, "", func(c *Config) any { return &c.ClickHouse.Password }},
 	{"clickhouse.password_file", kindString, "", func(c *Config) any { return &c.ClickHouse.PasswordFile }},
 	{"clickhouse.dial_timeout", kindDuration, "10s", func(c *Config) any { return &c.ClickHouse.DialTimeout }},
-	{"clickhouse.compression", kindWord, "lz4", func(c *Config) any { return &c.ClickHouse.Compression }},
+	{"clickhouse.compression", kindWord, "auto", func(c *Config) any { return &c.ClickHouse.Compression }},
 	{"clickhouse.cluster", kindString, "", func(c *Config) any { return &c.ClickHouse.Cluster }},
 	{"clickhouse.insert_quorum", kindWordOrInt, "auto", func(c *Config) any { return &c.ClickHouse.InsertQuorum }},
 	{"clickhouse.insert_quorum_timeout", kindDuration, "1m0s", func(c *Config) any { return &c.ClickHouse.InsertQuorumTimeout }},

@@ -122,8 +122,8 @@ func (ch ClickHouse) validate() error {
 	if err := positive("clickhouse.dial_timeout", ch.DialTimeout); err != nil {
 		return err
 	}
-	if ch.Compression != "lz4" && ch.Compression != "none" {
-		return keyErr("clickhouse.compression", "must be one of lz4, none, got %q", ch.Compression)
+	if ch.Compression != "lz4" && ch.Compression != "none" && ch.Compression != "auto" {
+		return keyErr("clickhouse.compression", "must be one of auto, lz4, none, got %q", ch.Compression)
 	}
 	if ch.Cluster != "" && !chIdent.MatchString(ch.Cluster) {
 		return keyErr("clickhouse.cluster", "must be empty (one server) or a cluster name of the servers' remote_servers (letters, digits, underscores), got %q", ch.Cluster)

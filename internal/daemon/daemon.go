@@ -239,7 +239,7 @@ func sinkOptions(cfg *config.Config, log *slog.Logger, checkEveryRow bool, fence
 	c := cfg.ClickHouse
 	return sink.Options{
 		Addr: c.Addr, Database: c.Database, Table: c.Table, Username: c.Username, Password: c.Password,
-		DialTimeout: c.DialTimeout, Compression: c.Compression == "lz4", CheckEveryRow: checkEveryRow, Fence: fence, Logger: log,
+		DialTimeout: c.DialTimeout, Compression: c.LZ4(), CheckEveryRow: checkEveryRow, Fence: fence, Logger: log,
 		Cluster: c.Cluster, InsertQuorum: c.Quorum(), InsertQuorumTimeout: c.InsertQuorumTimeout,
 		DialContext: chclient.DialContext(c),
 	}
