@@ -8,9 +8,28 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/outbox-cdc/outbox-cdc/internal/testenv"
 )
+
+// connectWithSlot opens a replication connection to o's database and
+// creates o's slot on it; both go when the test ends.
+func connectWithSlot(ctx context.Context, t *testing.T, o *testenv.Outbox) *pgconn.PgConn {
+	t.Helper()
+	conn, err := Connect(ctx, o.PGURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cleanups run last first: the connection closes, then the slot,
+	// no longer active, is dropped.
+	t.Cleanup(func() { _, _ = o.PG.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, o.Slot) })
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	if _, err := CreateSlot(ctx, conn, o.Slot); err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
 
 // lowWater reads the socket's receive low-water mark.
 func lowWater(t *testing.T, s *Stream) int {
@@ -36,15 +55,7 @@ func TestBulkModeFollowsTheStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	o := testenv.NewOutbox(t)
-	conn, err := Connect(ctx, o.PGURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := CreateSlot(ctx, conn, o.Slot); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = o.PG.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, o.Slot) })
+	conn := connectWithSlot(ctx, t, o)
 	for range 20 {
 		o.MustInsert(1000, true)
 	}

@@ -17,15 +17,7 @@ func TestServerEndSeparatesTheBacklog(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	o := testenv.NewOutbox(t)
-	conn, err := Connect(ctx, o.PGURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := CreateSlot(ctx, conn, o.Slot); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = o.PG.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, o.Slot) })
+	conn := connectWithSlot(ctx, t, o)
 	const n = 50
 	for range n {
 		o.MustInsert(1, true)
