@@ -394,6 +394,20 @@ mutant marking-commit-ignores-term ./checkpoint TestMarkingIsSeenOnlyOnCommit \
 	'		if tag.RowsAffected() != int64(len(fence)) {' \
 	'		if false && tag.RowsAffected() != int64(len(fence)) {'
 
+# Group commit (docs/configuration.md): the rows already in the WAL when the
+# stream began are a backlog however slowly they come (one INSERT, not one
+# per batch)...
+mutant daemon-backlog-from-first-message ./internal/daemon TestSlowBacklogIsAppended \
+	internal/daemon/source.go \
+	'	s.catchUpTo = catchUpEnd(st.ServerEnd())' \
+	'	s.catchUpTo = 0'
+
+# ... and a pause among them does not commit their INSERT early.
+mutant pipeline-catch-up-insert-closes-on-pause ./internal/daemon TestSlowBacklogIsAppended \
+	pipeline/writer.go \
+	'		w.linger.Reset(time.Until(o.started.Add(p.opts.openFor)))' \
+	'		w.linger.Reset(2 * p.opts.linger)'
+
 # ---------------------------------------------------------------------------
 
 # apply FILE ANCHOR REPLACEMENT: replace the one occurrence of ANCHOR.

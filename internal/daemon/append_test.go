@@ -89,7 +89,6 @@ func TestSlowBacklogIsAppended(t *testing.T) {
 		n, _ := strconv.Atoi(m[1])
 		most = max(most, n)
 	}
-	t.Logf("%d rows in %s, most batches in one INSERT %d", rows, took, most)
 	if most < 2 {
 		t.Errorf("%d rows caught up on in %s (%.0f rows/s): no INSERT carried more than %d batch(es), want the backlog appended\n%s",
 			rows, took, rows/took.Seconds(), most, logs)
