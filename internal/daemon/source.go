@@ -62,8 +62,6 @@ const (
 	rowChunkBytes = 256 << 10
 )
 
-// newSource returns a source whose rows are counted against budget (nil:
-// not bounded by bytes) and which tells confirm what it hands on.
 // catchUpTail is how much of the WAL before the stream began is not
 // counted as its backlog (pipeline.Item.CatchUp). A quiet gap while rows are
 // caught up on is taken for a stall of the walsender and waited out with
@@ -83,6 +81,8 @@ func catchUpEnd(serverEnd pglogrepl.LSN) pglogrepl.LSN {
 	return serverEnd - catchUpTail
 }
 
+// newSource returns a source whose rows are counted against budget (nil:
+// not bounded by bytes) and which tells confirm what it hands on.
 func newSource(table string, m *metrics.Metrics, budget *pipeline.Budget, confirm *checkpoint.Confirmer) *source {
 	schema, name := checkpoint.SplitTable(table)
 	return &source{schema: schema, table: name, metrics: m, dec: decoder.New(), idCol: map[uint32]int{}, budget: budget, confirm: confirm}
