@@ -52,3 +52,33 @@ func TestReplicaProbesDialLikeTheSink(t *testing.T) {
 		}
 	}
 }
+
+// Blocks sent LZ4-compressed (clickhouse.compression lz4, or auto to a
+// remote server) are stored like uncompressed ones, by Write and by an
+// appended INSERT alike. The test servers are local, where auto sends
+// them uncompressed, so this is the suite's only compressed insert.
+func TestCompressedBlocksAreStored(t *testing.T) {
+	ctx := context.Background()
+	plain, _ := openTestSink(t)
+	opts := plain.opts
+	opts.Compression = true
+	s, err := Open(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if res, err := s.Write(ctx, rowsAt(100, seqIDs(1, 1000)...)); err != nil || res.Inserted != 1000 {
+		t.Fatalf("compressed write: %+v, %v", res, err)
+	}
+	for i := range 3 {
+		if rejected, err := s.Append(ctx, rowsAt(uint64(200+i), seqIDs(int64(1001+i*chunkRows), chunkRows)...)); err != nil || len(rejected) != 0 {
+			t.Fatalf("compressed append %d: rejected %v, err %v", i, rejected, err)
+		}
+	}
+	if err := s.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, u := count(t, s); n != 1000+3*chunkRows || u != n {
+		t.Errorf("count() %d, uniqExact(id) %d, want %d each", n, u, 1000+3*chunkRows)
+	}
+}
