@@ -55,7 +55,8 @@ type Item struct {
 	Xid uint32
 	// CatchUp is set on a streamed row that was already in the WAL when
 	// the stream started: the stream is catching up, and the row's batch is
-	// a backlog's however fast the rows come (writer: an INSERT kept open).
+	// a backlog's however slowly the rows come (writer: an INSERT kept
+	// open, across pauses too).
 	CatchUp bool
 }
 
