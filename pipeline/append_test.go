@@ -82,6 +82,14 @@ func (d *appendDest) Commit(ctx context.Context) error {
 	return err
 }
 
+func (d *appendDest) Abandon() {
+	d.mu.Lock()
+	o := op{kind: "abandon", ids: slices.Clone(d.pending)}
+	d.pending = nil
+	d.mu.Unlock()
+	d.record(o)
+}
+
 func (d *appendDest) BeginMarking(ctx context.Context) (pipeline.OpenMarking, error) {
 	if d.noPremark {
 		return nil, errors.New("no transaction")

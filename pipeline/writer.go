@@ -26,6 +26,10 @@ type Appender interface {
 	Appendable(rows []sink.Row) bool
 	Append(ctx context.Context, rows []sink.Row) ([]sink.Rejected, error)
 	Commit(ctx context.Context) error
+	// Abandon gives up the open INSERT, if any, when the pipeline ends
+	// without committing it (its rows come again from their source). The
+	// server must not keep it open: a successor waits for it to end.
+	Abandon()
 }
 
 // MarkingStarter is a Marker that can mark rows in a transaction kept open
@@ -372,6 +376,7 @@ func (w *writer) finish(ctx context.Context, o *openInsert) error {
 // itself when the next stream recovers).
 func (w *writer) drop() {
 	if w.open != nil {
+		w.app.Abandon()
 		w.open.premark.rollback()
 		w.open = nil
 		w.p.open.Store(false)

@@ -408,6 +408,15 @@ mutant pipeline-catch-up-insert-closes-on-pause ./internal/daemon TestSlowBacklo
 	'		w.linger.Reset(time.Until(o.started.Add(p.opts.openFor)))' \
 	'		w.linger.Reset(2 * p.opts.linger)'
 
+# §3.10: an INSERT given up when the stream ends (its lease lost) ends on
+# the server too; left running, the successor's recovery waits for it.
+mutant sink-abandon-leaves-insert-running ./sink TestAbandonEndsTheInsertOnTheServer \
+	sink/append.go \
+	'	if c.app != nil {
+		c.abandon(c.app.last)
+	}' \
+	'	c.app = nil'
+
 # ---------------------------------------------------------------------------
 
 # apply FILE ANCHOR REPLACEMENT: replace the one occurrence of ANCHOR.

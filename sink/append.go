@@ -165,6 +165,16 @@ func (c *ClickHouse) Commit(ctx context.Context) error {
 	return nil
 }
 
+// Abandon gives up the open INSERT, if any, as after a failure (abandon):
+// for a caller that stops appending without committing, such as a stream
+// that ended because its lease was lost. Left open, the INSERT would stay
+// running on the server, where a successor's Recover waits for it.
+func (c *ClickHouse) Abandon() {
+	if c.app != nil {
+		c.abandon(c.app.last)
+	}
+}
+
 // abandon gives up the open INSERT after a failure: it may be stored in
 // part or in full, now or later, so every row up to last (the last row
 // handed to it) is checked by id when it comes again, after the INSERT is

@@ -151,3 +151,35 @@ func TestWriteWhileAppendingIsRefused(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// Abandon ends the open INSERT on the server too. A stream that stopped
+// appending (its lease lost) and left it open kept it running there, and
+// the successor's Recover waited for it (TestLeaderChangeDuringStreaming:
+// 3 minutes, until the test gave up).
+func TestAbandonEndsTheInsertOnTheServer(t *testing.T) {
+	ctx := context.Background()
+	s, db := openTestSink(t)
+	if _, err := s.Append(ctx, rowsAt(100, seqIDs(1, 10)...)); err != nil {
+		t.Fatal(err)
+	}
+	running := func() uint64 {
+		var n uint64
+		if err := s.conn.QueryRow(ctx, "SELECT count() FROM system.processes WHERE startsWith(query, 'INSERT') AND position(query, ?) > 0", db).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if running() == 0 {
+		t.Fatal("no INSERT running while one is open: the test proves nothing")
+	}
+	s.Abandon()
+	for deadline := time.Now().Add(10 * time.Second); running() > 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the abandoned INSERT still runs on the server after 10s")
+		}
+	}
+	if s.Appended() != 0 || s.Appendable(rowsAt(100, 5)) {
+		t.Errorf("after Abandon: %d rows appended, rows it carried appendable %v; want 0 and false (checked by id when they come again)",
+			s.Appended(), s.Appendable(rowsAt(100, 5)))
+	}
+}

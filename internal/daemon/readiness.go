@@ -91,6 +91,8 @@ func (o observedWriter) Append(ctx context.Context, rows []sink.Row) ([]sink.Rej
 	return rejected, err
 }
 
+func (o observedWriter) Abandon() { o.w.Abandon() }
+
 func (o observedWriter) Commit(ctx context.Context) error {
 	err := o.w.Commit(ctx)
 	o.ready.inserted(err)
