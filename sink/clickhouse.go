@@ -329,9 +329,7 @@ func sameRelation(a, b *decoder.Relation) bool {
 // Recover reloads the table's columns and finds the highest stored position
 // at or above floor (the slot's confirmed LSN: nothing below it is re-sent).
 func (c *ClickHouse) Recover(ctx context.Context, floor uint64) error {
-	if c.app != nil {
-		c.abandon(c.app.last)
-	}
+	c.Abandon()
 	if err := c.loadColumns(ctx); err != nil {
 		return err
 	}
