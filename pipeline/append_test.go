@@ -304,6 +304,31 @@ func TestAppendTailIsCutWhenQuiet(t *testing.T) {
 	}
 }
 
+// The tail of a backlog is cut after linger even when it came before the
+// writer opened the INSERT (its first append was slow): it is not left
+// waiting for the flush interval once the INSERT is committed.
+func TestAppendTailIsCutWhenTheInsertOpensLate(t *testing.T) {
+	g := newGate()
+	h := newAppendHarness(t, pipeline.WithLinger(pipeline.Options{Size: 100, MaxRows: 10_000, FlushInterval: time.Hour}, 50*time.Millisecond), 1, func(d *appendDest) {
+		d.append = g.append
+	})
+	its := txns(15, 10)
+	h.send(its[:110]...) // 100 rows: the first batch, a backlog's
+	select {
+	case <-g.entered:
+	case <-time.After(deadline):
+		t.Fatal("the first batch was not appended")
+	}
+	h.send(its[110:]...)               // the tail: 50 rows
+	time.Sleep(100 * time.Millisecond) // the batcher holds the tail, the INSERT not open yet
+	close(g.release)
+	waitFor(t, "the backlog durable with the input open", func() bool { return h.tracker.Durable() == 1500 })
+	commits := h.dest.calls("commit")
+	if len(commits) != 1 || len(commits[0].ids) != 150 {
+		t.Errorf("commits %v, want one of 150 rows", commits)
+	}
+}
+
 // An Append or Commit that fails ends the pipeline with pipeline.ErrResend:
 // the rows sent are gone, so nothing of the open INSERT is marked (its
 // markings are rolled back) and nothing becomes durable; the rows must come

@@ -75,7 +75,11 @@ type batcher struct {
 	// quietCut is set when the input went quiet while the writer held an
 	// INSERT open (Options.Append): the batch being filled is ready, and
 	// the INSERT is committed after it (batch.last).
-	quietCut     bool
+	quietCut bool
+	// afterBacklog is set while the last batch with rows handed over was
+	// a backlog's (batch.more) to be appended: a partial batch after it is
+	// the backlog's tail even before the writer has opened the INSERT.
+	afterBacklog bool
 	timer, quiet *time.Timer
 	// unreported rows received: the observer hears once per burst.
 	unreported int
@@ -149,9 +153,9 @@ func (b *batcher) wait(ctx context.Context) error {
 		// Held back by the backlog: unless more comes soon, it is over.
 		b.quiet.Reset(b.opts.quietGap)
 		defer b.quiet.Stop()
-	case b.p.open.Load() && len(b.cur.rows) > 0 && next == nil:
-		// A partial batch while an INSERT is open: the tail of a backlog,
-		// unless more comes within linger.
+	case b.tailOfBacklog() && len(b.cur.rows) > 0 && next == nil:
+		// A partial batch while an INSERT is open (or about to be): the
+		// tail of a backlog, unless more comes within linger.
 		b.quiet.Reset(b.opts.linger)
 		defer b.quiet.Stop()
 	}
@@ -167,13 +171,21 @@ func (b *batcher) wait(ctx context.Context) error {
 		b.due = true
 	case <-b.quiet.C:
 		b.backlog, b.caughtUp = false, true
-		b.quietCut = b.p.open.Load()
+		b.quietCut = b.tailOfBacklog()
 	case <-b.writerDone:
 		return errWriterStopped
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	return nil
+}
+
+// tailOfBacklog reports whether rows now coming follow a backlog's batches
+// into an INSERT kept open: it is open, or the writer was handed a batch
+// for it and may not have opened it yet (it must not matter which of the
+// two goroutines runs first).
+func (b *batcher) tailOfBacklog() bool {
+	return b.p.open.Load() || b.afterBacklog
 }
 
 // take adds one item to the batch being filled.
@@ -289,6 +301,9 @@ func (b *batcher) next() *batch {
 
 // handedOver records that the writer took next (it owns it from now on).
 func (b *batcher) handedOver(next *batch) {
+	if len(next.rows) > 0 {
+		b.afterBacklog = b.opts.Append && next.more
+	}
 	if len(b.queued) > 0 && next == b.queued[0] {
 		b.queued = b.queued[1:]
 		if len(next.rows) > 0 {
