@@ -329,6 +329,54 @@ func TestAppendTailIsCutWhenTheInsertOpensLate(t *testing.T) {
 	}
 }
 
+// A pipeline that stops on an error with an INSERT open (here the marking
+// of an earlier batch failed for good: its lease was lost) abandons that
+// INSERT, so that it does not go on running on the server, where a
+// successor's recovery would wait for it. Nothing of it is committed or
+// marked.
+func TestStopWithInsertOpenAbandonsIt(t *testing.T) {
+	lost := permanentError{errors.New("lease lost")}
+	markingFails := make(chan struct{})
+	h := newAppendHarness(t, pipeline.WithLinger(pipeline.Options{Size: 10, MaxRows: 10_000, FlushInterval: time.Hour}, time.Minute), 1, func(d *appendDest) {
+		d.appendable = func(rows []sink.Row) bool { return rows[0].ID != 1 } // the first batch is inserted on its own
+		d.markProcessed = func(ctx context.Context, ids []int64) error {
+			<-markingFails
+			return lost
+		}
+	})
+	its := txns(30, 10)
+	h.send(its[:11]...)
+	waitFor(t, "the first batch inserted", func() bool { return len(h.dest.calls("write")) > 0 })
+	h.send(its[11:]...)
+	waitFor(t, "an INSERT open", func() bool { return len(h.dest.calls("append")) > 0 })
+	close(markingFails)
+	if err := h.wait(); !errors.Is(err, lost) {
+		t.Fatalf("Run: %v, want the marking's error", err)
+	}
+	var appended []int64
+	for _, o := range h.dest.calls("append") {
+		appended = append(appended, o.ids...)
+	}
+	abandoned := h.dest.calls("abandon")
+	if len(abandoned) != 1 || !slices.Equal(abandoned[0].ids, appended) {
+		t.Errorf("abandoned %v, want the open INSERT (%d rows) once", abandoned, len(appended))
+	}
+	if c := h.dest.calls("commit"); len(c) != 0 {
+		t.Errorf("commits %v, want none", c)
+	}
+	if m := h.dest.marked(); len(m) != 0 {
+		t.Errorf("rows %v marked, want none", m)
+	}
+	if d := h.tracker.Durable(); d != 1 {
+		t.Errorf("durable %v, want the start", d)
+	}
+}
+
+// permanentError is an error no retry will mend (a lost lease).
+type permanentError struct{ error }
+
+func (permanentError) Permanent() bool { return true }
+
 // An Append or Commit that fails ends the pipeline with pipeline.ErrResend:
 // the rows sent are gone, so nothing of the open INSERT is marked (its
 // markings are rolled back) and nothing becomes durable; the rows must come

@@ -417,6 +417,12 @@ mutant sink-abandon-leaves-insert-running ./sink TestAbandonEndsTheInsertOnTheSe
 	}' \
 	'	c.app = nil'
 
+# ... and the pipeline gives it up when it stops on an error with it open.
+mutant pipeline-stop-leaves-insert-open ./pipeline TestStopWithInsertOpenAbandonsIt \
+	pipeline/writer.go \
+	'		w.app.Abandon()' \
+	'		_ = w.app'
+
 # ---------------------------------------------------------------------------
 
 # apply FILE ANCHOR REPLACEMENT: replace the one occurrence of ANCHOR.
