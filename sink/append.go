@@ -80,7 +80,7 @@ func (c *ClickHouse) Append(ctx context.Context, rows []Row) ([]Rejected, error)
 		if blk == nil || blk.plan != p {
 			blk = c.newBlock(p)
 		}
-		idx, err := blk.add(r, c.digest)
+		idx, err := blk.add(r, c.hasher)
 		if err != nil {
 			rejected = append(rejected, Rejected{ID: r.ID, Pos: r.Pos, Err: err})
 			continue

@@ -12,7 +12,6 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/column"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/proto"
-	"github.com/cespare/xxhash/v2"
 
 	"github.com/outbox-cdc/outbox-cdc/decoder"
 )
@@ -91,7 +90,7 @@ var benchTypes = map[string]string{
 // loadColumns would read them.
 func benchSink(b *testing.B, types map[string]string) (*ClickHouse, *encodingConn) {
 	conn := &encodingConn{types: types, lz4: compress.NewWriter(compress.LevelZero, compress.LZ4)}
-	c := &ClickHouse{conn: conn, opts: Options{Addr: []string{"bench"}, Database: "bench", Table: "events"}, plans: map[uint32]*insertPlan{}, digest: xxhash.New()}
+	c := &ClickHouse{conn: conn, opts: Options{Addr: []string{"bench"}, Database: "bench", Table: "events"}, plans: map[uint32]*insertPlan{}, hasher: new(hasher)}
 	for _, name := range append(benchColumns, "_inserted_at") {
 		col := tableColumn{name: name, typ: types[name]}
 		if name == "_inserted_at" {
@@ -178,7 +177,7 @@ func BenchmarkWriteBatchRowwise(b *testing.B) {
 		}
 		blk := c.newBlock(p)
 		for _, r := range rows {
-			if _, err := blk.add(r, c.digest); err != nil {
+			if _, err := blk.add(r, c.hasher); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -26,7 +26,6 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/column"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-	"github.com/cespare/xxhash/v2"
 	"github.com/jackc/pglogrepl"
 
 	"github.com/outbox-cdc/outbox-cdc/decoder"
@@ -126,7 +125,7 @@ type ClickHouse struct {
 	plans map[uint32]*insertPlan
 
 	// Buffers of the batch being converted, reused by the next one.
-	digest      *xxhash.Digest
+	hasher      *hasher
 	good        []convertedRow
 	busy, spare []*block
 	// app is the INSERT kept open by Append, if any (append.go).
@@ -528,7 +527,7 @@ func (c *ClickHouse) stored(present map[int64][]uint64, r Row) bool {
 	if p, err := c.plan(r.Relation); err == nil {
 		idx = p.identity
 	}
-	want := fingerprint(c.digest, r.Values, idx)
+	want := c.hasher.fingerprint(r.Values, idx)
 	for _, fp := range fps {
 		if fp == want || fp == 0 {
 			return true
@@ -559,7 +558,7 @@ func (c *ClickHouse) insertIsolating(ctx context.Context, rows []Row, res *Resul
 		if blk == nil || blk.plan != p {
 			blk = c.newBlock(p)
 		}
-		idx, err := blk.add(r, c.digest)
+		idx, err := blk.add(r, c.hasher)
 		if err != nil {
 			res.Rejected = append(res.Rejected, Rejected{ID: r.ID, Pos: r.Pos, Err: err})
 			continue
@@ -643,7 +642,7 @@ func (c *ClickHouse) releaseBlocks() {
 
 // add converts r into the block and returns its index; a value that does
 // not fit its column leaves the block as it was.
-func (b *block) add(r Row, digest *xxhash.Digest) (int, error) {
+func (b *block) add(r Row, h *hasher) (int, error) {
 	p := b.plan
 	for i, src := range p.sources {
 		switch src {
@@ -652,7 +651,7 @@ func (b *block) add(r Row, digest *xxhash.Digest) (int, error) {
 		case srcSeq:
 			b.push(i, r.Pos.Seq)
 		case srcFingerprint:
-			b.push(i, fingerprint(digest, r.Values, p.identity))
+			b.push(i, h.fingerprint(r.Values, p.identity))
 		default:
 			if err := b.cols[i].add(r.Values[src]); err != nil {
 				for _, col := range b.cols[:i+1] {

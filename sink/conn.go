@@ -5,7 +5,6 @@ import (
 	"log/slog"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-	"github.com/cespare/xxhash/v2"
 )
 
 // OpenConn is Open on a connection the caller already has: any clickhouse-go
@@ -18,7 +17,7 @@ func OpenConn(ctx context.Context, conn driver.Conn, opts Options) (*ClickHouse,
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	c := &ClickHouse{conn: conn, opts: opts, log: opts.Logger, digest: xxhash.New()}
+	c := &ClickHouse{conn: conn, opts: opts, log: opts.Logger, hasher: new(hasher)}
 	if err := c.loadColumns(ctx); err != nil {
 		return nil, err
 	}

@@ -41,62 +41,60 @@ func identityIndexes(rel *decoder.Relation) []int {
 	return idx
 }
 
+// hasher computes fingerprints. It lays a row's identity values out in one
+// buffer, kept across rows, and hashes that at once: the same bytes as
+// hashing them value by value (the fingerprints of rows already stored must
+// not change), without copying each small piece into a digest's block.
+type hasher struct{ buf []byte }
+
 // fingerprint hashes the identity values of a row (positions idx of values,
 // as the decoder produces them). It is never 0, the mark of a row stored
 // without one.
-func fingerprint(h *xxhash.Digest, values []any, idx []int) uint64 {
-	var buf [16]byte
-	h.Reset()
+func (h *hasher) fingerprint(values []any, idx []int) uint64 {
+	b := h.buf[:0]
 	for _, i := range idx {
 		// A type tag and a length keep ("ab", "c") apart from ("a", "bc").
 		switch v := values[i].(type) {
 		case nil:
-			h.Write([]byte{0})
+			b = append(b, 0)
 		case int64:
-			buf[0] = 1
-			binary.LittleEndian.PutUint64(buf[1:], uint64(v))
-			h.Write(buf[:9])
+			b = binary.LittleEndian.AppendUint64(append(b, 1), uint64(v))
 		case float64:
-			buf[0] = 2
-			binary.LittleEndian.PutUint64(buf[1:], math.Float64bits(v))
-			h.Write(buf[:9])
+			b = binary.LittleEndian.AppendUint64(append(b, 2), math.Float64bits(v))
 		case bool:
-			buf[0], buf[1] = 3, 0
 			if v {
-				buf[1] = 1
+				b = append(b, 3, 1)
+			} else {
+				b = append(b, 3, 0)
 			}
-			h.Write(buf[:2])
 		case time.Time:
-			buf[0] = 4
-			binary.LittleEndian.PutUint64(buf[1:], uint64(v.UnixMicro()))
-			h.Write(buf[:9])
+			b = binary.LittleEndian.AppendUint64(append(b, 4), uint64(v.UnixMicro()))
 		case string:
-			writeBytes(h, 5, buf[:], v)
+			b = appendBytes(b, 5, v)
 		case []byte:
-			writeBytes(h, 6, buf[:], string(v))
+			b = appendBytes(b, 6, string(v))
 		case pgtype.Numeric:
 			text, _ := v.MarshalJSON()
-			writeBytes(h, 7, buf[:], string(text))
+			b = appendBytes(b, 7, string(text))
 		default:
-			writeBytes(h, 8, buf[:], "?")
+			b = appendBytes(b, 8, "?")
 		}
 	}
-	if sum := h.Sum64(); sum != 0 {
+	h.buf = b
+	if sum := xxhash.Sum64(b); sum != 0 {
 		return sum
 	}
 	return 1
 }
 
-func writeBytes(h *xxhash.Digest, tag byte, buf []byte, s string) {
-	buf[0] = tag
-	binary.LittleEndian.PutUint64(buf[1:], uint64(len(s)))
-	h.Write(buf[:9])
-	h.WriteString(s)
+func appendBytes(b []byte, tag byte, s string) []byte {
+	b = binary.LittleEndian.AppendUint64(append(b, tag), uint64(len(s)))
+	return append(b, s...)
 }
 
 // Fingerprint is the identity of a row of rel (values as the decoder
 // produces them), as Write stores it in _fingerprint: what `cdc verify`
 // compares a stored row against when an id has several identities.
 func Fingerprint(rel *decoder.Relation, values []any) uint64 {
-	return fingerprint(xxhash.New(), values, identityIndexes(rel))
+	return new(hasher).fingerprint(values, identityIndexes(rel))
 }

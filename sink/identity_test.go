@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/outbox-cdc/outbox-cdc/decoder"
@@ -19,9 +18,9 @@ func TestFingerprint(t *testing.T) {
 		vals[i] = v
 		return vals
 	}
-	h := xxhash.New()
+	h := new(hasher)
 	idx := identityIndexes(outboxRel)
-	fp := fingerprint(h, base, idx)
+	fp := h.fingerprint(base, idx)
 	cases := []struct {
 		name   string
 		values []any
@@ -39,7 +38,7 @@ func TestFingerprint(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got := fingerprint(h, c.values, idx)
+			got := h.fingerprint(c.values, idx)
 			if got == 0 {
 				t.Fatal("fingerprint 0 is reserved for rows stored without one")
 			}
@@ -55,8 +54,34 @@ func TestFingerprint(t *testing.T) {
 		{Name: "event_type"}, {Name: "event_date_time"}, {Name: "environment"}, {Name: "event_context"}, {Name: "metadata_version"},
 	}}
 	vals := []any{ts, int64(7), "order.created", ts, "prod", `{"a": 1}`, int64(1)}
-	if got := fingerprint(h, vals, identityIndexes(reordered)); got != fp {
+	if got := h.fingerprint(vals, identityIndexes(reordered)); got != fp {
 		t.Errorf("same row in another column order: fingerprint %x, want %x", got, fp)
+	}
+}
+
+// Fingerprints are stored in ClickHouse and compared with those of rows
+// sent again, possibly by a newer cdc: a change in how they are computed
+// would make every row stored before it look like another row with the
+// same id. These are the values cdc has always computed.
+func TestFingerprintIsStable(t *testing.T) {
+	ts := time.Date(2026, 1, 2, 3, 4, 5, 123456000, time.UTC)
+	var num pgtype.Numeric
+	if err := num.Scan("12.50"); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		values []any
+		want   uint64
+	}{
+		{[]any{int64(7), "order.created", ts, "prod", `{"a": 1}`, int64(1), "pending", ts}, 0xd7d5f1787e94c9f0},
+		{[]any{int64(-3), "", ts, nil, []byte(`{}`), 2.5, true, ts}, 0x5c183fc85f5b67e5},
+		{[]any{num, false, nil, "x", "y", int64(0), "pending", struct{}{}}, 0x66851ceb0f04b9cb},
+	}
+	h := new(hasher)
+	for _, tt := range tests {
+		if got := h.fingerprint(tt.values, identityIndexes(outboxRel)); got != tt.want {
+			t.Errorf("fingerprint(%v) = %#x, want %#x", tt.values, got, tt.want)
+		}
 	}
 }
 

@@ -25,7 +25,7 @@ func TestRecoverWaitsForARunningInsert(t *testing.T) {
 	blk := old.newBlock(p)
 	conv := make([]convertedRow, len(first))
 	for i, r := range first {
-		idx, err := blk.add(r, old.digest)
+		idx, err := blk.add(r, old.hasher)
 		if err != nil {
 			t.Fatal(err)
 		}
