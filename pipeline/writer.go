@@ -312,6 +312,7 @@ func (w *writer) commit(ctx context.Context) error {
 	p := w.p
 	w.linger.Stop()
 	p.inserting.Store(true)
+	committing := time.Now()
 	err := w.app.Commit(ctx)
 	w.open = nil
 	p.open.Store(false)
@@ -327,7 +328,7 @@ func (w *writer) commit(ctx context.Context) error {
 	}
 	p.obs.Inserted(o.rows - len(o.failures))
 	p.log.Debug("inserted", "rows", o.rows, "batches", o.batches, "rejected", len(o.failures),
-		"duration", time.Since(o.started))
+		"duration", time.Since(o.started), "commit_duration", time.Since(committing))
 	w.startMarking(o.safe, func() error { return w.finish(ctx, o) })
 	return nil
 }
