@@ -47,6 +47,9 @@ func identityIndexes(rel *decoder.Relation) []int {
 // not change), without copying each small piece into a digest's block.
 type hasher struct{ buf []byte }
 
+// maxHasherBuf is the largest buffer a hasher keeps between rows.
+const maxHasherBuf = 256 << 10
+
 // fingerprint hashes the identity values of a row (positions idx of values,
 // as the decoder produces them). It is never 0, the mark of a row stored
 // without one.
@@ -80,7 +83,11 @@ func (h *hasher) fingerprint(values []any, idx []int) uint64 {
 			b = appendBytes(b, 8, "?")
 		}
 	}
-	h.buf = b
+	if cap(b) <= maxHasherBuf {
+		h.buf = b
+	} else {
+		h.buf = nil // one huge row must not keep its size allocated for good
+	}
 	if sum := xxhash.Sum64(b); sum != 0 {
 		return sum
 	}
